@@ -1,0 +1,8 @@
+//! `guard bench`.
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<i32> {
+    anyhow::bail!("guard bench: not built yet")
+}

@@ -1,0 +1,5 @@
+//! guard ("application X"): deploys a build, verifies it against its SLOs and
+//! promotes or reverts it on its own. See `DESIGN.md` for the parts.
+pub mod cli;
+pub mod platform;
+pub mod signals;

@@ -1,0 +1,16 @@
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    // kube and reqwest both use rustls; the process-level provider must be chosen
+    // before either builds a client, or rustls panics at the first TLS handshake.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = guard::cli::Cli::parse();
+    match guard::cli::run(cli).await {
+        Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(err) => {
+            eprintln!("guard: error: {err:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! guard's judge: pure decisions from counts. No clock, no I/O.

@@ -1,0 +1,1 @@
+//! SLO specs, Prometheus rule generation and error-budget math.

