@@ -20,7 +20,7 @@ pub struct Counts {
 }
 
 /// Cumulative counts per SLO (by SLO name) for one release.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReleaseSignals {
     pub role: Role,
     pub build: String,
