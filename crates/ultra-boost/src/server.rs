@@ -1,0 +1,234 @@
+//! The HTTP side: routing, the four endpoints, request metrics, and the accept
+//! loop with its graceful stop.
+//!
+//! Plain hyper (HTTP/1.1) with a `match` on the path: the instrumentation is the
+//! only thing this service adds over a bare hyper server, and it is a handful of
+//! atomic operations per request (see `metrics`).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{ACCEPT, ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+use crate::fault::Faults;
+use crate::metrics::{Metrics, Route};
+
+/// Readiness as `/-/ready` reports it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Readiness {
+    /// Start-up work not done yet: 503.
+    Starting = 0,
+    /// Serving normally: 200.
+    Ready = 1,
+    /// SIGTERM/SIGINT received: 503, still serving until the listener closes.
+    Draining = 2,
+}
+
+/// Shared state of the request handlers.
+#[derive(Debug)]
+pub struct App {
+    /// Every metric.
+    pub metrics: Arc<Metrics>,
+    faults: Faults,
+    root_body: Bytes,
+    readiness: AtomicU8,
+}
+
+impl App {
+    /// State for a service answering `root_body` on `GET /`.
+    pub fn new(metrics: Arc<Metrics>, faults: Faults, root_body: String) -> App {
+        App {
+            metrics,
+            faults,
+            root_body: Bytes::from(root_body),
+            readiness: AtomicU8::new(Readiness::Starting as u8),
+        }
+    }
+
+    /// Current readiness.
+    pub fn readiness(&self) -> Readiness {
+        match self.readiness.load(Ordering::Acquire) {
+            0 => Readiness::Starting,
+            1 => Readiness::Ready,
+            _ => Readiness::Draining,
+        }
+    }
+
+    /// Moves readiness on.
+    pub fn set_readiness(&self, r: Readiness) {
+        self.readiness.store(r as u8, Ordering::Release);
+    }
+}
+
+type Body = Full<Bytes>;
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Decrements the in-flight gauge even when the client goes away mid-request
+/// (hyper then drops the handler future).
+struct InFlight<'a>(&'a Metrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}
+
+/// Handles one request and records it.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let metrics = &*app.metrics;
+    metrics.in_flight.inc();
+    let _in_flight = InFlight(metrics);
+    let route = Route::of(req.uri().path());
+    let method = req.method().clone();
+    let mut resp = respond(&app, route, &req).await;
+    if app.readiness() == Readiness::Draining {
+        // Ask keep-alive clients to reconnect, which sends them to another replica.
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    metrics.observe_request(route, &method, resp.status(), start.elapsed());
+    Ok(resp)
+}
+
+async fn respond(app: &App, route: Route, req: &Request<Incoming>) -> Response<Body> {
+    let method = req.method();
+    if route != Route::Other && method != Method::GET && method != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    match route {
+        Route::Root => {
+            if let Some(delay) = app.faults.latency() {
+                tokio::time::sleep(delay).await;
+            }
+            if app.faults.should_fail() {
+                return text(StatusCode::INTERNAL_SERVER_ERROR, "injected fault\n");
+            }
+            let mut r = Response::new(Full::new(app.root_body.clone()));
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
+        Route::Healthy => text(StatusCode::OK, "ok\n"),
+        Route::Ready => match app.readiness() {
+            Readiness::Ready => text(StatusCode::OK, "ready\n"),
+            Readiness::Starting => text(StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
+            Readiness::Draining => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+        },
+        Route::Metrics => {
+            let openmetrics = req
+                .headers()
+                .get(ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("application/openmetrics-text"));
+            match app.metrics.encode(openmetrics) {
+                Ok((body, ctype)) => {
+                    let mut r = Response::new(Full::new(Bytes::from(body)));
+                    r.headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+                    r
+                }
+                Err(_) => {
+                    error!("metrics: encoding the registry failed");
+                    app.metrics.app_error("metrics", "encode");
+                    text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "metrics encoding failed\n",
+                    )
+                }
+            }
+        }
+        Route::Other => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// How the accept loop ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every connection finished within the shutdown timeout.
+    Clean,
+    /// The shutdown timeout passed with connections still open.
+    TimedOut,
+}
+
+/// Accepts connections until `stop` turns true, then closes the listener and
+/// waits up to `shutdown_timeout` for open connections: idle keep-alive
+/// connections close at once, requests in flight finish first.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    mut stop: watch::Receiver<bool>,
+    shutdown_timeout: Duration,
+) -> Stopped {
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new());
+    loop {
+        tokio::select! {
+            biased;
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    break;
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let metrics = app.metrics.clone();
+                    let app = app.clone();
+                    let svc = service_fn(move |req| handle(app.clone(), req));
+                    let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            // Mostly clients hanging up or sending garbage.
+                            debug!(error = %e, "connection ended with an error");
+                            metrics.app_error("http", "connection");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // E.g. out of file descriptors: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    app.metrics.app_error("http", "accept");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    info!(
+        open_connections = graceful.count(),
+        timeout_ms = shutdown_timeout.as_millis() as u64,
+        "listener closed; waiting for in-flight requests"
+    );
+    match tokio::time::timeout(shutdown_timeout, graceful.shutdown()).await {
+        Ok(()) => Stopped::Clean,
+        Err(_) => Stopped::TimedOut,
+    }
+}
