@@ -1,1 +1,336 @@
-//! guard's judge: pure decisions from counts. No clock, no I/O.
+//! guard's judge: decides `continue`, `promote`, `revert` or `hold` for a
+//! release from event counts, by sequential tests. Pure: no clock, no I/O,
+//! deterministic; time enters only as numbers in the input.
+//!
+//! # How the engine uses it
+//!
+//! 1. Build a [`Judge`] from a [`Policy`] and the service's SLOs
+//!    ([`SloSpec`]); optionally give it the previous release's counts from
+//!    before the rollout ([`Judge::with_baseline_history`]).
+//! 2. About once a second, difference the cumulative counts of the signal
+//!    source into an [`Interval`] (per SLO: the new release's good/total and
+//!    the live baseline's, the canary's traffic share, whether the source
+//!    answered) and call [`Judge::step`]. A missed scrape is an interval with
+//!    `source_ok: false`, never an interval of zero traffic.
+//! 3. Act on the returned [`Decision`]: `Continue` keeps verifying; `Promote`
+//!    is latched (later steps keep returning it) and the engine keeps feeding
+//!    intervals during its watch period, during which attributable budget
+//!    burn reaching [`Policy::max_budget_share`] turns it into `Revert`;
+//!    `Revert` is latched; `Hold` (shared outage, too little traffic by the
+//!    deadline, source down) asks a person and is *not* latched.
+//!
+//! [`Judge`] is `Serialize`/`Deserialize`, so the engine may persist it with
+//! the rollout and resume after a crash exactly where it stopped.
+//!
+//! # The statistics (see `DESIGN.md` and [`stats`])
+//!
+//! - Per SLO, each event is a Bernoulli trial. A *mixture SPRT* over burn
+//!   multiples ([`Policy::multiples`], default `{2, 4, 6, 14.4, 50}`) tests
+//!   `H0: p = p_null` against `H1_f: p = p_null + (f − 1)·p0` for every `f` at
+//!   once, so a bad release is caught whatever its burn multiple. Revert when
+//!   the mixture likelihood ratio reaches `(1 − β)/α` (by Ville's inequality
+//!   the chance that a release no worse than `p_null` *ever* gets there is at
+//!   most `α/(1 − β)`, however long it is watched); an SLO passes only when
+//!   *every* alternative's likelihood ratio is at or below `β/(1 − α)`, which
+//!   keeps the chance of passing an `f`-times release below `β` for each `f`.
+//! - Bursty, correlated errors: a Pearson over-dispersion factor `φ ≥ 1`,
+//!   estimated from per-block counts, deflates the evidence (quasi-likelihood),
+//!   and the evidence towards revert one block can add is capped
+//!   ([`Policy::evidence_cap_per_second`]), so one burst cannot revert alone.
+//! - Canary: when the canary's own test says "burning", the baseline's errors
+//!   decide whose fault it is. An outage that hits both versions is a `Hold`,
+//!   never a `Revert`.
+//! - Attributable budget burn (`slo::budget`) reaching the policy's share
+//!   reverts, before and after a promote.
+//!
+//! Counts are accumulated into blocks of [`Policy::block_seconds`] before the
+//! tests see them, so the verdict depends on the counts, not on how finely
+//! the engine sliced them.
+#![forbid(unsafe_code)]
+
+mod judge;
+pub mod stats;
+
+pub use judge::Judge;
+
+use serde::{Deserialize, Serialize};
+
+/// Good and total events. `good <= total` (checked by [`Judge::step`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Events that met the SLO (successful, fast enough, fresh).
+    pub good: u64,
+    /// All events.
+    pub total: u64,
+}
+
+impl Counts {
+    /// `Counts { good, total }`.
+    pub fn new(good: u64, total: u64) -> Self {
+        Self { good, total }
+    }
+
+    /// Bad events, `total − good` (0 if the invariant is broken).
+    pub fn bad(&self) -> u64 {
+        self.total.saturating_sub(self.good)
+    }
+}
+
+/// What an SLO's events are. The counts are already good/total; the kind is
+/// carried into reasons and evidence so people can read them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SliKind {
+    /// A request is bad when it fails (5xx, connection error).
+    Availability,
+    /// A request is bad when it is slower than `threshold_seconds`.
+    Latency {
+        /// The histogram bucket bound (`le`) a good request stays under.
+        threshold_seconds: f64,
+    },
+    /// A sample is bad while the last successful background run is older
+    /// than `threshold_seconds`.
+    Freshness {
+        /// The maximum acceptable age of the last success.
+        threshold_seconds: f64,
+    },
+}
+
+/// One SLO as the judge needs it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SloSpec {
+    /// The SLO's name; [`SloObservation::slo`] refers to it.
+    pub name: String,
+    /// Objective as a ratio, e.g. `0.999`.
+    pub objective: f64,
+    /// The SLO period in seconds (30 d = 2 592 000).
+    pub period_seconds: f64,
+    /// What an event is.
+    pub kind: SliKind,
+}
+
+impl SloSpec {
+    /// An availability SLO over 30 days.
+    pub fn availability(name: impl Into<String>, objective: f64) -> Self {
+        Self {
+            name: name.into(),
+            objective,
+            period_seconds: slo::budget::PERIOD_30D_SECS,
+            kind: SliKind::Availability,
+        }
+    }
+}
+
+/// How cautious the judge is. `Default` gives the values in `DESIGN.md`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Policy {
+    /// Chance of reverting a release that is no worse than its baseline.
+    pub alpha: f64,
+    /// Chance of promoting a release that burns at one of
+    /// [`Policy::multiples`].
+    pub beta: f64,
+    /// Share of the SLO period's error budget a release may burn beyond its
+    /// baseline before it is reverted, e.g. `0.02` (2 %).
+    pub max_budget_share: f64,
+    /// Never promote before this many seconds of verification.
+    pub min_verify_seconds: f64,
+    /// Verification deadline: undecided by then means `Hold` (too little
+    /// traffic to tell), and a person is asked.
+    pub max_verify_seconds: f64,
+    /// Never promote on fewer events than this (per SLO, new release).
+    pub min_events: u64,
+    /// Burn multiples (of the error budget `1 − o`) the sequential test is
+    /// tuned to, all at once (a mixture). Each must be `> 1`.
+    pub multiples: Vec<f64>,
+    /// At most this much log-likelihood-ratio evidence towards *revert* per
+    /// second of data (per block), so one burst cannot revert on its own.
+    pub evidence_cap_per_second: f64,
+    /// Intervals are summed into blocks at least this long before the tests
+    /// see them (the engine's polling period is usually 1 s).
+    pub block_seconds: f64,
+    /// A signal source down for longer than this (consecutive seconds) turns
+    /// `Continue` into `Hold`.
+    pub max_missing_seconds: f64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        let alpha: f64 = 0.01;
+        let beta: f64 = 0.01;
+        Self {
+            alpha,
+            beta,
+            max_budget_share: 0.02,
+            min_verify_seconds: 30.0,
+            max_verify_seconds: 3600.0,
+            min_events: 100,
+            multiples: vec![2.0, 4.0, 6.0, 14.4, 50.0],
+            // 0.6 · ln((1 − β)/α): two full blocks of strong evidence revert,
+            // one never does.
+            evidence_cap_per_second: 0.6 * ((1.0 - beta) / alpha).ln(),
+            block_seconds: 1.0,
+            max_missing_seconds: 30.0,
+        }
+    }
+}
+
+/// One SLO's counts in one interval.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SloObservation {
+    /// [`SloSpec::name`].
+    pub slo: String,
+    /// Counts of the new release (the canary during a canary).
+    pub candidate: Counts,
+    /// Counts of the live baseline (the previous release's replicas still
+    /// serving); zero when none serve.
+    pub baseline: Counts,
+}
+
+/// Counts observed over one interval of time.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Interval {
+    /// Length of the interval in seconds (`> 0`).
+    pub seconds: f64,
+    /// Counts per SLO. An SLO missing here had no data this interval.
+    pub slos: Vec<SloObservation>,
+    /// The canary's share of traffic when a canary runs beside its baseline;
+    /// `None` during a rolling update or after a promote.
+    pub canary_share: Option<f64>,
+    /// `false` when the source could not be read: the counts are ignored and
+    /// the interval counts as missing data, never as zero traffic.
+    pub source_ok: bool,
+}
+
+/// What the judge says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Not enough evidence either way yet: keep verifying.
+    Continue,
+    /// Every SLO passed: make the release the current one (latched).
+    Promote,
+    /// An SLO is burning because of the release: go back (latched).
+    Revert,
+    /// Cannot decide and will not guess: tell a person (shared outage, too
+    /// little traffic by the deadline, signal source down).
+    Hold,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verdict::Continue => "continue",
+            Verdict::Promote => "promote",
+            Verdict::Revert => "revert",
+            Verdict::Hold => "hold",
+        })
+    }
+}
+
+/// Where one SLO's test stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SloStatus {
+    /// No events yet.
+    NoData,
+    /// The test has not decided.
+    Undecided,
+    /// The release is no worse than allowed (every alternative rejected).
+    Passing,
+    /// The release burns the budget: its own test crossed the revert bound,
+    /// or its attributable burn reached the policy share.
+    Burning,
+    /// The release's errors are high but the baseline's are as high: an
+    /// outage that is not the release's fault.
+    SharedOutage,
+}
+
+/// The evidence behind a decision, per SLO.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// [`SloSpec::name`].
+    pub slo: String,
+    /// Where the test stands.
+    pub status: SloStatus,
+    /// New-release events seen (valid intervals only).
+    pub events: u64,
+    /// New-release bad events.
+    pub bad: u64,
+    /// `bad / events` of the new release (`None` without events).
+    pub release_ratio: Option<f64>,
+    /// Baseline events seen (history before the rollout plus live).
+    pub baseline_events: u64,
+    /// Baseline bad events.
+    pub baseline_bad: u64,
+    /// Baseline error ratio (`None` without baseline events).
+    pub baseline_ratio: Option<f64>,
+    /// Error ratio under the null hypothesis, `max(p0, p_base)`.
+    pub null_ratio: f64,
+    /// Revert statistic: log of the mixture likelihood ratio (deflated by
+    /// `dispersion`, capped per block).
+    pub statistic: f64,
+    /// Revert when `statistic >= upper_bound` (`ln((1 − β)/α)`).
+    pub upper_bound: f64,
+    /// Pass statistic: the largest per-alternative log likelihood ratio,
+    /// deflated by `dispersion`.
+    pub pass_statistic: f64,
+    /// Pass when `pass_statistic <= lower_bound` (`ln(β/(1 − α))`).
+    pub lower_bound: f64,
+    /// Estimated over-dispersion factor `φ >= 1` (1 for independent errors).
+    pub dispersion: f64,
+    /// During a canary, once the canary's test says burning: log likelihood
+    /// ratio that the baseline is as bad as the canary (positive: shared
+    /// outage; negative: the canary's fault).
+    pub shared_statistic: Option<f64>,
+    /// Share of the period's error budget burned beyond the baseline, in
+    /// percent (`2.0` is 2 %).
+    pub budget_burned_pct: f64,
+}
+
+/// A verdict with its reason and evidence.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// What to do.
+    pub verdict: Verdict,
+    /// One line a person can read, e.g. "availability: burning at 6.1× the
+    /// budget (12 bad of 2000, bound crossed at 4.7 ≥ 4.6)".
+    pub reason: String,
+    /// Seconds of input seen so far (valid and missing intervals).
+    pub elapsed_seconds: f64,
+    /// `true` after a promote: the release is being watched.
+    pub watching: bool,
+    /// Per SLO, in the order of the specs.
+    pub evidence: Vec<Evidence>,
+}
+
+/// Input the judge refuses.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JudgeError {
+    /// A policy value is out of range.
+    #[error("policy field `{field}` is invalid: {reason}")]
+    Policy {
+        /// The field's name.
+        field: &'static str,
+        /// What is wrong and what would be right.
+        reason: String,
+    },
+    /// An SLO spec is invalid.
+    #[error("SLO `{slo}`: {reason}")]
+    Slo {
+        /// The SLO's name.
+        slo: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No SLOs were given: nothing could ever pass.
+    #[error("no SLOs given: the judge needs at least one SLO to verify a release against")]
+    NoSlos,
+    /// An interval is malformed (non-positive or non-finite length, good >
+    /// total, a share outside (0, 1), an unknown SLO name).
+    #[error("interval rejected: {reason}")]
+    Interval {
+        /// What is wrong.
+        reason: String,
+    },
+}
