@@ -26,8 +26,15 @@ pip_needs=(
   yamllint:yamllint
 )
 pip_modules=(
-  hcl2:python-hcl2
+  yaml:PyYAML
+  jsonschema:jsonschema
 )
+
+# python-hcl2 and checkov's own dependency bc-python-hcl2 both install a module
+# named `hcl2` into site-packages and overwrite each other's files, so
+# `import hcl2` there is neither. scripts/check-delivery.sh parses Terraform
+# with python-hcl2 installed alone in this directory (git-ignored via .venv/).
+hcl2_dir="$(cd "$(dirname "$0")/.." && pwd)/.venv/python-hcl2"
 
 sudo_if_needed() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -58,6 +65,12 @@ done
 if [ ${#missing_pip[@]} -gt 0 ]; then
   echo "install-test-deps: pip install ${missing_pip[*]}"
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${missing_pip[@]}"
+fi
+
+if ! compgen -G "$hcl2_dir/python_hcl2-*.dist-info" >/dev/null; then
+  echo "install-test-deps: pip install --target $hcl2_dir python-hcl2"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    --target "$hcl2_dir" python-hcl2
 fi
 
 # Debian's prometheus packages start their services on install; the tests start

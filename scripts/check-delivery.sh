@@ -1,0 +1,472 @@
+#!/usr/bin/env bash
+# Checks the delivery assets with the real tools, as CI runs them:
+#
+#   Dockerfile        hadolint; BuildKit targets, cache mounts, non-root finals
+#   Kubernetes        kubectl kustomize on base, overlays and guard; rendered with a
+#                     build (render.sh), validated: built-in kinds by
+#                     kubernetes-validate --strict, CRDs (HTTPRoute, ServiceMonitor)
+#                     by JSON Schema; production/review/guard policy; the
+#                     validators' own negative self-tests
+#   checkov           Dockerfile, rendered manifests, Terraform (+ project policies),
+#                     secrets; every skip must carry a reason
+#   Terraform         python-hcl2 parses every .tf; pinned provider, no secrets
+#   Prometheus        promtool check config; promtool check rules on the SLO rules
+#   Alertmanager      amtool check-config; routing of page/ticket alerts
+#   Grafana           dashboard JSON, required panels, PromQL via promtool
+#   Makefile, Drone   targets and help; pipelines, triggers, no cluster credentials
+#   Shell, YAML       shellcheck on every shell script, yamllint on every YAML file
+#
+# A tool that is missing fails the run: nothing is skipped. All checks run, then
+# the failures are listed; the exit status is non-zero if any failed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+# python-hcl2, installed alone by scripts/install-test-deps.sh (see there why).
+hcl2_dir="$root/.venv/python-hcl2"
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+failed=()
+started=$(date +%s)
+
+# check NAME COMMAND...: runs one check, prints its output indented and its result.
+check() {
+  local name=$1; shift
+  local t0 rc
+  t0=$(date +%s)
+  echo "-- $name"
+  # A subshell with errexit: any failing command inside the check fails it.
+  set +e
+  ( set -e; "$@" ) > "$work/out" 2>&1
+  rc=$?
+  set -e
+  sed 's/^/   /' "$work/out"
+  if [ "$rc" -eq 0 ]; then
+    echo "   ok ($(( $(date +%s) - t0 )) s)"
+  else
+    echo "   FAILED (exit $rc)"
+    failed+=("$name")
+  fi
+}
+
+# Files in the repository: tracked ones plus new, not-ignored ones.
+repo_files() {
+  git ls-files --cached --others --exclude-standard -- "$@" | sort -u | while read -r f; do
+    [ -f "$f" ] && printf '%s\n' "$f"
+  done
+}
+
+# ---------------------------------------------------------------------------
+tools() {
+  local missing=()
+  for t in hadolint kubectl kubernetes-validate checkov yamllint shellcheck promtool amtool python3 make git; do
+    command -v "$t" >/dev/null 2>&1 || missing+=("$t")
+  done
+  for m in yaml jsonschema; do
+    python3 -c "import $m" >/dev/null 2>&1 || missing+=("python module $m")
+  done
+  hcl2 -c 'import hcl2' >/dev/null 2>&1 || missing+=("python-hcl2 in $hcl2_dir")
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "missing: ${missing[*]} (scripts/install-test-deps.sh installs them)"
+    return 1
+  fi
+  echo "hadolint $(hadolint --version | awk '{print $NF}'), checkov $(checkov --version), $(kubectl version --client 2>/dev/null | head -1)"
+  promtool --version 2>&1 | head -1
+  amtool --version 2>&1 | head -1
+  hcl2 -c 'import hcl2, importlib.metadata as m; print("python-hcl2", m.version("python-hcl2"), "from", hcl2.__file__)'
+}
+
+# python3 with python-hcl2 (and only it) as the hcl2 module.
+hcl2() {
+  PYTHONPATH="$hcl2_dir" python3 "$@"
+}
+
+# ---------------------------------------------------------------------------
+dockerfile() {
+  hadolint --config .hadolint.yaml Dockerfile
+  echo "hadolint: no findings"
+  python3 - <<'EOF'
+import re, sys
+text = open("Dockerfile", encoding="utf-8").read()
+lines = text.splitlines()
+errors = []
+if lines[0].strip() != "# syntax=docker/dockerfile:1":
+    errors.append("first line must be '# syntax=docker/dockerfile:1' (BuildKit frontend)")
+stages = {}
+current = None
+for line in lines:
+    m = re.match(r"FROM\s+(\S+)(?:\s+AS\s+(\S+))?", line, re.I)
+    if m:
+        current = m.group(2) or m.group(1)
+        stages[current] = {"base": m.group(1), "body": []}
+    elif current:
+        stages[current]["body"].append(line)
+for target in ("test", "ultra-boost", "guard", "debug"):
+    if target not in stages:
+        errors.append(f"no '{target}' target")
+for cache in ("/usr/local/cargo/registry", "/src/target"):
+    if not re.search(r"--mount=type=cache,[^\s]*target=" + re.escape(cache), text):
+        errors.append(f"no BuildKit cache mount for {cache}")
+for final in ("ultra-boost", "guard"):
+    st = stages.get(final)
+    if not st:
+        continue
+    if not st["base"].startswith("gcr.io/distroless/"):
+        errors.append(f"target {final}: base {st['base']} is not distroless")
+    users = [l for l in st["body"] if l.startswith("USER ")]
+    if not users or users[-1].split()[1].split(":")[0] in ("0", "root"):
+        errors.append(f"target {final}: must end as a non-root USER")
+dbg = stages.get("debug", {"body": []})
+if not any("gdbserver" in l for l in dbg["body"]):
+    errors.append("target debug: no gdbserver")
+if not re.search(r"CARGO_PROFILE_RELEASE_DEBUG=full", text):
+    errors.append("debug build has no full debug info")
+for arg in ("BUILD_NUMBER", "GIT_COMMIT"):
+    if not re.search(rf"^ARG {arg}", text, re.M):
+        errors.append(f"no build arg {arg}")
+for e in errors:
+    print("ERROR", e)
+print(f"stages: {', '.join(stages)}")
+sys.exit(1 if errors else 0)
+EOF
+}
+
+# ---------------------------------------------------------------------------
+k8s_version() {
+  hcl2 - <<'EOF'
+import hcl2
+for v in hcl2.load(open("deploy/terraform/variables.tf", encoding="utf-8"))["variable"]:
+    for name, body in v.items():
+        if name.strip('"') == "kubernetes_version_prefix":
+            print(str(body["default"]).strip('"') + "0")
+EOF
+}
+
+render() {
+  local k
+  for k in deploy/kustomize/base deploy/kustomize/overlays/production deploy/kustomize/overlays/review deploy/kustomize/guard; do
+    kubectl kustomize "$k" > "$work/raw-$(basename "$k").yaml"
+    echo "kubectl kustomize $k: $(grep -c '^kind:' "$work/raw-$(basename "$k").yaml") objects"
+  done
+  mkdir -p "$work/manifests"
+  deploy/kustomize/render.sh production --build 86 > "$work/manifests/production.yaml"
+  deploy/kustomize/render.sh review --pr 42 > "$work/manifests/review.yaml"
+  deploy/kustomize/render.sh guard --build 86 > "$work/manifests/guard.yaml"
+  echo "render.sh production --build 86, review --pr 42, guard --build 86: ok"
+  # Placeholders must never reach a cluster: render.sh refuses to run without a build.
+  if deploy/kustomize/render.sh production > /dev/null 2>&1; then
+    echo "ERROR render.sh production without --build succeeded"; return 1
+  fi
+  if deploy/kustomize/render.sh production --build latest > /dev/null 2>&1; then
+    echo "ERROR render.sh accepted --build latest"; return 1
+  fi
+  echo "render.sh refuses a missing build and 'latest': ok"
+}
+
+validate_manifests() {
+  local v
+  v=$(k8s_version)
+  [ -n "$v" ] || { echo "cannot read kubernetes_version_prefix from deploy/terraform/variables.tf"; return 1; }
+  echo "Kubernetes $v (the cluster's minor, from deploy/terraform/variables.tf)"
+  deploy/kustomize/schemas/validate.py "$v" "$work"/manifests/*.yaml
+}
+
+policy() {
+  deploy/kustomize/policy.py "$work/manifests/production.yaml" "$work/manifests/review.yaml" "$work/manifests/guard.yaml" 42
+}
+
+# The validators must reject broken input, or their passing means nothing.
+validator_self_tests() {
+  local v bad
+  v=$(k8s_version)
+  bad="$work/bad"
+  mkdir -p "$bad"
+  python3 - "$work/manifests/production.yaml" "$bad" <<'EOF'
+import copy, sys, yaml
+src, out = sys.argv[1], sys.argv[2]
+docs = [d for d in yaml.safe_load_all(open(src)) if d]
+def mutate(name, fn):
+    ds = copy.deepcopy(docs)
+    for d in ds:
+        fn(d)
+    with open(f"{out}/{name}.yaml", "w") as f:
+        yaml.safe_dump_all(ds, f)
+def kind(k, fn):
+    return lambda d: fn(d) if d["kind"] == k else None
+def pod(d):
+    return d["spec"]["template"]["spec"]
+mutate("deployment-unknown-field", kind("Deployment", lambda d: d["spec"].update(replica=3)))
+mutate("httproute-weight", kind("HTTPRoute", lambda d: d["spec"]["rules"][0]["backendRefs"][0].update(weight=-1)))
+mutate("httproute-no-port", kind("HTTPRoute", lambda d: d["spec"]["rules"][0]["backendRefs"][0].pop("port")))
+mutate("servicemonitor-unknown-field", kind("ServiceMonitor", lambda d: d["spec"]["endpoints"][0].update(intervall="15s")))
+mutate("image-latest", kind("Deployment", lambda d: pod(d)["containers"][0].update(image="registry.example/ultra-boost:latest")))
+mutate("unknown-crd", kind("ServiceMonitor", lambda d: d.update(apiVersion="monitoring.coreos.com/v2")))
+mutate("policy-grace", kind("Deployment", lambda d: pod(d).update(terminationGracePeriodSeconds=15)))
+mutate("policy-max-unavailable", kind("Deployment", lambda d: d["spec"]["strategy"]["rollingUpdate"].update(maxUnavailable=1)))
+mutate("policy-no-anti-affinity", kind("Deployment", lambda d: pod(d).pop("affinity")))
+mutate("policy-root", kind("Deployment", lambda d: pod(d)["containers"][0]["securityContext"].update(allowPrivilegeEscalation=True)))
+mutate("policy-no-limits", kind("Deployment", lambda d: pod(d)["containers"][0]["resources"].pop("limits")))
+mutate("policy-pdb-selector", kind("PodDisruptionBudget", lambda d: d["spec"]["selector"]["matchLabels"].update(app="other")))
+EOF
+  local f n=0 bad_ok=()
+  for f in deployment-unknown-field httproute-weight httproute-no-port servicemonitor-unknown-field image-latest unknown-crd; do
+    n=$((n + 1))
+    if deploy/kustomize/schemas/validate.py "$v" "$bad/$f.yaml" > /dev/null 2>&1; then bad_ok+=("$f"); fi
+  done
+  for f in policy-grace policy-max-unavailable policy-no-anti-affinity policy-root policy-no-limits policy-pdb-selector; do
+    n=$((n + 1))
+    if deploy/kustomize/policy.py "$bad/$f.yaml" "$work/manifests/review.yaml" "$work/manifests/guard.yaml" 42 > /dev/null 2>&1; then bad_ok+=("$f"); fi
+  done
+  if [ ${#bad_ok[@]} -gt 0 ]; then
+    echo "ERROR broken manifests accepted: ${bad_ok[*]}"
+    return 1
+  fi
+  echo "$n broken variants of the production manifests, each rejected"
+}
+
+# ---------------------------------------------------------------------------
+run_checkov() {
+  local scan="$work/checkov"
+  mkdir -p "$scan/manifests" "$scan/terraform"
+  cp Dockerfile "$scan/"
+  cp "$work"/manifests/*.yaml "$scan/manifests/"
+  cp deploy/terraform/*.tf "$scan/terraform/"
+  set +e
+  checkov --config-file .checkov.yaml -d "$scan" -o json > "$work/checkov.json" 2> "$work/checkov.err"
+  local rc=$?
+  set -e
+  python3 - "$work/checkov.json" "$rc" <<'EOF'
+import json, sys
+path, rc = sys.argv[1], int(sys.argv[2])
+try:
+    reports = json.load(open(path))
+except json.JSONDecodeError as e:
+    print(f"ERROR checkov produced no JSON report ({e}); exit {rc}")
+    sys.exit(1)
+reports = reports if isinstance(reports, list) else [reports]
+errors = []
+seen = {}
+for r in reports:
+    s = r["summary"]
+    seen[r["check_type"]] = s
+    print(f"{r['check_type']:<11} passed {s['passed']:>4}  failed {s['failed']}  skipped {s['skipped']}  "
+          f"resources {s['resource_count']}  parsing errors {s['parsing_errors']}")
+    if s["parsing_errors"]:
+        errors.append(f"{r['check_type']}: {s['parsing_errors']} file(s) checkov could not parse")
+    for c in r["results"]["failed_checks"]:
+        errors.append(f"{c['check_id']} {c['check_name']}: {c['resource']} in {c['file_path']}")
+    for c in r["results"]["skipped_checks"]:
+        reason = (c.get("check_result") or {}).get("suppress_comment") or ""
+        if len(reason.strip()) < 20:
+            errors.append(f"{c['check_id']} skipped for {c['resource']} without a real reason: '{reason}'")
+        else:
+            print(f"  skip {c['check_id']} ({c['resource']}): {reason}")
+for fw, minimum in (("dockerfile", 1), ("kubernetes", 20), ("terraform", 4)):
+    if fw not in seen or seen[fw]["resource_count"] < minimum:
+        errors.append(f"checkov scanned too little for {fw}: {seen.get(fw, {}).get('resource_count', 0)} resources")
+for e in errors:
+    print("ERROR", e)
+sys.exit(1 if errors or rc not in (0,) else 0)
+EOF
+}
+
+# ---------------------------------------------------------------------------
+terraform() {
+  local tf=()
+  mapfile -t tf < <(repo_files 'deploy/terraform/*.tf' '*.tf')
+  [ ${#tf[@]} -gt 0 ] || { echo "no .tf files"; return 1; }
+  hcl2 - "${tf[@]}" <<'EOF'
+import re, sys, hcl2
+errors = []
+blocks = {}
+for f in sys.argv[1:]:
+    try:
+        with open(f, encoding="utf-8") as fh:
+            doc = hcl2.load(fh)
+    except Exception as e:  # python-hcl2 raises lark errors of several types
+        errors.append(f"{f}: does not parse: {e}")
+        continue
+    print(f"parsed {f}: {', '.join(sorted(doc))}")
+    for k, v in doc.items():
+        blocks.setdefault(k, []).extend(v)
+    text = open(f, encoding="utf-8").read()
+    for m in re.finditer(r'^\s*(token|password|secret|api_key|access_key)\s*=\s*"', text, re.M | re.I):
+        errors.append(f"{f}: literal credential '{m.group(1)}' (use the environment, e.g. DIGITALOCEAN_TOKEN)")
+def unq(v):
+    return v[1:-1] if isinstance(v, str) and len(v) >= 2 and v[0] == v[-1] == '"' else v
+pins = [(unq(k), v) for t in blocks.get("terraform", []) for rp in t.get("required_providers", []) for k, v in rp.items()]
+do = [v for k, v in pins if k == "digitalocean"]
+if not do:
+    errors.append("no required_providers entry for digitalocean")
+for v in do:
+    src, ver = unq(v.get("source")), unq(v.get("version", ""))
+    if src != "digitalocean/digitalocean" or not re.fullmatch(r"\d+\.\d+\.\d+", str(ver)):
+        errors.append(f"digitalocean provider must be digitalocean/digitalocean pinned to an exact version, is {src} {ver}")
+    else:
+        print(f"provider digitalocean/digitalocean pinned to {ver}")
+for p in blocks.get("provider", []):
+    for name, cfg in p.items():
+        if "token" in cfg:
+            errors.append(f"provider {unq(name)} sets token in a file")
+outputs = [unq(k) for o in blocks.get("output", []) for k in o if not k.startswith("__")]
+variables = [unq(k) for v in blocks.get("variable", []) for k in v if not k.startswith("__")]
+print(f"{len(variables)} variables, {len(outputs)} outputs")
+if not outputs or not variables:
+    errors.append("Terraform needs variables and outputs")
+for e in errors:
+    print("ERROR", e)
+sys.exit(1 if errors else 0)
+EOF
+  local stray
+  stray=$(repo_files '*.tfvars' '*.tfstate' '*.tfstate.*' '.terraform/*' | head -5)
+  if [ -n "$stray" ]; then
+    echo "ERROR state or variable files in the repository (may hold secrets): $stray"
+    return 1
+  fi
+}
+
+# ---------------------------------------------------------------------------
+prometheus() {
+  (cd deploy/prometheus && promtool check config prometheus.yml)
+  local rules=deploy/prometheus/rules/ultra-boost.rules.yml
+  if [ ! -f "$rules" ]; then
+    echo "ERROR $rules is missing: generate it with 'make rules' (guard slo generate from slos/ultra-boost.yml)"
+    return 1
+  fi
+  promtool check rules deploy/prometheus/rules/*.yml
+}
+
+alertmanager() {
+  amtool check-config deploy/alertmanager/alertmanager.yml
+  local cfg=deploy/alertmanager/alertmanager.yml got
+  # Routing as intended: page -> PagerDuty, ticket -> Slack, both also -> guard.
+  got=$(amtool config routes test --config.file="$cfg" sloth_severity=page sloth_id=ultra-boost-requests-availability alertname=x)
+  echo "page alert   -> $got"
+  [ "$got" = "guard,page-pagerduty" ] || { echo "ERROR page alerts must reach guard and PagerDuty"; return 1; }
+  got=$(amtool config routes test --config.file="$cfg" sloth_severity=ticket sloth_id=ultra-boost-requests-availability alertname=x)
+  echo "ticket alert -> $got"
+  [ "$got" = "guard,ticket-slack" ] || { echo "ERROR ticket alerts must reach guard and Slack"; return 1; }
+  if grep -nE '(routing_key|service_key|api_url|credentials):' "$cfg"; then
+    echo "ERROR secrets inline in $cfg: use the *_file settings"
+    return 1
+  fi
+}
+
+grafana() {
+  deploy/grafana/check-dashboards.py
+}
+
+# ---------------------------------------------------------------------------
+makefile() {
+  local help t missing=()
+  help=$(make --no-print-directory help)
+  for t in help ultra-boost guard unit-tests push push-% push-pr deploy-prd demo test bench manifests rules; do
+    grep -qE "^  $t " <<<"$help" || missing+=("$t")
+  done
+  [ ${#missing[@]} -eq 0 ] || { echo "ERROR make help lacks: ${missing[*]}"; return 1; }
+  echo "make help lists every target"
+  for t in ultra-boost guard unit-tests push push-ultra-boost push-guard push-pr deploy-prd demo test bench manifests rules; do
+    make --no-print-directory -n "$t" BUILD=86 PR=42 GUARD_API_TOKEN=x > /dev/null || { echo "ERROR make -n $t fails"; return 1; }
+  done
+  echo "make -n: every target expands"
+  if make --no-print-directory -n deploy-prd BUILD= > /dev/null 2>&1; then
+    echo "ERROR make deploy-prd without BUILD must fail"; return 1
+  fi
+  make --no-print-directory -n deploy-prd BUILD=86 GUARD_API_TOKEN=x | grep -q -- 'deploy ultra-boost --env production --build 86 --wait' \
+    || { echo "ERROR deploy-prd must run guard deploy ultra-boost --env production --build N --wait"; return 1; }
+  echo "deploy-prd BUILD=86 -> guard deploy ultra-boost --env production --build 86 --wait"
+}
+
+drone() {
+  python3 - <<'EOF'
+import re, sys, yaml
+text = open(".drone.yml", encoding="utf-8").read()
+docs = [d for d in yaml.safe_load_all(text) if d]
+errors = []
+pipes = {d.get("name"): d for d in docs if d.get("kind") == "pipeline"}
+for name in ("pr", "main", "promote"):
+    if name not in pipes:
+        errors.append(f"no pipeline '{name}'")
+def trig(p, key):
+    return set(pipes.get(p, {}).get("trigger", {}).get(key, []))
+if "pull_request" not in trig("pr", "event"):
+    errors.append("pipeline pr must trigger on pull_request")
+if "main" not in trig("main", "branch") or "push" not in trig("main", "event"):
+    errors.append("pipeline main must trigger on push to main")
+if "promote" not in trig("promote", "event"):
+    errors.append("pipeline promote must trigger on promote")
+def steps_text(p):
+    return yaml.safe_dump(pipes.get(p, {}).get("steps", []))
+if "push-pr" not in steps_text("pr"):
+    errors.append("pipeline pr does not push :pr-<N> (make push-pr)")
+for p in ("main", "promote"):
+    s = steps_text(p)
+    if not re.search(r"deploy.*ultra-boost.*--env.*--build.*--wait", s.replace("\n", " ")):
+        errors.append(f"pipeline {p} does not hand the build to guard (guard deploy ... --wait)")
+for p, d in pipes.items():
+    for step in d.get("steps", []):
+        for k, v in (step.get("environment") or {}).items():
+            if isinstance(v, str) and re.search(r"token|password|secret", k, re.I):
+                errors.append(f"pipeline {p} step {step['name']}: {k} is inline, use from_secret")
+if re.search(r"kubeconfig|KUBE_TOKEN|KUBERNETES_|kubectl apply|client-certificate", text, re.I):
+    errors.append("CI must not hold cluster credentials or apply manifests: guard deploys")
+if "cache-to type=registry" not in open("Makefile").read() or "cache-from type=registry" not in text:
+    errors.append("BuildKit registry cache is not wired")
+for e in errors:
+    print("ERROR", e)
+print(f"pipelines: {', '.join(pipes)}; steps: " + "; ".join(f"{p}: {', '.join(s['name'] for s in d.get('steps', []))}" for p, d in pipes.items()))
+sys.exit(1 if errors else 0)
+EOF
+}
+
+# ---------------------------------------------------------------------------
+shell_scripts() {
+  local files=()
+  mapfile -t files < <(repo_files '*.sh' scripts/test .ci/run)
+  [ ${#files[@]} -gt 0 ] || { echo "no shell scripts found"; return 1; }
+  echo "${#files[@]} scripts: ${files[*]}"
+  shellcheck --external-sources "${files[@]}"
+}
+
+yaml_files() {
+  local files=()
+  mapfile -t files < <(repo_files '*.yml' '*.yaml' .yamllint .hadolint.yaml .checkov.yaml)
+  [ ${#files[@]} -gt 0 ] || { echo "no YAML files found"; return 1; }
+  echo "${#files[@]} YAML files (exclusions and reasons in .yamllint)"
+  yamllint --strict --config-file .yamllint "${files[@]}"
+}
+
+# ---------------------------------------------------------------------------
+echo "== delivery assets ($root)"
+check "tools present" tools
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "== delivery checks cannot run: ${failed[*]}"
+  exit 1
+fi
+check "Dockerfile: hadolint, BuildKit targets and caches" dockerfile
+check "Kubernetes: kustomize base, overlays, guard; render.sh" render
+if [ -s "$work/manifests/production.yaml" ]; then
+  check "Kubernetes: kubernetes-validate --strict + CRD schemas" validate_manifests
+  check "Kubernetes: production, review and guard policy" policy
+  check "Kubernetes: validators reject broken manifests" validator_self_tests
+  check "checkov: Dockerfile, manifests, Terraform, secrets" run_checkov
+else
+  failed+=("manifests not rendered: validation, policy and checkov could not run")
+fi
+check "Terraform: python-hcl2, pinned provider, no secrets" terraform
+check "Prometheus: promtool check config and rules" prometheus
+check "Alertmanager: amtool check-config and routing" alertmanager
+check "Grafana: dashboards" grafana
+check "Makefile: targets and help" makefile
+check "Drone: pipelines and credentials" drone
+check "shellcheck" shell_scripts
+check "yamllint" yaml_files
+
+echo "== delivery assets: $(( $(date +%s) - started )) s"
+if [ ${#failed[@]} -gt 0 ]; then
+  printf 'FAILED: %s\n' "${failed[@]}"
+  exit 1
+fi
+echo "all delivery checks passed"
