@@ -70,6 +70,14 @@ trap 'rm -rf "$tmp"' EXIT
   if [ -n "$namespace" ]; then
     echo "namespace: $namespace"
   fi
+  # The build, as the standard version label on every object and pod: the
+  # ServiceMonitor turns it into the `build` label of every series, so guard's
+  # prometheus source can tell releases apart (guard sets it on deploy too).
+  echo "labels:"
+  echo "  - pairs:"
+  echo "      app.kubernetes.io/version: \"$tag\""
+  echo "    includeSelectors: false"
+  echo "    includeTemplates: true"
   echo "images:"
   echo "  - name: $image_name"
   if [ -n "$image" ]; then
