@@ -1,5 +1,8 @@
 # The production cluster: DigitalOcean Kubernetes with one autoscaling node
-# pool, its own VPC, and a container registry wired to it.
+# pool, its own VPC, and the container registry CI pushes to. Pull access for
+# the cluster is DOKS' registry integration (`doctl kubernetes cluster registry
+# add <cluster>`, once), so no registry credential lives in Terraform state or
+# in the repository.
 
 data "digitalocean_kubernetes_versions" "selected" {
   version_prefix = var.kubernetes_version_prefix
@@ -49,11 +52,4 @@ resource "digitalocean_container_registry" "main" {
   name                   = var.registry_name
   subscription_tier_slug = var.registry_tier
   region                 = var.region
-}
-
-# Lets the cluster pull from the registry: DOKS stores the registry's pull
-# credentials in every namespace, so no image pull secret is committed anywhere.
-resource "digitalocean_container_registry_docker_credentials" "cluster" {
-  registry_name = digitalocean_container_registry.main.name
-  write         = false
 }

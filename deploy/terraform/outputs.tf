@@ -32,9 +32,3 @@ output "registry_endpoint" {
   description = "Registry the Makefile and CI push images to (REGISTRY=...)."
   value       = digitalocean_container_registry.main.endpoint
 }
-
-output "registry_docker_credentials" {
-  description = "Read-only Docker credentials for the registry, for wiring other clusters; sensitive."
-  value       = digitalocean_container_registry_docker_credentials.cluster.docker_credentials
-  sensitive   = true
-}
