@@ -4,6 +4,43 @@
 //! The engine hands every [`Event`] to a dispatcher and moves on: delivery runs
 //! on its own queue per target, retries with backoff, and never blocks or
 //! changes a decision.
+//!
+//! - [`config`]: the `notify:` section of guard.yaml and its `GUARD_*` overrides.
+//! - [`Dispatcher`]: queues, retries, delivery log and metrics.
+//! - [`message`]: what every message says; [`slack`], [`teams`], [`webhook`],
+//!   [`grafana`], [`github`]: how each target wants it, following each
+//!   service's documented format.
+//!
+//! ```no_run
+//! # async fn demo(event: notify::Event) -> Result<(), notify::NotifyError> {
+//! use std::sync::Arc;
+//! let mut registry = prometheus_client::registry::Registry::default();
+//! let config = notify::NotifyConfig::default(); // from guard.yaml
+//! let dispatcher = notify::Dispatcher::from_config(
+//!     &config, &notify::ProcessEnv, &mut registry, Arc::new(notify::NoLog))?;
+//! dispatcher.send(event); // returns at once
+//! dispatcher.flush(std::time::Duration::from_secs(10)).await;
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod dispatcher;
+pub mod github;
+pub mod grafana;
+pub mod message;
+mod secret;
+pub mod slack;
+pub mod teams;
+mod transport;
+pub mod webhook;
+
+pub use config::{NotifyConfig, ProcessEnv, Strings, Targets};
+pub use dispatcher::{
+    DeliveryLog, DeliveryRecord, Dispatcher, MemoryLog, NoLog, NotifyError, Outcome,
+};
+pub use secret::{Redactor, Secret};
 
 use serde::{Deserialize, Serialize};
 

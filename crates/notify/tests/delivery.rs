@@ -1,0 +1,773 @@
+//! Delivery to every target, against doubles that answer as the real services
+//! do (see `doubles/mod.rs`): payload formats, the webhook signature, the
+//! Grafana region and GitHub deployment flows, retries on 500 and 429 with
+//! `Retry-After`, none on 400, and a dead target that changes nothing the
+//! caller sees.
+
+mod doubles;
+
+use doubles::{
+    Canned, Double, GitHubDouble, GrafanaDouble, SlackDouble, TeamsDouble, WebhookReceiver,
+};
+use notify::config::RetryConfig;
+use notify::{
+    DeliveryRecord, Dispatcher, Event, EventKind, Evidence, MemoryLog, NotifyConfig, Outcome,
+};
+use prometheus_client::registry::Registry;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SLACK_PATH: &str = "/services/T000/B000/SLACKSECRETPATH";
+const TEAMS_PATH: &str =
+    "/workflows/abc/triggers/manual/paths/invoke?api-version=1&sig=TEAMSSECRETSIG";
+const FLUSH: Duration = Duration::from_secs(10);
+
+struct Harness {
+    dispatcher: Dispatcher,
+    log: Arc<MemoryLog>,
+    registry: Registry,
+}
+
+impl Harness {
+    fn new(env: &[(&str, String)]) -> Harness {
+        Self::with_capacity(env, None)
+    }
+
+    fn with_capacity(env: &[(&str, String)], queue_capacity: Option<usize>) -> Harness {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = NotifyConfig {
+            // Millisecond backoff keeps the tests fast; max_ms stays large
+            // enough that a 1 s Retry-After is honoured, not capped.
+            retry: RetryConfig {
+                max_attempts: 4,
+                base_ms: 5,
+                max_ms: 2_000,
+                timeout_ms: 2_000,
+            },
+            queue_capacity,
+            ..Default::default()
+        };
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        let mut registry = Registry::default();
+        let log = Arc::new(MemoryLog::default());
+        let dispatcher = Dispatcher::from_config(&config, &env, &mut registry, log.clone())
+            .expect("valid config");
+        Harness {
+            dispatcher,
+            log,
+            registry,
+        }
+    }
+
+    async fn flush(&self) {
+        let left = self.dispatcher.flush(FLUSH).await;
+        assert_eq!(
+            left,
+            0,
+            "deliveries still pending after {FLUSH:?}: {:#?}",
+            self.log.records()
+        );
+    }
+
+    fn metric(&self, target: &str, outcome: &str) -> u64 {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
+        let prefix =
+            format!("guard_notifications_total{{target=\"{target}\",outcome=\"{outcome}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+    }
+
+    fn records(&self, target: &str) -> Vec<DeliveryRecord> {
+        self.log
+            .records()
+            .into_iter()
+            .filter(|r| r.target == target)
+            .collect()
+    }
+}
+
+fn event(kind: EventKind, rollout_id: i64) -> Event {
+    Event {
+        kind,
+        service: "ultra-boost".into(),
+        environment: "production".into(),
+        previous_build: Some("42".into()),
+        build: Some("43".into()),
+        commit: Some("9fceb02d0ae598e95dc970b74767f19372d61af8".into()),
+        reason: "error ratio 5.1 % vs baseline 0.0 %: SPRT crossed its revert bound".into(),
+        evidence: Evidence {
+            slo: Some("requests-availability".into()),
+            events: 412,
+            bad_events: 21,
+            release_error_ratio: Some(0.051),
+            baseline_error_ratio: Some(0.0),
+            statistic: Some(4.71),
+            lower_bound: Some(-4.59),
+            upper_bound: Some(4.59),
+            budget_burned_pct: Some(0.0123),
+        },
+        seconds_to_verdict: if kind == EventKind::Started {
+            None
+        } else {
+            Some(7.3)
+        },
+        started_at_ms: 1_764_201_600_000,
+        ended_at_ms: if kind == EventKind::Started {
+            None
+        } else {
+            Some(1_764_201_607_300)
+        },
+        status_url: Some("https://guard.example/rollouts/7".into()),
+        environment_url: None,
+        transient: false,
+        rollout_id: Some(rollout_id),
+    }
+}
+
+/// The facts every message must carry, whatever the layout.
+fn assert_explains(text: &str) {
+    for needle in [
+        "ultra-boost",
+        "production",
+        "42 → 43",
+        "revert",
+        "requests-availability",
+        "21 bad of 412",
+        "5.10 %",
+        "4.71",
+        "-4.59",
+        "0.012 %",
+        "7.3 s",
+        "SPRT crossed its revert bound",
+        "https://guard.example/rollouts/7",
+    ] {
+        assert!(text.contains(needle), "message lacks {needle:?}:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn slack_gets_block_kit_with_a_plain_text_fallback() {
+    let slack = SlackDouble::start().await;
+    let h = Harness::new(&[("GUARD_SLACK_WEBHOOK_URL", slack.url(SLACK_PATH))]);
+    h.dispatcher.send(event(EventKind::Reverted, 7));
+    h.flush().await;
+
+    let reqs = slack.requests();
+    assert_eq!(reqs.len(), 1);
+    let r = &reqs[0];
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.path, SLACK_PATH);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let body = r.json();
+    assert_explains(body["text"].as_str().unwrap());
+    let blocks = body["blocks"].as_array().unwrap();
+    assert_eq!(blocks[0]["type"], "header");
+    assert_eq!(blocks[0]["text"]["type"], "plain_text");
+    assert!(blocks[0]["text"]["text"].as_str().unwrap().chars().count() <= 150);
+    let mut rendered = String::new();
+    for b in blocks {
+        match b["type"].as_str().unwrap() {
+            "header" => rendered += b["text"]["text"].as_str().unwrap(),
+            "section" => {
+                if let Some(t) = b.get("text") {
+                    assert_eq!(t["type"], "mrkdwn");
+                    rendered += t["text"].as_str().unwrap();
+                }
+                if let Some(fields) = b.get("fields") {
+                    let fields = fields.as_array().unwrap();
+                    assert!(
+                        !fields.is_empty() && fields.len() <= 10,
+                        "a section takes 1..=10 fields"
+                    );
+                    for f in fields {
+                        assert_eq!(f["type"], "mrkdwn");
+                        assert!(f["text"].as_str().unwrap().len() <= 2000);
+                        rendered += "\n";
+                        rendered += f["text"].as_str().unwrap();
+                    }
+                }
+            }
+            "context" => {
+                for e in b["elements"].as_array().unwrap() {
+                    rendered += e["text"].as_str().unwrap();
+                }
+            }
+            other => panic!("unexpected block type {other}"),
+        }
+    }
+    assert_explains(&rendered);
+
+    let rec = h.records("slack");
+    assert_eq!(rec.len(), 1);
+    assert_eq!(
+        (rec[0].outcome, rec[0].http_status, rec[0].detail.as_str()),
+        (Outcome::Delivered, Some(200), "ok")
+    );
+    assert_eq!(
+        (rec[0].event, rec[0].rollout_id, rec[0].attempts),
+        (EventKind::Reverted, Some(7), 1)
+    );
+    assert_eq!(h.metric("slack", "delivered"), 1);
+    assert_eq!(h.metric("slack", "failed"), 0);
+}
+
+#[tokio::test]
+async fn teams_gets_an_adaptive_card_and_answers_202() {
+    let teams = TeamsDouble::start().await;
+    let h = Harness::new(&[("GUARD_TEAMS_WEBHOOK_URL", teams.url(TEAMS_PATH))]);
+    h.dispatcher.send(event(EventKind::Reverted, 7));
+    h.flush().await;
+
+    let reqs = teams.requests();
+    assert_eq!(reqs.len(), 1);
+    let body = reqs[0].json();
+    assert_eq!(body["type"], "message");
+    let att = &body["attachments"][0];
+    assert_eq!(
+        att["contentType"],
+        "application/vnd.microsoft.card.adaptive"
+    );
+    let card = &att["content"];
+    assert_eq!(card["type"], "AdaptiveCard");
+    assert_eq!(
+        card["$schema"],
+        "http://adaptivecards.io/schemas/adaptive-card.json"
+    );
+    assert!(["1.4", "1.5"].contains(&card["version"].as_str().unwrap()));
+    let mut rendered = String::new();
+    for item in card["body"].as_array().unwrap() {
+        match item["type"].as_str().unwrap() {
+            "TextBlock" => rendered += &format!("{}\n", item["text"].as_str().unwrap()),
+            "FactSet" => {
+                for f in item["facts"].as_array().unwrap() {
+                    rendered += &format!(
+                        "{}: {}\n",
+                        f["title"].as_str().unwrap(),
+                        f["value"].as_str().unwrap()
+                    );
+                }
+            }
+            other => panic!("unexpected card element {other}"),
+        }
+    }
+    let action = &card["actions"][0];
+    assert_eq!(action["type"], "Action.OpenUrl");
+    rendered += action["url"].as_str().unwrap();
+    assert_explains(&rendered);
+    assert_eq!(
+        card["body"][0]["color"], "Attention",
+        "a revert is bad news"
+    );
+
+    let rec = h.records("teams");
+    assert_eq!(
+        (rec.len(), rec[0].outcome, rec[0].http_status),
+        (1, Outcome::Delivered, Some(202))
+    );
+}
+
+#[tokio::test]
+async fn webhook_events_are_signed_and_verifiable() {
+    let secret = "whsec_0123456789abcdef";
+    let receiver = WebhookReceiver::start(secret).await;
+    let h = Harness::new(&[
+        ("GUARD_WEBHOOK_URL", receiver.url("/hooks/guard")),
+        ("GUARD_WEBHOOK_SECRET", secret.to_owned()),
+    ]);
+    h.dispatcher.send(event(EventKind::Reverted, 7));
+    h.dispatcher
+        .send_incident(event(EventKind::IncidentOpened, 8), "c6eadffa33fcdf37");
+    h.flush().await;
+
+    let reqs = receiver.requests();
+    assert_eq!(reqs.len(), 2);
+    let now = jiff::Timestamp::now().as_second();
+    for r in &reqs {
+        let ts = r.header("x-guard-timestamp").unwrap();
+        let sig = r.header("x-guard-signature").unwrap();
+        notify::webhook::verify(
+            secret.as_bytes(),
+            ts,
+            sig,
+            &r.body,
+            now,
+            Duration::from_secs(300),
+        )
+        .expect("signature verifies");
+        // The same signature must not verify with another secret or body.
+        assert!(
+            notify::webhook::verify(b"other", ts, sig, &r.body, now, Duration::from_secs(300))
+                .is_err()
+        );
+        assert_eq!(r.header("x-guard-delivery").map(str::len), Some(32));
+    }
+    assert_eq!(reqs[0].header("x-guard-event"), Some("reverted"));
+    let body = reqs[0].json();
+    assert_eq!(body["type"], "rollout.reverted");
+    assert_eq!(body["id"].as_str(), reqs[0].header("x-guard-delivery"));
+    let ev: Event = serde_json::from_value(body["event"].clone()).expect("the event round-trips");
+    assert_eq!(ev, event(EventKind::Reverted, 7));
+    assert_explains(body["text"].as_str().unwrap());
+    let incident = reqs[1].json();
+    assert_eq!(
+        (incident["type"].as_str(), incident["fingerprint"].as_str()),
+        (Some("incident.opened"), Some("c6eadffa33fcdf37"))
+    );
+    assert!(
+        h.records("webhook")
+            .iter()
+            .all(|r| r.outcome == Outcome::Delivered && r.http_status == Some(204))
+    );
+}
+
+#[tokio::test]
+async fn webhook_with_the_wrong_secret_is_refused_and_not_retried() {
+    let receiver = WebhookReceiver::start("the-real-secret").await;
+    let h = Harness::new(&[
+        ("GUARD_WEBHOOK_URL", receiver.url("/hook")),
+        ("GUARD_WEBHOOK_SECRET", "a-wrong-secret".into()),
+    ]);
+    h.dispatcher.send(event(EventKind::Promoted, 1));
+    h.flush().await;
+    assert_eq!(receiver.requests().len(), 1, "401 is not retried");
+    let rec = h.records("webhook");
+    assert_eq!(
+        (rec[0].outcome, rec[0].http_status),
+        (Outcome::Failed, Some(401))
+    );
+    assert!(
+        rec[0].detail.contains("signature does not match"),
+        "{}",
+        rec[0].detail
+    );
+    assert!(!rec[0].detail.contains("a-wrong-secret"));
+}
+
+#[tokio::test]
+async fn grafana_region_covers_the_verification() {
+    let grafana = GrafanaDouble::start("glsa_test_token").await;
+    let h = Harness::new(&[
+        ("GUARD_GRAFANA_URL", grafana.url("/")),
+        ("GUARD_GRAFANA_TOKEN", "glsa_test_token".into()),
+    ]);
+    h.dispatcher.send(event(EventKind::Started, 7));
+    h.dispatcher.send(event(EventKind::Reverted, 7));
+    // A verdict guard saw no start for (restart): one region posted whole.
+    h.dispatcher.send(event(EventKind::Promoted, 8));
+    h.flush().await;
+
+    let reqs = grafana.requests();
+    let calls: Vec<_> = reqs
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            "POST /api/annotations",
+            "PATCH /api/annotations/1",
+            "POST /api/annotations"
+        ]
+    );
+    for r in &reqs {
+        assert_eq!(r.header("authorization"), Some("Bearer glsa_test_token"));
+    }
+    let open = reqs[0].json();
+    assert_eq!(open["time"], 1_764_201_600_000i64);
+    assert!(
+        open.get("timeEnd").is_none(),
+        "the region is open while verifying: {open}"
+    );
+    let tags = |v: &Value| {
+        v["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        tags(&open),
+        ["guard", "ultra-boost", "production", "43", "verifying"]
+    );
+
+    let (region, whole) =
+        grafana.with_memory(|m| (m.annotations[&1].clone(), m.annotations[&2].clone()));
+    assert_eq!(
+        (region["time"].as_i64(), region["timeEnd"].as_i64()),
+        (Some(1_764_201_600_000), Some(1_764_201_607_300))
+    );
+    assert_eq!(
+        tags(&region),
+        ["guard", "ultra-boost", "production", "43", "revert"]
+    );
+    assert_explains(region["text"].as_str().unwrap());
+    assert_eq!(
+        (whole["time"].as_i64(), whole["timeEnd"].as_i64()),
+        (Some(1_764_201_600_000), Some(1_764_201_607_300))
+    );
+    assert_eq!(tags(&whole)[4], "promote");
+    assert_eq!(h.metric("grafana", "delivered"), 3);
+}
+
+#[tokio::test]
+async fn grafana_incident_region_opens_on_firing_and_closes_on_resolved() {
+    let grafana = GrafanaDouble::start("tok").await;
+    let h = Harness::new(&[
+        ("GUARD_GRAFANA_URL", grafana.url("")),
+        ("GUARD_GRAFANA_TOKEN", "tok".into()),
+    ]);
+    let mut firing = event(EventKind::IncidentOpened, 0);
+    firing.rollout_id = None;
+    firing.ended_at_ms = None;
+    h.dispatcher.send_incident(firing.clone(), "fp1");
+    h.dispatcher.send_incident(firing, "fp1"); // Alertmanager's repeat: no second region
+    let mut resolved = event(EventKind::IncidentResolved, 0);
+    resolved.rollout_id = None;
+    resolved.ended_at_ms = Some(1_764_201_900_000);
+    h.dispatcher.send_incident(resolved, "fp1");
+    h.flush().await;
+    let calls: Vec<_> = grafana
+        .requests()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(calls, ["POST /api/annotations", "PATCH /api/annotations/1"]);
+    let a = grafana.with_memory(|m| m.annotations[&1].clone());
+    assert_eq!(
+        (a["time"].as_i64(), a["timeEnd"].as_i64()),
+        (Some(1_764_201_600_000), Some(1_764_201_900_000))
+    );
+    assert!(
+        a["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "incident")
+    );
+}
+
+fn github_env(gh: &Double) -> Vec<(&'static str, String)> {
+    vec![
+        ("GUARD_GITHUB_API_URL", gh.url("")),
+        ("GUARD_GITHUB_TOKEN", "ghp_testtoken".into()),
+        ("GUARD_GITHUB_REPO", "acme/ultra-boost".into()),
+    ]
+}
+
+#[tokio::test]
+async fn github_deployment_goes_in_progress_then_failure_and_inactive_on_revert() {
+    let gh = GitHubDouble::start("ghp_testtoken").await;
+    let h = Harness::new(&github_env(&gh));
+    h.dispatcher.send(event(EventKind::Started, 7));
+    h.dispatcher.send(event(EventKind::Reverted, 7));
+    let mut review = event(EventKind::Started, 9);
+    review.environment = "pr-42".into();
+    review.transient = true;
+    review.environment_url = Some("https://pr-42.ultra-boost.example".into());
+    h.dispatcher.send(review.clone());
+    review.kind = EventKind::Promoted;
+    h.dispatcher.send(review);
+    h.flush().await;
+
+    let reqs = gh.requests();
+    let calls: Vec<_> = reqs
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            "POST /repos/acme/ultra-boost/deployments",
+            "POST /repos/acme/ultra-boost/deployments/1/statuses",
+            "POST /repos/acme/ultra-boost/deployments/1/statuses",
+            "POST /repos/acme/ultra-boost/deployments/1/statuses",
+            "POST /repos/acme/ultra-boost/deployments",
+            "POST /repos/acme/ultra-boost/deployments/5/statuses",
+            "POST /repos/acme/ultra-boost/deployments/5/statuses",
+        ]
+    );
+    for r in &reqs {
+        assert_eq!(r.header("accept"), Some("application/vnd.github+json"));
+        assert_eq!(r.header("authorization"), Some("Bearer ghp_testtoken"));
+        assert_eq!(r.header("x-github-api-version"), Some("2022-11-28"));
+        assert!(r.header("user-agent").unwrap().starts_with("guard/"));
+    }
+    let d = reqs[0].json();
+    assert_eq!(d["ref"], "9fceb02d0ae598e95dc970b74767f19372d61af8");
+    assert_eq!(d["environment"], "production");
+    assert_eq!(
+        (
+            d["auto_merge"].as_bool(),
+            d["required_contexts"].as_array().map(Vec::len)
+        ),
+        (Some(false), Some(0))
+    );
+    assert_eq!(
+        (
+            d["transient_environment"].as_bool(),
+            d["production_environment"].as_bool()
+        ),
+        (Some(false), Some(true))
+    );
+
+    let (prod, review) =
+        gh.with_memory(|m| (m.deployments[&1].1.clone(), m.deployments[&5].clone()));
+    let states: Vec<_> = prod.iter().map(|s| s["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["in_progress", "failure", "inactive"]);
+    assert!(
+        prod[1]["description"]
+            .as_str()
+            .unwrap()
+            .contains("SPRT crossed its revert bound")
+    );
+    assert!(
+        prod.iter()
+            .all(|s| s["description"].as_str().unwrap().chars().count() <= 140)
+    );
+    assert_eq!(prod[1]["log_url"], "https://guard.example/rollouts/7");
+    assert_eq!(prod[2]["description"], "replaced by 42 (revert)");
+    assert_eq!(
+        (
+            review.0["transient_environment"].as_bool(),
+            review.0["environment"].as_str()
+        ),
+        (Some(true), Some("pr-42"))
+    );
+    let review_states: Vec<_> = review
+        .1
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(review_states, ["in_progress", "success"]);
+    assert_eq!(
+        review.1[1]["environment_url"],
+        "https://pr-42.ultra-boost.example"
+    );
+    assert_eq!(review.1[1]["auto_inactive"], true);
+    assert_eq!(h.metric("github", "delivered"), 7);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_until_delivered() {
+    let slack = SlackDouble::start().await;
+    slack.script([Canned::status(500, "rollup_error"), Canned::status(503, "")]);
+    let h = Harness::new(&[("GUARD_SLACK_WEBHOOK_URL", slack.url(SLACK_PATH))]);
+    h.dispatcher.send(event(EventKind::Promoted, 1));
+    h.flush().await;
+    assert_eq!(slack.requests().len(), 3);
+    let rec = h.records("slack");
+    assert_eq!(
+        (rec.len(), rec[0].outcome, rec[0].attempts),
+        (1, Outcome::Delivered, 3)
+    );
+    assert_eq!(
+        (h.metric("slack", "retried"), h.metric("slack", "delivered")),
+        (2, 1)
+    );
+}
+
+#[tokio::test]
+async fn rate_limits_are_retried_after_the_time_the_server_asks_for() {
+    let grafana = GrafanaDouble::start("tok").await;
+    grafana.script([Canned::retry_after(429, "1")]);
+    let h = Harness::new(&[
+        ("GUARD_GRAFANA_URL", grafana.url("")),
+        ("GUARD_GRAFANA_TOKEN", "tok".into()),
+    ]);
+    h.dispatcher.send(event(EventKind::Promoted, 1));
+    h.flush().await;
+    let reqs = grafana.requests();
+    assert_eq!(reqs.len(), 2);
+    let gap = reqs[1].at - reqs[0].at;
+    // Backoff alone would wait ≤ 5 ms; only Retry-After explains a second.
+    assert!(
+        gap >= Duration::from_millis(950),
+        "retried after {gap:?}, Retry-After asked for 1 s"
+    );
+    assert_eq!(h.records("grafana")[0].outcome, Outcome::Delivered);
+}
+
+#[tokio::test]
+async fn retries_stop_after_max_attempts() {
+    let teams = TeamsDouble::start().await;
+    teams.script((0..10).map(|_| Canned::status(502, "bad gateway")));
+    let h = Harness::new(&[("GUARD_TEAMS_WEBHOOK_URL", teams.url(TEAMS_PATH))]);
+    h.dispatcher.send(event(EventKind::Held, 1));
+    h.flush().await;
+    assert_eq!(teams.requests().len(), 4, "max_attempts = 4");
+    let rec = h.records("teams");
+    assert_eq!(
+        (rec[0].outcome, rec[0].attempts, rec[0].http_status),
+        (Outcome::Failed, 4, Some(502))
+    );
+    assert!(
+        rec[0].detail.starts_with("gave up after 4 attempts"),
+        "{}",
+        rec[0].detail
+    );
+    assert_eq!(
+        (h.metric("teams", "retried"), h.metric("teams", "failed")),
+        (3, 1)
+    );
+}
+
+#[tokio::test]
+async fn client_errors_are_not_retried() {
+    let slack = SlackDouble::start().await;
+    slack.script([Canned::status(400, "invalid_payload")]);
+    let h = Harness::new(&[("GUARD_SLACK_WEBHOOK_URL", slack.url(SLACK_PATH))]);
+    h.dispatcher.send(event(EventKind::Reverted, 1));
+    h.flush().await;
+    assert_eq!(slack.requests().len(), 1);
+    let rec = h.records("slack");
+    assert_eq!(
+        (rec[0].outcome, rec[0].http_status, rec[0].attempts),
+        (Outcome::Failed, Some(400), 1)
+    );
+    assert!(rec[0].detail.contains("invalid_payload"));
+    assert_eq!(
+        (h.metric("slack", "failed"), h.metric("slack", "retried")),
+        (1, 0)
+    );
+}
+
+/// A port that refuses connections: bound, then closed.
+async fn dead_url() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    format!("http://{addr}/services/T000/B000/DEADSECRET")
+}
+
+#[tokio::test]
+async fn a_dead_target_neither_blocks_send_nor_delays_the_others() {
+    let teams = TeamsDouble::start().await;
+    let h = Harness::with_capacity(
+        &[
+            ("GUARD_SLACK_WEBHOOK_URL", dead_url().await),
+            ("GUARD_TEAMS_WEBHOOK_URL", teams.url(TEAMS_PATH)),
+        ],
+        Some(8),
+    );
+    let started = Instant::now();
+    for i in 0..200 {
+        h.dispatcher.send(event(EventKind::Promoted, i));
+    }
+    let took = started.elapsed();
+    // Generous bound: a blocking send would wait on 200 × 4 connection attempts.
+    assert!(took < Duration::from_secs(1), "200 sends took {took:?}");
+    // Queues of 8: most events for both targets are dropped and counted, none blocks.
+    assert!(
+        h.metric("slack", "dropped") >= 150,
+        "dropped {}",
+        h.metric("slack", "dropped")
+    );
+    h.flush().await;
+    // Teams got what fit in its queue, independently of the dead Slack.
+    let delivered = h.metric("teams", "delivered");
+    assert!(delivered >= 8 && delivered == teams.requests().len() as u64);
+    let failed: Vec<_> = h
+        .records("slack")
+        .into_iter()
+        .filter(|r| r.outcome == Outcome::Failed)
+        .collect();
+    assert!(!failed.is_empty());
+    for r in &failed {
+        assert_eq!((r.attempts, r.http_status), (4, None));
+        assert!(r.detail.contains("connect"), "{}", r.detail);
+        assert!(
+            !r.detail.contains("DEADSECRET"),
+            "secret leaked: {}",
+            r.detail
+        );
+    }
+    assert_eq!(
+        h.metric("slack", "failed") + h.metric("slack", "dropped"),
+        200
+    );
+}
+
+#[test]
+fn building_outside_a_runtime_is_an_error_not_a_panic() {
+    let mut registry = Registry::default();
+    let err = Dispatcher::new(
+        notify::Targets::default(),
+        &mut registry,
+        Arc::new(notify::NoLog),
+    )
+    .unwrap_err();
+    assert!(matches!(err, notify::NotifyError::NoRuntime));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn secrets_stay_out_of_logs_records_and_debug_output() {
+    // Capture every log line the dispatcher writes (current-thread runtime, so
+    // the delivery tasks log on this thread's subscriber).
+    #[derive(Clone, Default)]
+    struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let gh = GitHubDouble::start("ghp_SECRET_TOKEN").await;
+    gh.script([
+        Canned::status(500, "oops"),
+        Canned::status(401, "Bad credentials"),
+    ]);
+    let slack = SlackDouble::start().await;
+    slack.script([Canned::status(404, "channel_not_found")]);
+    let h = Harness::new(&[
+        ("GUARD_SLACK_WEBHOOK_URL", slack.url(SLACK_PATH)),
+        ("GUARD_WEBHOOK_URL", dead_url().await),
+        ("GUARD_WEBHOOK_SECRET", "WEBHOOK_SECRET_KEY".into()),
+        ("GUARD_GITHUB_API_URL", gh.url("")),
+        ("GUARD_GITHUB_TOKEN", "ghp_SECRET_TOKEN".into()),
+        ("GUARD_GITHUB_REPO", "acme/ultra-boost".into()),
+    ]);
+    h.dispatcher.send(event(EventKind::Reverted, 1));
+    h.flush().await;
+
+    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let records = format!("{:?}", h.log.records());
+    let debug = format!("{:?}", h.dispatcher);
+    assert!(
+        logs.contains("notification failed"),
+        "the failures are logged:\n{logs}"
+    );
+    for secret in [
+        "SLACKSECRETPATH",
+        "DEADSECRET",
+        "WEBHOOK_SECRET_KEY",
+        "ghp_SECRET_TOKEN",
+    ] {
+        for (what, text) in [("logs", &logs), ("records", &records), ("Debug", &debug)] {
+            assert!(
+                !text.contains(secret),
+                "{secret} leaked into {what}:\n{text}"
+            );
+        }
+    }
+}
