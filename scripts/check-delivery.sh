@@ -340,6 +340,29 @@ prometheus() {
     return 1
   fi
   promtool check rules deploy/prometheus/rules/*.yml
+  # The dashboard and Alertmanager depend on names in the generated rules.
+  python3 - "$rules" deploy/grafana/dashboards/*.json <<'EOF'
+import json, re, sys, yaml
+rules_file, dashboards = sys.argv[1], sys.argv[2:]
+doc = yaml.safe_load(open(rules_file, encoding="utf-8"))
+groups = doc.get("groups") or (doc.get("spec") or {}).get("groups") or []
+records = {r["record"] for g in groups for r in g.get("rules", []) if "record" in r}
+alerts = [r for g in groups for r in g.get("rules", []) if "alert" in r]
+severities = {(a.get("labels") or {}).get("sloth_severity") for a in alerts}
+errors = []
+for d in dashboards:
+    used = set(re.findall(r"\bslo:[a-z_]+:[a-z_0-9]+", open(d, encoding="utf-8").read()))
+    for name in sorted(used - records):
+        errors.append(f"{d} uses {name}, which {rules_file} does not record")
+for sev, receiver in (("page", "PagerDuty"), ("ticket", "Slack")):
+    if sev not in severities:
+        errors.append(f"no alert in {rules_file} has sloth_severity={sev} (routed to {receiver} by Alertmanager)")
+print(f"{rules_file}: {len(records)} recording rules, {len(alerts)} alerts "
+      f"(sloth_severity: {', '.join(sorted(s for s in severities if s))})")
+for e in errors:
+    print("ERROR", e)
+sys.exit(1 if errors else 0)
+EOF
 }
 
 alertmanager() {
