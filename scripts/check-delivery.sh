@@ -127,9 +127,22 @@ if not re.search(r"CARGO_PROFILE_RELEASE_DEBUG=full", text):
 for arg in ("BUILD_NUMBER", "GIT_COMMIT"):
     if not re.search(rf"^ARG {arg}", text, re.M):
         errors.append(f"no build arg {arg}")
+# The dependency stage copies only the manifests and crates/: every workspace
+# member and path dependency must live there, and .dockerignore must keep them.
+import tomllib
+ws = tomllib.load(open("Cargo.toml", "rb"))["workspace"]
+paths = [m for m in ws.get("members", [])]
+paths += [d["path"] for d in ws.get("dependencies", {}).values() if isinstance(d, dict) and "path" in d]
+for pth in paths:
+    if not pth.startswith("crates/"):
+        errors.append(f"workspace path {pth} is outside crates/, which the sources stage copies")
+ignored = [l.strip() for l in open(".dockerignore", encoding="utf-8") if l.strip() and not l.startswith("#")]
+for needed in ("Cargo.toml", "Cargo.lock", "crates"):
+    if needed in ignored:
+        errors.append(f".dockerignore excludes {needed}")
 for e in errors:
     print("ERROR", e)
-print(f"stages: {', '.join(stages)}")
+print(f"stages: {', '.join(stages)}; workspace paths {', '.join(paths)} inside the copied sources")
 sys.exit(1 if errors else 0)
 EOF
 }
