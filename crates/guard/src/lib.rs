@@ -2,4 +2,5 @@
 //! promotes or reverts it on its own. See `DESIGN.md` for the parts.
 pub mod cli;
 pub mod platform;
+pub mod router;
 pub mod signals;

@@ -10,6 +10,8 @@
 //! the store *before* it calls the platform, so after a crash it calls the same
 //! method again with the same arguments; a platform must converge, not act twice.
 
+pub mod local;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;

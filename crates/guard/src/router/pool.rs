@@ -1,0 +1,280 @@
+//! The router's replica set: releases (groups of backends) with a traffic weight
+//! each, and the pick of one backend per request.
+//!
+//! A [`Pool`] is immutable once built (only the per-backend atomics move); the
+//! router swaps whole pools atomically, so a request sees either the old set or
+//! the new one, never half of a change.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use prometheus_client::metrics::counter::Counter;
+
+use crate::platform::Role;
+
+/// One replica behind the router.
+#[derive(Debug)]
+pub struct Backend {
+    id: u64,
+    build: String,
+    addr: SocketAddr,
+    ready: AtomicBool,
+    in_flight: AtomicU64,
+}
+
+static NEXT_BACKEND_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Backend {
+    /// A backend for a replica of `build` listening on `addr`. It starts
+    /// **not ready**: whoever adds it to a pool either waited for readiness and
+    /// calls [`Backend::set_ready`], or lets the router's poller find out.
+    pub fn new(build: impl Into<String>, addr: SocketAddr) -> Arc<Self> {
+        Arc::new(Self {
+            id: NEXT_BACKEND_ID.fetch_add(1, Ordering::Relaxed),
+            build: build.into(),
+            addr,
+            ready: AtomicBool::new(false),
+            in_flight: AtomicU64::new(0),
+        })
+    }
+
+    /// Unique within this process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn build(&self) -> &str {
+        &self.build
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Requests the router has sent to this backend whose response is not yet
+    /// finished (body included). A drained backend has 0.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(self))
+    }
+}
+
+/// Counts one in-flight request until dropped (after the response body ends).
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<Backend>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One release in the pool.
+#[derive(Clone, Debug)]
+pub struct GroupSpec {
+    pub build: String,
+    pub role: Role,
+    /// Relative traffic weight (any non-negative number; normalised over the
+    /// groups that have a ready backend). 0 means "only when nothing else is ready".
+    pub weight: f64,
+    pub backends: Vec<Arc<Backend>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Group {
+    pub(crate) spec: GroupSpec,
+    rr: AtomicUsize,
+    /// Per response code counters, resolved once from the metric family so the
+    /// hot path does not hash label sets.
+    pub(crate) by_code: RwLock<HashMap<u16, Counter>>,
+}
+
+/// An immutable replica set.
+#[derive(Debug, Default)]
+pub(crate) struct Pool {
+    pub(crate) groups: Vec<Group>,
+}
+
+/// The index of the group and the backend chosen for one request.
+pub(crate) struct Pick {
+    pub(crate) group: usize,
+    pub(crate) backend: Arc<Backend>,
+}
+
+impl Pool {
+    pub(crate) fn new(specs: Vec<GroupSpec>) -> Self {
+        Self {
+            groups: specs
+                .into_iter()
+                .map(|spec| Group {
+                    spec,
+                    rr: AtomicUsize::new(0),
+                    by_code: RwLock::new(HashMap::new()),
+                })
+                .collect(),
+        }
+    }
+
+    pub(crate) fn backends(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        self.groups.iter().flat_map(|g| g.spec.backends.iter())
+    }
+
+    /// Chooses a backend for request number `seq`, skipping backends in `tried`.
+    ///
+    /// The group is chosen by weight with a low-discrepancy sequence (the golden
+    /// ratio additive recurrence on `seq`): over any window of n requests a group
+    /// of share w receives n·w ± O(log n) of them, so canary shares are exact
+    /// without a random number generator. If the chosen group has no ready
+    /// backend its share goes to the others; groups of weight 0 serve only when
+    /// no weighted group can.
+    pub(crate) fn pick(&self, seq: u64, tried: &[u64]) -> Option<Pick> {
+        let usable = |g: &Group| {
+            g.spec
+                .backends
+                .iter()
+                .any(|b| b.is_ready() && !tried.contains(&b.id))
+        };
+        let mut total = 0.0;
+        let mut any_usable = false;
+        for g in &self.groups {
+            if usable(g) {
+                any_usable = true;
+                if g.spec.weight > 0.0 {
+                    total += g.spec.weight;
+                }
+            }
+        }
+        if !any_usable {
+            return None;
+        }
+        let group = if total > 0.0 {
+            let x = golden(seq) * total;
+            let mut acc = 0.0;
+            let mut chosen = None;
+            let mut last = 0;
+            for (i, g) in self.groups.iter().enumerate() {
+                if g.spec.weight > 0.0 && usable(g) {
+                    acc += g.spec.weight;
+                    last = i;
+                    if x < acc {
+                        chosen = Some(i);
+                        break;
+                    }
+                }
+            }
+            // Rounding can leave x == total: the last weighted group takes it.
+            chosen.unwrap_or(last)
+        } else {
+            let usable_groups: Vec<usize> = (0..self.groups.len()).filter(|&i| usable(&self.groups[i])).collect();
+            usable_groups[(seq as usize) % usable_groups.len()]
+        };
+        let g = &self.groups[group];
+        let n = g.spec.backends.len();
+        let start = g.rr.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| &g.spec.backends[(start + k) % n])
+            .find(|b| b.is_ready() && !tried.contains(&b.id))
+            .map(|b| Pick {
+                group,
+                backend: Arc::clone(b),
+            })
+    }
+}
+
+/// `frac(seq · φ⁻¹)` in `[0, 1)`: Fibonacci hashing, evenly spread for
+/// consecutive `seq`.
+fn golden(seq: u64) -> f64 {
+    let mixed = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(build: &str, port: u16, ready: bool) -> Arc<Backend> {
+        let b = Backend::new(build, SocketAddr::from(([127, 0, 0, 1], port)));
+        b.set_ready(ready);
+        b
+    }
+
+    fn share_of(pool: &Pool, build: &str, n: u64) -> f64 {
+        let hits = (0..n)
+            .filter(|&s| pool.pick(s, &[]).map(|p| p.backend.build().to_string()).as_deref() == Some(build))
+            .count();
+        hits as f64 / n as f64
+    }
+
+    #[test]
+    fn weights_are_followed_closely() {
+        let pool = Pool::new(vec![
+            GroupSpec {
+                build: "1".into(),
+                role: Role::Stable,
+                weight: 0.95,
+                backends: vec![backend("1", 1, true), backend("1", 2, true)],
+            },
+            GroupSpec {
+                build: "2".into(),
+                role: Role::Candidate,
+                weight: 0.05,
+                backends: vec![backend("2", 3, true)],
+            },
+        ]);
+        let share = share_of(&pool, "2", 10_000);
+        assert!((share - 0.05).abs() < 0.002, "candidate share {share}");
+    }
+
+    #[test]
+    fn unready_group_gives_its_share_away_and_zero_weight_is_a_fallback() {
+        let pool = Pool::new(vec![
+            GroupSpec {
+                build: "1".into(),
+                role: Role::Stable,
+                weight: 0.0,
+                backends: vec![backend("1", 1, true)],
+            },
+            GroupSpec {
+                build: "2".into(),
+                role: Role::Candidate,
+                weight: 1.0,
+                backends: vec![backend("2", 2, false)],
+            },
+        ]);
+        assert_eq!(share_of(&pool, "1", 100), 1.0);
+        pool.groups[1].spec.backends[0].set_ready(true);
+        assert_eq!(share_of(&pool, "1", 100), 0.0);
+    }
+
+    #[test]
+    fn tried_backends_are_skipped_and_empty_pool_picks_nothing() {
+        let a = backend("1", 1, true);
+        let b = backend("1", 2, true);
+        let pool = Pool::new(vec![GroupSpec {
+            build: "1".into(),
+            role: Role::Stable,
+            weight: 1.0,
+            backends: vec![a.clone(), b.clone()],
+        }]);
+        for seq in 0..10 {
+            let p = pool.pick(seq, &[a.id()]).map(|p| p.backend.id());
+            assert_eq!(p, Some(b.id()));
+        }
+        assert!(pool.pick(0, &[a.id(), b.id()]).is_none());
+        assert!(Pool::default().pick(0, &[]).is_none());
+    }
+}
