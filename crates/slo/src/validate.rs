@@ -1,0 +1,210 @@
+//! Sloth's validation rules for one SLO, plus guard's own: every query must
+//! parse as PromQL once `{{.window}}` is filled in.
+//!
+//! Rules (as Sloth v0.16): service and SLO names match
+//! `^[A-Za-z0-9][-A-Za-z0-9_.]*[A-Za-z0-9]$`; the objective is in `(0, 100]`;
+//! the period has alert windows; label keys are not `__name__` and values are
+//! not empty; exactly one SLI kind; error and total queries differ; every
+//! query contains `{{.window}}`; an enabled alert has a name; annotation
+//! values are not empty. Every broken rule is reported, not only the first.
+
+use crate::duration::PromDuration;
+use crate::spec::{AlertMeta, Field, Sli, SloSpec, SpecDocument, SpecError, SpecErrorKind};
+use crate::template;
+use crate::windows::Catalog;
+
+/// Whether `name` is a valid Sloth name: starts and ends with an
+/// alphanumeric, contains only alphanumerics, `-`, `_` and `.`.
+pub fn is_valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    if b.len() < 2 {
+        return false;
+    }
+    let edge = |c: u8| c.is_ascii_alphanumeric();
+    let inner = |c: u8| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.';
+    edge(b[0]) && edge(b[b.len() - 1]) && b.iter().all(|&c| inner(c))
+}
+
+/// Renders a query with a sample window and parses it as PromQL.
+pub fn check_promql(query: &str) -> Result<(), String> {
+    let rendered = template::render(query, "5m").map_err(|e| e.to_string())?;
+    promql_parser::parser::parse(&rendered)
+        .map(|_| ())
+        .map_err(|e| format!("not valid PromQL once {{{{.window}}}} is filled in: {e}"))
+}
+
+/// Checks one SLO (with extra labels already merged) against every rule.
+pub fn validate_slo(
+    doc: &SpecDocument,
+    slo: &SloSpec,
+    period: PromDuration,
+    catalog: &Catalog,
+) -> Vec<SpecError> {
+    let mut errors = Vec::new();
+    let mut fail = |field: Field, reason: String| {
+        errors.push(SpecError::new(
+            slo.origin(doc, field),
+            SpecErrorKind::Invalid(reason),
+        ));
+    };
+    const NAME_RULE: &str = "must start and end with an alphanumeric and can only contain alphanumerics, '.', '_' and '-' (e.g. requests-availability)";
+
+    if slo.name.is_empty() {
+        fail(Field::Name, "SLO name is required".to_string());
+    } else if !is_valid_name(&slo.name) {
+        fail(
+            Field::Name,
+            format!("invalid SLO name {:?}: {NAME_RULE}", slo.name),
+        );
+    }
+    if slo.service.is_empty() {
+        fail(Field::Service, "service is required".to_string());
+    } else if !is_valid_name(&slo.service) {
+        fail(
+            Field::Service,
+            format!("invalid service {:?}: {NAME_RULE}", slo.service),
+        );
+    }
+    if let Err(e) = catalog.get(period) {
+        fail(Field::Period, e.to_string());
+    }
+    if !(slo.objective > 0.0 && slo.objective <= 100.0) {
+        fail(
+            Field::Objective,
+            format!(
+                "objective must be > 0 and <= 100 (a percentage, e.g. 99.9), got {}",
+                slo.objective
+            ),
+        );
+    }
+    for (k, v) in &slo.labels {
+        if let Err(reason) = check_label(k, v) {
+            fail(Field::Labels, format!("invalid SLO label: {reason}"));
+        }
+    }
+
+    match &slo.sli {
+        Sli::Missing => fail(
+            Field::Sli,
+            "an SLI is required: `events` or `raw`".to_string(),
+        ),
+        Sli::Both => fail(
+            Field::Sli,
+            "only one SLI type is allowed: `events` or `raw`, not both".to_string(),
+        ),
+        Sli::Events {
+            error_query,
+            total_query,
+        } => {
+            if error_query == total_query {
+                fail(
+                    Field::ErrorQuery,
+                    "the error and total queries can't be the same".to_string(),
+                );
+            }
+            for (field, q) in [
+                (Field::ErrorQuery, error_query),
+                (Field::TotalQuery, total_query),
+            ] {
+                if let Err(reason) = check_query(q) {
+                    fail(field, reason);
+                }
+            }
+        }
+        Sli::Raw { error_ratio_query } => {
+            if let Err(reason) = check_query(error_ratio_query) {
+                fail(Field::RawQuery, reason);
+            }
+        }
+    }
+
+    for (field, which, alert) in [
+        (Field::PageAlert, "page", &slo.page_alert),
+        (Field::TicketAlert, "ticket", &slo.ticket_alert),
+    ] {
+        for (f, reason) in check_alert(which, field, alert) {
+            fail(f, reason);
+        }
+    }
+    errors
+}
+
+fn check_label(k: &str, v: &str) -> Result<(), String> {
+    if k == "__name__" {
+        return Err("the label key \"__name__\" is not allowed".to_string());
+    }
+    if k.is_empty() {
+        return Err("a label key is empty".to_string());
+    }
+    if v.is_empty() {
+        return Err(format!("the value of label {k:?} is empty"));
+    }
+    Ok(())
+}
+
+fn check_query(q: &str) -> Result<(), String> {
+    if q.trim().is_empty() {
+        return Err("the query is required".to_string());
+    }
+    if !template::has_window_var(q) {
+        return Err(
+            "the query must contain the {{.window}} variable (e.g. rate(x[{{.window}}]))"
+                .to_string(),
+        );
+    }
+    check_promql(q)
+}
+
+fn check_alert(which: &str, field: Field, alert: &AlertMeta) -> Vec<(Field, String)> {
+    let mut out = Vec::new();
+    if alert.disable {
+        return out;
+    }
+    if alert.name.is_empty() {
+        out.push((
+            Field::AlertName,
+            format!("the alert name is required while the {which} alert is enabled (or set `disable: true` on it)"),
+        ));
+    }
+    for (k, v) in &alert.labels {
+        if let Err(reason) = check_label(k, v) {
+            out.push((field, format!("invalid {which} alert label: {reason}")));
+        }
+    }
+    for (k, v) in &alert.annotations {
+        if k.is_empty() {
+            out.push((
+                field,
+                format!("invalid {which} alert annotation: a key is empty"),
+            ));
+        } else if v.is_empty() {
+            out.push((
+                field,
+                format!("invalid {which} alert annotation: the value of {k:?} is empty"),
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_sloth_pattern() {
+        for ok in ["ab", "a-b", "a.b_c-9", "A9"] {
+            assert!(is_valid_name(ok), "{ok}");
+        }
+        for bad in ["", "a", "-a", "a-", "a b", "a/b", "é1"] {
+            assert!(!is_valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn promql_is_checked_after_filling_the_window() {
+        assert!(check_promql("sum(rate(x{a=\"b\"}[{{.window}}]))").is_ok());
+        assert!(check_promql("sum(rate(x[{{.window}}])").is_err());
+        assert!(check_promql("rate(x[{{.foo}}])").is_err());
+    }
+}
