@@ -4,3 +4,8 @@ pub mod cli;
 pub mod platform;
 pub mod router;
 pub mod signals;
+pub mod engine;
+pub mod metrics;
+pub mod store;
+pub mod config;
+pub mod api;

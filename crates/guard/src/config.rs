@@ -1,0 +1,1021 @@
+//! `guard.yaml`: what guard runs and how it judges.
+//!
+//! Three stages, as in vector's config: [`RawConfig`] is what serde reads
+//! (with source positions kept for the values that validation checks);
+//! [`RawConfig::validate`] collects **every** problem (file, line, field,
+//! reason, an example of a good value) instead of stopping at the first; the
+//! result is a [`Config`] the rest of guard builds from and never re-checks.
+//!
+//! See `examples/guard.yaml` for a documented example. `guard demo` needs no
+//! file: it uses [`DEMO_YAML`] through the same path.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::platform::{Build, Strategy};
+
+/// A config that could not be read or does not validate.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    /// The YAML does not parse or does not fit the schema.
+    #[error("{file}{}: {detail}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Parse {
+        file: String,
+        line: Option<u64>,
+        detail: String,
+    },
+    /// The YAML parses but values are wrong; every problem is listed.
+    #[error("{file}: {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        file: String,
+        problems: Vec<Problem>,
+    },
+}
+
+/// One validation problem.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Problem {
+    pub line: Option<u64>,
+    /// Dotted path, e.g. `services[0].slos[1].objective`.
+    pub field: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "line {l}: {}: {}", self.field, self.reason),
+            None => write!(f, "{}: {}", self.field, self.reason),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- raw (serde)
+
+/// `guard.yaml` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    /// SQLite file for history (relative paths are relative to the config file).
+    pub store: Option<Spanned<String>>,
+    pub api: RawApi,
+    pub engine: RawEngine,
+    pub signals: RawSignals,
+    /// The judge's policy (`judge::Policy`; every field optional).
+    pub policy: judge::Policy,
+    /// Notification targets (`notify::config::NotifyConfig`); `GUARD_*` env overrides.
+    pub notify: notify::config::NotifyConfig,
+    pub services: Vec<RawService>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawApi {
+    /// Address of guard's HTTP API and `/metrics`. Default `127.0.0.1:7700`.
+    pub listen: Option<Spanned<String>>,
+    /// File holding the bearer token (env `GUARD_API_TOKEN` wins).
+    pub token_file: Option<Spanned<String>>,
+    /// Base URL people reach the API at, for links in notifications.
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawEngine {
+    /// Verification tick. Default `1s`.
+    pub tick: Option<Spanned<String>>,
+    /// A source silent this long holds the rollout. Default `5s`.
+    pub stale_after: Option<Spanned<String>>,
+    /// Window of the pre-rollout baseline. Default `5m`.
+    pub baseline_window: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSignals {
+    /// `scrape` (default: guard reads the replicas' `/metrics`) or `prometheus`.
+    pub source: Option<Spanned<String>>,
+    pub prometheus: Option<RawPrometheus>,
+    /// Scrape interval/timeout for the `scrape` source. Default `1s`.
+    pub scrape_interval: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrometheus {
+    /// Base URL of a PromQL HTTP API, e.g. `http://127.0.0.1:9090`.
+    pub url: Spanned<String>,
+    /// Label that names the build on every series. Default `build`.
+    pub build_label: Option<String>,
+    /// Per-query timeout. Default `2s`.
+    pub timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: Spanned<String>,
+    /// Replicas per release on the local platform. Default 2.
+    pub replicas: Option<Spanned<u32>>,
+    /// Default strategy for `guard deploy`: `rolling` (default) or `canary`.
+    pub strategy: Option<Spanned<String>>,
+    /// Canary router weights, percent, e.g. `[5, 25, 50]`.
+    pub canary_steps: Option<Spanned<Vec<f64>>>,
+    /// Post-promote watch. Default `60s`.
+    pub watch: Option<Spanned<String>>,
+    /// How every build of this service runs (local platform).
+    #[serde(default)]
+    pub build: RawBuildTemplate,
+    /// Per-build-number overrides (merged over `build`).
+    #[serde(default)]
+    pub builds: BTreeMap<String, RawBuildTemplate>,
+    #[serde(default)]
+    pub environments: Vec<RawEnvironment>,
+    #[serde(default)]
+    pub slos: Vec<RawSlo>,
+}
+
+/// A command line and environment. `{build}` in any string becomes the build
+/// number; `{ultra_boost}` becomes the located `ultra-boost` binary.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawBuildTemplate {
+    pub command: Option<Vec<String>>,
+    pub env: BTreeMap<String, String>,
+    pub commit: Option<String>,
+    pub image: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnvironment {
+    pub name: Spanned<String>,
+    /// Where the local platform's router listens for this service's traffic.
+    pub router_listen: Option<Spanned<String>>,
+    /// Build started when guard first serves this environment (no history yet).
+    pub initial_build: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSlo {
+    pub name: Spanned<String>,
+    /// Percent, e.g. `99.9`.
+    pub objective: Spanned<f64>,
+    /// Default `30d`.
+    pub period: Option<Spanned<String>>,
+    #[serde(default)]
+    pub sli: RawSli,
+    /// How the `scrape` source reads this SLO from a replica's `/metrics`;
+    /// default: derived from `sli` with ultra-boost's metric names.
+    pub scrape: Option<crate::signals::scrape::ScrapeSli>,
+    /// PromQL selectors of cumulative counters for the `prometheus` source.
+    pub prometheus: Option<RawPromQueries>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSli {
+    /// `availability` (default), `latency` or `freshness`.
+    #[serde(rename = "type")]
+    pub kind: Option<Spanned<String>>,
+    /// Latency: the histogram bucket bound a good request stays under (`200ms`);
+    /// freshness: the maximum age of the last successful background run.
+    pub threshold: Option<Spanned<String>>,
+    /// Only this route counts (e.g. `/`); default every route but the probes and `/metrics`.
+    pub route: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPromQueries {
+    /// All events, e.g. `ultra_boost_http_requests_total{route="/"}`.
+    pub total: Spanned<String>,
+    /// Bad events (give `bad` or `good`).
+    pub bad: Option<Spanned<String>>,
+    /// Good events.
+    pub good: Option<Spanned<String>>,
+}
+
+// ---------------------------------------------------------------- validated
+
+/// A validated config.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from (`<embedded demo>` for the demo).
+    pub file: String,
+    pub store: PathBuf,
+    pub api: ApiConfig,
+    pub engine: EngineConfig,
+    pub signals: SignalsConfig,
+    pub policy: judge::Policy,
+    pub notify: notify::config::NotifyConfig,
+    pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    pub token_file: Option<PathBuf>,
+    pub public_url: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub tick: Duration,
+    pub stale_after: Duration,
+    pub baseline_window: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub enum SignalsConfig {
+    Scrape {
+        interval: Duration,
+    },
+    Prometheus {
+        url: String,
+        build_label: String,
+        timeout: Duration,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub replicas: u32,
+    pub strategy: Strategy,
+    /// Shares (0..1).
+    pub canary_steps: Vec<f64>,
+    pub watch: Duration,
+    pub build: RawBuildTemplate,
+    pub builds: BTreeMap<String, RawBuildTemplate>,
+    pub environments: Vec<EnvironmentConfig>,
+    pub slos: Vec<SloConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct EnvironmentConfig {
+    pub name: String,
+    pub router_listen: Option<SocketAddr>,
+    pub initial_build: Option<String>,
+}
+
+/// What makes an event bad.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SliConfig {
+    Availability {
+        route: Option<String>,
+    },
+    Latency {
+        threshold: Duration,
+        route: Option<String>,
+    },
+    Freshness {
+        threshold: Duration,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct SloConfig {
+    pub name: String,
+    /// Ratio, e.g. 0.999.
+    pub objective: f64,
+    pub period: Duration,
+    pub sli: SliConfig,
+    pub scrape: crate::signals::scrape::ScrapeSli,
+    pub prometheus: Option<PromQueries>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PromQueries {
+    pub total: String,
+    /// `true`: `query` counts bad events; `false`: good events.
+    pub query_is_bad: bool,
+    pub query: String,
+}
+
+impl SloConfig {
+    /// The SLO as the judge sees it.
+    pub fn judge_spec(&self) -> judge::SloSpec {
+        judge::SloSpec {
+            name: self.name.clone(),
+            objective: self.objective,
+            period_seconds: self.period.as_secs_f64(),
+            kind: match &self.sli {
+                SliConfig::Availability { .. } => judge::SliKind::Availability,
+                SliConfig::Latency { threshold, .. } => judge::SliKind::Latency {
+                    threshold_seconds: threshold.as_secs_f64(),
+                },
+                SliConfig::Freshness { threshold } => judge::SliKind::Freshness {
+                    threshold_seconds: threshold.as_secs_f64(),
+                },
+            },
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// The [`Build`] for a build number: the template with the per-build
+    /// override merged over it, `{build}` and `{ultra_boost}` substituted.
+    pub fn build_for(&self, number: &str, ultra_boost: &str) -> Build {
+        let mut t = self.build.clone();
+        if let Some(o) = self.builds.get(number) {
+            if let Some(c) = &o.command {
+                t.command = Some(c.clone());
+            }
+            t.env.extend(o.env.clone());
+            if o.commit.is_some() {
+                t.commit = o.commit.clone();
+            }
+            if o.image.is_some() {
+                t.image = o.image.clone();
+            }
+        }
+        let subst = |s: &str| {
+            s.replace("{build}", number)
+                .replace("{ultra_boost}", ultra_boost)
+        };
+        Build {
+            number: number.to_string(),
+            commit: t.commit.as_deref().map(subst),
+            image: t.image.as_deref().map(subst),
+            command: t
+                .command
+                .unwrap_or_default()
+                .iter()
+                .map(|s| subst(s))
+                .collect(),
+            env: t.env.iter().map(|(k, v)| (k.clone(), subst(v))).collect(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- parse + validate
+
+/// Reads, parses and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse(&text, &file, &base)
+}
+
+/// Parses and validates YAML text; relative paths resolve against `base`.
+pub fn parse(text: &str, file: &str, base: &Path) -> Result<Config, ConfigError> {
+    let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
+        file: file.to_string(),
+        line: e.location().map(|l| l.line()),
+        detail: e.to_string(),
+    })?;
+    raw.validate(file, base)
+}
+
+struct Check {
+    problems: Vec<Problem>,
+}
+
+impl Check {
+    fn push(&mut self, line: Option<u64>, field: impl Into<String>, reason: impl Into<String>) {
+        self.problems.push(Problem {
+            line,
+            field: field.into(),
+            reason: reason.into(),
+        });
+    }
+
+    fn duration(
+        &mut self,
+        v: &Option<Spanned<String>>,
+        field: &str,
+        default: Duration,
+    ) -> Duration {
+        let Some(v) = v else { return default };
+        match humantime::parse_duration(v.value.trim()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.push(
+                    Some(v.referenced.line()),
+                    field,
+                    "must be longer than zero, e.g. `1s`",
+                );
+                default
+            }
+            Err(e) => {
+                self.push(
+                    Some(v.referenced.line()),
+                    field,
+                    format!(
+                        "not a duration ({e}); write e.g. `500ms`, `1s`, `5m`, `30d`; got {:?}",
+                        v.value
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn addr(&mut self, v: &Spanned<String>, field: &str) -> Option<SocketAddr> {
+        match v.value.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.push(
+                    Some(v.referenced.line()),
+                    field,
+                    format!(
+                        "not an IP:port address, e.g. `127.0.0.1:7700`; got {:?}",
+                        v.value
+                    ),
+                );
+                None
+            }
+        }
+    }
+}
+
+fn line_of<T>(s: &Spanned<T>) -> Option<u64> {
+    // A default (absent) value has no position.
+    let l = s.referenced.line();
+    (l > 0).then_some(l)
+}
+
+impl RawConfig {
+    /// Checks every value; all problems are reported together.
+    pub fn validate(self, file: &str, base: &Path) -> Result<Config, ConfigError> {
+        let mut c = Check { problems: vec![] };
+        let store = match &self.store {
+            Some(s) if s.value.trim().is_empty() => {
+                c.push(
+                    line_of(s),
+                    "store",
+                    "must be a file path, e.g. `/var/lib/guard/guard.db`",
+                );
+                PathBuf::new()
+            }
+            Some(s) => base.join(&s.value),
+            None => base.join("guard.db"),
+        };
+        let listen = match &self.api.listen {
+            Some(l) => c.addr(l, "api.listen"),
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 7700))),
+        };
+        let api = ApiConfig {
+            listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7700))),
+            token_file: self.api.token_file.as_ref().map(|t| base.join(&t.value)),
+            public_url: self.api.public_url.clone(),
+        };
+        let engine = EngineConfig {
+            tick: c.duration(&self.engine.tick, "engine.tick", Duration::from_secs(1)),
+            stale_after: c.duration(
+                &self.engine.stale_after,
+                "engine.stale_after",
+                Duration::from_secs(5),
+            ),
+            baseline_window: c.duration(
+                &self.engine.baseline_window,
+                "engine.baseline_window",
+                Duration::from_secs(300),
+            ),
+        };
+        let source = self
+            .signals
+            .source
+            .as_ref()
+            .map(|s| (s.value.as_str(), line_of(s)));
+        let signals = match source {
+            None | Some(("scrape", _)) => SignalsConfig::Scrape {
+                interval: c.duration(
+                    &self.signals.scrape_interval,
+                    "signals.scrape_interval",
+                    Duration::from_secs(1),
+                ),
+            },
+            Some(("prometheus", line)) => match &self.signals.prometheus {
+                Some(p) => {
+                    let url = p.url.value.trim_end_matches('/').to_string();
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        c.push(
+                            line_of(&p.url).or(line),
+                            "signals.prometheus.url",
+                            format!("must include a scheme and host, e.g. `http://127.0.0.1:9090`; got {:?}", p.url.value),
+                        );
+                    }
+                    SignalsConfig::Prometheus {
+                        url,
+                        build_label: p.build_label.clone().unwrap_or_else(|| "build".into()),
+                        timeout: c.duration(
+                            &p.timeout,
+                            "signals.prometheus.timeout",
+                            Duration::from_secs(2),
+                        ),
+                    }
+                }
+                None => {
+                    c.push(
+                        line,
+                        "signals.prometheus",
+                        "`source: prometheus` needs a `prometheus:` section with `url:`",
+                    );
+                    SignalsConfig::Scrape {
+                        interval: Duration::from_secs(1),
+                    }
+                }
+            },
+            Some((other, line)) => {
+                c.push(
+                    line,
+                    "signals.source",
+                    format!("must be `scrape` or `prometheus`; got {other:?}"),
+                );
+                SignalsConfig::Scrape {
+                    interval: Duration::from_secs(1),
+                }
+            }
+        };
+        let prometheus = matches!(signals, SignalsConfig::Prometheus { .. });
+        if let Err(e) = judge::Judge::new(
+            self.policy.clone(),
+            vec![judge::SloSpec::availability("check", 0.999)],
+        ) {
+            c.push(None, "policy", e.to_string());
+        }
+        if self.services.is_empty() {
+            c.push(
+                None,
+                "services",
+                "at least one service is needed, e.g. `services: [{name: ultra-boost, ...}]`",
+            );
+        }
+        let mut services = vec![];
+        let mut routers: BTreeMap<SocketAddr, String> = BTreeMap::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let f = |name: &str| format!("services[{i}].{name}");
+            if s.name.value.trim().is_empty() {
+                c.push(
+                    line_of(&s.name),
+                    f("name"),
+                    "must not be empty, e.g. `ultra-boost`",
+                );
+            }
+            if services
+                .iter()
+                .any(|x: &ServiceConfig| x.name == s.name.value)
+            {
+                c.push(
+                    line_of(&s.name),
+                    f("name"),
+                    format!("service {:?} is declared twice", s.name.value),
+                );
+            }
+            let replicas = match &s.replicas {
+                Some(r) if r.value == 0 || r.value > 64 => {
+                    c.push(
+                        line_of(r),
+                        f("replicas"),
+                        format!("must be 1 to 64; got {}", r.value),
+                    );
+                    2
+                }
+                Some(r) => r.value,
+                None => 2,
+            };
+            let strategy = match s.strategy.as_ref().map(|x| (x.value.as_str(), line_of(x))) {
+                None | Some(("rolling", _)) => Strategy::Rolling,
+                Some(("canary", _)) => Strategy::Canary,
+                Some((other, line)) => {
+                    c.push(
+                        line,
+                        f("strategy"),
+                        format!("must be `rolling` or `canary`; got {other:?}"),
+                    );
+                    Strategy::Rolling
+                }
+            };
+            let canary_steps = match &s.canary_steps {
+                Some(steps) => {
+                    let ok = !steps.value.is_empty()
+                        && steps.value.iter().all(|p| *p > 0.0 && *p < 100.0)
+                        && steps.value.windows(2).all(|w| w[0] < w[1]);
+                    if !ok {
+                        c.push(
+                            line_of(steps),
+                            f("canary_steps"),
+                            format!("must be increasing percentages between 0 and 100, e.g. `[5, 25, 50]`; got {:?}", steps.value),
+                        );
+                    }
+                    steps.value.iter().map(|p| p / 100.0).collect()
+                }
+                None => vec![0.05, 0.25, 0.5],
+            };
+            let watch = c.duration(&s.watch, &f("watch"), Duration::from_secs(60));
+            if s.build.command.as_ref().is_none_or(Vec::is_empty) && s.build.image.is_none() {
+                c.push(
+                    None,
+                    f("build.command"),
+                    "a build needs a command (local platform), e.g. `[\"{ultra_boost}\"]`",
+                );
+            }
+            if s.environments.is_empty() {
+                c.push(
+                    None,
+                    f("environments"),
+                    "at least one environment is needed, e.g. `[{name: production}]`",
+                );
+            }
+            let mut environments = vec![];
+            for (j, e) in s.environments.iter().enumerate() {
+                let fe = |name: &str| format!("services[{i}].environments[{j}].{name}");
+                if e.name.value.trim().is_empty() {
+                    c.push(
+                        line_of(&e.name),
+                        fe("name"),
+                        "must not be empty, e.g. `production`",
+                    );
+                }
+                let router_listen = e
+                    .router_listen
+                    .as_ref()
+                    .and_then(|l| c.addr(l, &fe("router_listen")));
+                if let Some(a) = router_listen
+                    && a.port() != 0
+                    && let Some(other) =
+                        routers.insert(a, format!("{}/{}", s.name.value, e.name.value))
+                {
+                    c.push(
+                        e.router_listen.as_ref().and_then(line_of),
+                        fe("router_listen"),
+                        format!("{a} is already the router of {other}"),
+                    );
+                }
+                environments.push(EnvironmentConfig {
+                    name: e.name.value.clone(),
+                    router_listen,
+                    initial_build: e.initial_build.clone(),
+                });
+            }
+            if s.slos.is_empty() {
+                c.push(
+                    None,
+                    f("slos"),
+                    "at least one SLO is needed to judge a release, e.g. availability 99.9",
+                );
+            }
+            let mut slos = vec![];
+            for (j, o) in s.slos.iter().enumerate() {
+                let fo = |name: &str| format!("services[{i}].slos[{j}].{name}");
+                if o.name.value.trim().is_empty() {
+                    c.push(
+                        line_of(&o.name),
+                        fo("name"),
+                        "must not be empty, e.g. `availability`",
+                    );
+                }
+                if slos.iter().any(|x: &SloConfig| x.name == o.name.value) {
+                    c.push(
+                        line_of(&o.name),
+                        fo("name"),
+                        format!("SLO {:?} is declared twice", o.name.value),
+                    );
+                }
+                if !(o.objective.value > 0.0 && o.objective.value < 100.0) {
+                    c.push(
+                        line_of(&o.objective),
+                        fo("objective"),
+                        format!(
+                            "a percentage strictly between 0 and 100, e.g. `99.9`; got {}",
+                            o.objective.value
+                        ),
+                    );
+                }
+                let period = c.duration(&o.period, &fo("period"), Duration::from_secs(30 * 86_400));
+                let kind = o.sli.kind.as_ref().map(|k| (k.value.as_str(), line_of(k)));
+                let threshold = |c: &mut Check, line: Option<u64>| match &o.sli.threshold {
+                    Some(t) => c.duration(
+                        &Some(t.clone()),
+                        &fo("sli.threshold"),
+                        Duration::from_millis(200),
+                    ),
+                    None => {
+                        c.push(
+                            line,
+                            fo("sli.threshold"),
+                            "latency and freshness SLOs need a threshold, e.g. `200ms`",
+                        );
+                        Duration::from_millis(200)
+                    }
+                };
+                let sli = match kind {
+                    None | Some(("availability", _)) => SliConfig::Availability {
+                        route: o.sli.route.clone(),
+                    },
+                    Some(("latency", line)) => SliConfig::Latency {
+                        threshold: threshold(&mut c, line),
+                        route: o.sli.route.clone(),
+                    },
+                    Some(("freshness", line)) => SliConfig::Freshness {
+                        threshold: threshold(&mut c, line),
+                    },
+                    Some((other, line)) => {
+                        c.push(
+                            line,
+                            fo("sli.type"),
+                            format!(
+                                "must be `availability`, `latency` or `freshness`; got {other:?}"
+                            ),
+                        );
+                        SliConfig::Availability { route: None }
+                    }
+                };
+                let prom = match &o.prometheus {
+                    Some(q) => {
+                        let (query, query_is_bad) = match (&q.bad, &q.good) {
+                            (Some(b), None) => (b.value.clone(), true),
+                            (None, Some(g)) => (g.value.clone(), false),
+                            _ => {
+                                c.push(
+                                    line_of(&q.total),
+                                    fo("prometheus"),
+                                    "give exactly one of `bad:` or `good:` beside `total:`",
+                                );
+                                (String::new(), true)
+                            }
+                        };
+                        for (name, text, line) in [
+                            ("total", &q.total.value, line_of(&q.total)),
+                            ("bad/good", &query, None),
+                        ] {
+                            if let Err(e) = promql_check(text) {
+                                c.push(line, fo(&format!("prometheus.{name}")), e);
+                            }
+                        }
+                        Some(PromQueries {
+                            total: q.total.value.clone(),
+                            query_is_bad,
+                            query,
+                        })
+                    }
+                    None => {
+                        if prometheus {
+                            c.push(
+                                line_of(&o.name),
+                                fo("prometheus"),
+                                "`signals.source: prometheus` needs `total:` and `bad:` (or `good:`) queries for every SLO",
+                            );
+                        }
+                        None
+                    }
+                };
+                let scrape = match &o.scrape {
+                    Some(sc) => {
+                        if let Err(e) = sc.validate() {
+                            c.push(line_of(&o.name), fo("scrape"), e);
+                        }
+                        sc.clone()
+                    }
+                    None => default_scrape(&sli),
+                };
+                slos.push(SloConfig {
+                    name: o.name.value.clone(),
+                    objective: o.objective.value / 100.0,
+                    period,
+                    sli,
+                    scrape,
+                    prometheus: prom,
+                });
+            }
+            services.push(ServiceConfig {
+                name: s.name.value.clone(),
+                replicas,
+                strategy,
+                canary_steps,
+                watch,
+                build: s.build.clone(),
+                builds: s.builds.clone(),
+                environments,
+                slos,
+            });
+        }
+        if !c.problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                file: file.to_string(),
+                problems: c.problems,
+            });
+        }
+        Ok(Config {
+            file: file.to_string(),
+            store,
+            api,
+            engine,
+            signals,
+            policy: self.policy,
+            notify: self.notify,
+            services,
+        })
+    }
+}
+
+/// The scrape mapping for an SLI on ultra-boost's metric names (see TEAM.md contracts).
+fn default_scrape(sli: &SliConfig) -> crate::signals::scrape::ScrapeSli {
+    use crate::signals::scrape::ScrapeSli;
+    let excluded = || {
+        ["/metrics", "/-/ready", "/-/healthy"]
+            .map(String::from)
+            .to_vec()
+    };
+    match sli {
+        SliConfig::Availability { route } => ScrapeSli::Availability {
+            metric: "ultra_boost_http_requests_total".into(),
+            bad_codes: vec!["5".into()],
+            route: route.clone(),
+            exclude_routes: excluded(),
+        },
+        SliConfig::Latency { threshold, route } => ScrapeSli::Latency {
+            histogram: "ultra_boost_http_request_duration_seconds".into(),
+            le: threshold.as_secs_f64(),
+            route: route.clone(),
+            exclude_routes: excluded(),
+        },
+        SliConfig::Freshness { threshold } => ScrapeSli::Freshness {
+            gauge: "ultra_boost_background_last_success_timestamp_seconds".into(),
+            max_age_seconds: threshold.as_secs_f64(),
+        },
+    }
+}
+
+/// A light check of a PromQL selector/expression: non-empty, balanced brackets.
+fn promql_check(q: &str) -> Result<(), String> {
+    if q.trim().is_empty() {
+        return Err(
+            "must be a PromQL expression, e.g. `ultra_boost_http_requests_total{route=\"/\"}`"
+                .into(),
+        );
+    }
+    let mut depth = 0i32;
+    for ch in q.chars() {
+        match ch {
+            '{' | '(' | '[' => depth += 1,
+            '}' | ')' | ']' => depth -= 1,
+            _ => {}
+        }
+        if depth < 0 {
+            break;
+        }
+    }
+    if depth != 0 {
+        return Err(format!("unbalanced brackets in {q:?}"));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// The service's config.
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+/// The config `guard demo` runs with: one service, two replicas of
+/// `ultra-boost` on loopback, a good build and two bad ones, a judge tuned to
+/// decide in seconds, a short watch.
+pub const DEMO_YAML: &str = r#"
+store: guard-demo.db
+api:
+  listen: 127.0.0.1:0
+engine:
+  tick: 1s
+  stale_after: 5s
+  baseline_window: 60s
+policy:
+  min_verify_seconds: 5
+  max_verify_seconds: 60
+  min_events: 200
+  max_missing_seconds: 10
+services:
+  - name: ultra-boost
+    replicas: 2
+    strategy: rolling
+    watch: 5s
+    build:
+      command: ["{ultra_boost}", "--drain-delay", "1s", "--background-interval", "1s"]
+      env:
+        ULTRA_BOOST_LOG_LEVEL: warn
+    builds:
+      "3":
+        env:
+          ULTRA_BOOST_FAULT_ERROR_RATE: "0.05"
+          ULTRA_BOOST_FAULT_SEED: "7"
+      "4":
+        env:
+          ULTRA_BOOST_FAULT_LATENCY_MS: "300"
+    environments:
+      - name: demo
+        router_listen: 127.0.0.1:0
+        initial_build: "1"
+    slos:
+      - name: availability
+        objective: 99.9
+        period: 30d
+        sli: { type: availability, route: "/" }
+      - name: latency
+        objective: 99
+        period: 30d
+        sli: { type: latency, threshold: 200ms, route: "/" }
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_config_validates() {
+        let c = parse(DEMO_YAML, "<demo>", Path::new("/tmp")).expect("demo config is valid");
+        assert_eq!(c.services.len(), 1);
+        let s = &c.services[0];
+        assert_eq!(s.replicas, 2);
+        assert_eq!(s.slos.len(), 2);
+        assert_eq!(
+            s.slos[1].sli,
+            SliConfig::Latency {
+                threshold: Duration::from_millis(200),
+                route: Some("/".into())
+            }
+        );
+        let b = s.build_for("3", "/bin/ub");
+        assert_eq!(b.command[0], "/bin/ub");
+        assert_eq!(
+            b.env
+                .get("ULTRA_BOOST_FAULT_ERROR_RATE")
+                .map(String::as_str),
+            Some("0.05")
+        );
+        assert_eq!(
+            b.env.get("ULTRA_BOOST_LOG_LEVEL").map(String::as_str),
+            Some("warn")
+        );
+        assert!(
+            s.build_for("2", "x")
+                .env
+                .get("ULTRA_BOOST_FAULT_ERROR_RATE")
+                .is_none()
+        );
+        assert_eq!(c.store, Path::new("/tmp/guard-demo.db"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line() {
+        let yaml = "api:\n  listen: nowhere\nservices:\n  - name: s\n    strategy: sideways\n    build: {command: [x]}\n    environments: [{name: e}]\n    slos:\n      - name: a\n        objective: 120\n        sli: {type: latency}\n";
+        let err = parse(yaml, "g.yaml", Path::new(".")).expect_err("invalid");
+        let ConfigError::Invalid { problems, .. } = &err else {
+            panic!("expected Invalid, got {err}")
+        };
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "api.listen",
+                "services[0].strategy",
+                "services[0].slos[0].objective",
+                "services[0].slos[0].sli.threshold"
+            ]
+        );
+        assert_eq!(problems[0].line, Some(2));
+        assert_eq!(problems[1].line, Some(5));
+        assert_eq!(problems[2].line, Some(10));
+        let text = err.to_string();
+        assert!(text.starts_with("g.yaml: 4 problem(s):"), "{text}");
+        assert!(
+            text.contains(
+                "line 10: services[0].slos[0].objective: a percentage strictly between 0 and 100"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_types_name_the_line() {
+        let err = parse(
+            "services:\n  - name: s\n    replicaz: 2\n",
+            "g.yaml",
+            Path::new("."),
+        )
+        .expect_err("typo");
+        let ConfigError::Parse { line, detail, .. } = &err else {
+            panic!("expected Parse, got {err}")
+        };
+        assert_eq!(*line, Some(3), "{detail}");
+        assert!(detail.contains("replicaz"), "{detail}");
+    }
+}
