@@ -1,0 +1,400 @@
+//! The Kubernetes controller loop: guards every opted-in Deployment.
+//!
+//! Expected flow for one Deployment (labelled `guard.ultra-boost.dev/enabled: "true"`):
+//!
+//! 1. **Notice.** The Deployment controller made a ReplicaSet for a new pod
+//!    template. guard records the rollout in the Deployment's
+//!    `guard.ultra-boost.dev/rollout` annotation: phase `verifying`, the
+//!    candidate (the current ReplicaSet) and the last good build (the one it
+//!    promoted before, or the ReplicaSet of the previous revision). The very
+//!    first template guard sees is recorded as phase `baseline`.
+//! 2. **Verify.** Every tick the leader reads the signals of the candidate's
+//!    pods (and the stable pods while they run) and asks the [`Verifier`].
+//! 3. **Act.** `promote`: phase `promoted` is written. `revert`: the previous
+//!    ReplicaSet's template goes back into the Deployment
+//!    ([`KubernetesPlatform::undo`]) together with phase `reverted` and the
+//!    reverted-by/-reason/-to annotations, in one conditional write. `hold`
+//!    (or no verdict by the deadline): phase `held`, the Deployment is left
+//!    for a person.
+//!
+//! Guarantees: only the Lease holder acts; every write carries the
+//! `resourceVersion` it was computed from; the revert checks that the judged
+//! template is still current (a newer rollout is verified on its own, never
+//! reverted). Because the state is on the Deployment, a new leader resumes at
+//! step 2; its verifier starts with fresh counts (signals are counted from the
+//! moment a guard replica begins watching the release), and the verification
+//! deadline runs from the recorded start, so failover never extends it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::rollout::{self, LABEL_ENABLED, Next, Phase, RolloutState, Side};
+use super::{KubernetesPlatform, UndoOutcome, is_status};
+use crate::platform::{PlatformError, Role, Strategy, Target};
+use crate::signals::{SignalError, SignalSource, Snapshot};
+
+/// A verdict of a [`Verification`] step.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Not enough evidence yet.
+    Continue,
+    /// The candidate is good.
+    Promote { reason: String },
+    /// The candidate burns budget: go back to the last good build.
+    Revert { reason: String },
+    /// guard cannot decide and asks a person.
+    Hold { reason: String },
+}
+
+/// One candidate's verification, stepped with cumulative signal snapshots.
+pub trait Verification: Send {
+    /// `snapshot` holds cumulative counts since this verification began;
+    /// `elapsed` is the time since the rollout was noticed.
+    fn step(&mut self, snapshot: &Snapshot, elapsed: Duration) -> Decision;
+}
+
+/// Starts verifications; one per candidate (per leader).
+pub trait Verifier: Send + Sync + 'static {
+    fn start(&self, target: &Target, stable: &Side, candidate: &Side) -> Box<dyn Verification>;
+}
+
+/// How the controller runs.
+#[derive(Clone, Debug)]
+pub struct ControllerSettings {
+    /// Only this namespace; `None`: every namespace.
+    pub namespace: Option<String>,
+    /// How often a verifying rollout is stepped (and everything re-listed).
+    pub interval: Duration,
+    /// No verdict by then: `held`.
+    pub verify_deadline: Duration,
+}
+
+impl Default for ControllerSettings {
+    fn default() -> Self {
+        ControllerSettings { namespace: None, interval: Duration::from_secs(2), verify_deadline: Duration::from_secs(900) }
+    }
+}
+
+/// What the controller tells the team (handed to notifiers by the caller).
+pub type Events = mpsc::UnboundedSender<notify::Event>;
+
+/// Guards opted-in Deployments; see the module docs.
+pub struct Controller {
+    platform: KubernetesPlatform,
+    signals: Arc<dyn SignalSource>,
+    verifier: Arc<dyn Verifier>,
+    settings: ControllerSettings,
+    events: Option<Events>,
+    /// Verifications in flight, by (namespace, name, candidate hash).
+    running: Mutex<HashMap<(String, String, String), Box<dyn Verification>>>,
+}
+
+/// Errors of one reconcile; logged, never fatal to the loop.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// Reading or writing the cluster failed.
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
+    /// Writing guard's state annotation failed.
+    #[error("write rollout state on {deployment}: {source}")]
+    State { deployment: String, source: kube::Error },
+}
+
+impl Controller {
+    pub fn new(
+        platform: KubernetesPlatform,
+        signals: Arc<dyn SignalSource>,
+        verifier: Arc<dyn Verifier>,
+        settings: ControllerSettings,
+        events: Option<Events>,
+    ) -> Self {
+        Controller { platform, signals, verifier, settings, events, running: Mutex::new(HashMap::new()) }
+    }
+
+    fn deployments(&self) -> Api<Deployment> {
+        match &self.settings.namespace {
+            Some(ns) => Api::namespaced(self.platform.client().clone(), ns),
+            None => Api::all(self.platform.client().clone()),
+        }
+    }
+
+    fn selector() -> String {
+        format!("{LABEL_ENABLED}=true")
+    }
+
+    /// Runs until `shutdown`, acting only while `leading` is true. Deployment
+    /// watch events wake the loop early; ticks step verifications.
+    pub async fn run(&self, mut leading: watch::Receiver<bool>, shutdown: CancellationToken) {
+        let stream = watcher(self.deployments(), watcher::Config::default().labels(&Self::selector()))
+            .default_backoff()
+            .applied_objects();
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            if *leading.borrow() {
+                if let Err(e) = self.tick().await {
+                    tracing::warn!(error = %e, "reconcile pass failed; retrying next tick");
+                }
+            } else {
+                self.running.lock().map(|mut r| r.clear()).ok();
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.settings.interval) => {}
+                changed = leading.changed() => if changed.is_err() { return },
+                ev = stream.next() => match ev {
+                    Some(Ok(d)) => tracing::debug!(deployment = %d.name_any(), "deployment changed"),
+                    Some(Err(e)) => tracing::debug!(error = %e, "deployment watch interrupted; it restarts with backoff"),
+                    None => {}
+                },
+            }
+        }
+    }
+
+    /// One pass over every guarded Deployment.
+    pub async fn tick(&self) -> Result<(), ReconcileError> {
+        let list = self
+            .deployments()
+            .list(&ListParams::default().labels(&Self::selector()))
+            .await
+            .map_err(|e| PlatformError::Action { action: "list guarded deployments".into(), detail: e.to_string() })?;
+        for d in list.items {
+            let (ns, name) = (d.namespace().unwrap_or_default(), d.name_any());
+            if let Err(e) = self.reconcile(&ns, &name).await {
+                tracing::warn!(deployment = %format!("{ns}/{name}"), error = %e, "reconcile failed");
+            }
+        }
+        Ok(())
+    }
+
+    fn target(&self, ns: &str, name: &str) -> Target {
+        let environment = self
+            .platform
+            .settings()
+            .namespaces
+            .iter()
+            .find(|(_, v)| v.as_str() == ns)
+            .map(|(k, _)| k.clone())
+            .unwrap_or_else(|| ns.to_string());
+        Target { service: name.to_string(), environment }
+    }
+
+    fn emit(&self, kind: notify::EventKind, target: &Target, state: &RolloutState, reason: &str) {
+        let Some(tx) = &self.events else { return };
+        let started_at_ms = state.started_at.as_millisecond();
+        let now = jiff::Timestamp::now();
+        let _ = tx.send(notify::Event {
+            kind,
+            service: target.service.clone(),
+            environment: target.environment.clone(),
+            previous_build: state.stable.as_ref().map(|s| s.build.clone()),
+            build: Some(state.candidate.build.clone()),
+            commit: state.candidate.commit.clone(),
+            reason: reason.to_string(),
+            evidence: notify::Evidence::default(),
+            seconds_to_verdict: (kind != notify::EventKind::Started)
+                .then(|| (now.as_millisecond() - started_at_ms) as f64 / 1000.0),
+            started_at_ms,
+            ended_at_ms: (kind != notify::EventKind::Started).then(|| now.as_millisecond()),
+            status_url: None,
+            environment_url: None,
+            transient: false,
+            rollout_id: None,
+        });
+    }
+
+    /// Reconciles one Deployment (see the module's numbered flow).
+    pub async fn reconcile(&self, ns: &str, name: &str) -> Result<(), ReconcileError> {
+        let view = self.platform.view(ns, name).await?;
+        let Some(current) = view.current() else {
+            tracing::debug!(deployment = %format!("{ns}/{name}"), "no ReplicaSet for the current template yet");
+            return Ok(());
+        };
+        let container = self.platform.settings().container.as_deref();
+        let current_side = Side::of_replica_set(current, container);
+        let Some(hash) = current_side.hash.clone() else { return Ok(()) };
+        let state = match RolloutState::read(&view.deployment) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring guard's unreadable rollout state; starting over");
+                None
+            }
+        };
+        // Rollouts started by `guard deploy` (the engine) or canaries are verified by the engine.
+        if let Some(s) = &state
+            && s.phase == Phase::Verifying
+            && (s.strategy == Strategy::Canary || s.by.as_deref().is_some_and(|b| b.starts_with("engine:")))
+        {
+            return Ok(());
+        }
+        let target = self.target(ns, name);
+        let deployment = format!("{ns}/{name}");
+        let rv = view.deployment.metadata.resource_version.clone();
+        let identity = self.platform.settings().identity.clone();
+        match rollout::next_step(state.as_ref(), &hash) {
+            Next::Nothing => Ok(()),
+            Next::Start { stable } => {
+                let owned = rollout::owned_by(&view.deployment, &view.replica_sets);
+                let stable = stable.or_else(|| {
+                    rollout::revert_target(&owned, current, None).map(|rs| Side::of_replica_set(rs, container))
+                });
+                let now = jiff::Timestamp::now();
+                let same_as_stable = stable.as_ref().is_some_and(|s| s.hash.as_deref() == Some(hash.as_str()));
+                let (phase, reason) = match &stable {
+                    None => (Phase::Baseline, "first template guard saw: accepted as the last good build".to_string()),
+                    Some(_) if same_as_stable => (Phase::Baseline, "back on the last good build".to_string()),
+                    Some(s) => (Phase::Verifying, format!("new rollout: build {} after build {}", current_side.build, s.build)),
+                };
+                let next = RolloutState {
+                    phase,
+                    strategy: Strategy::Rolling,
+                    candidate: current_side.clone(),
+                    stable: if phase == Phase::Verifying { stable } else { None },
+                    started_at: now,
+                    updated_at: now,
+                    share: 1.0,
+                    stable_replicas: None,
+                    by: Some(identity),
+                    reason: Some(reason.clone()),
+                };
+                self.write(ns, name, rv.as_deref(), &next).await?;
+                tracing::info!(deployment = %deployment, build = %current_side.build, ?phase, reason, "rollout noticed");
+                if phase == Phase::Verifying {
+                    self.emit(notify::EventKind::Started, &target, &next, &reason);
+                }
+                Ok(())
+            }
+            Next::Verify => {
+                let Some(state) = state else { return Ok(()) };
+                self.verify(ns, name, rv.as_deref(), &target, state, &hash).await
+            }
+        }
+    }
+
+    async fn write(&self, ns: &str, name: &str, rv: Option<&str>, state: &RolloutState) -> Result<(), ReconcileError> {
+        match self.platform.write_state(ns, name, rv, state).await {
+            Ok(_) => Ok(()),
+            // Someone changed the Deployment since we read it; the next tick re-reads.
+            Err(e) if is_status(&e, 409) => Ok(()),
+            Err(e) => Err(ReconcileError::State { deployment: format!("{ns}/{name}"), source: e }),
+        }
+    }
+
+    async fn verify(
+        &self,
+        ns: &str,
+        name: &str,
+        rv: Option<&str>,
+        target: &Target,
+        mut state: RolloutState,
+        hash: &str,
+    ) -> Result<(), ReconcileError> {
+        let Some(stable) = state.stable.clone() else { return Ok(()) };
+        let mut endpoints =
+            self.platform.endpoints(ns, hash, Role::Candidate, &state.candidate.build).await?;
+        if let Some(h) = stable.hash.as_deref() {
+            endpoints.extend(self.platform.endpoints(ns, h, Role::Stable, &stable.build).await?);
+        }
+        let snapshot = match self.signals.snapshot(target, &endpoints).await {
+            Ok(s) => Some(s),
+            Err(SignalError::NoData { .. }) => None,
+            Err(e) => {
+                tracing::info!(deployment = %format!("{ns}/{name}"), error = %e, "signals unavailable; holding judgement");
+                None
+            }
+        };
+        let elapsed = jiff::Timestamp::now()
+            .duration_since(state.started_at)
+            .try_into()
+            .unwrap_or(Duration::ZERO);
+        let key = (ns.to_string(), name.to_string(), hash.to_string());
+        let decision = {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            let v = running.entry(key.clone()).or_insert_with(|| self.verifier.start(target, &stable, &state.candidate));
+            match &snapshot {
+                Some(s) => v.step(s, elapsed),
+                None => Decision::Continue,
+            }
+        };
+        let decision = match decision {
+            Decision::Continue if elapsed >= self.settings.verify_deadline => Decision::Hold {
+                reason: format!("no verdict within {}", humantime::format_duration(self.settings.verify_deadline)),
+            },
+            d => d,
+        };
+        let identity = self.platform.settings().identity.clone();
+        let deployment = format!("{ns}/{name}");
+        match decision {
+            Decision::Continue => Ok(()),
+            Decision::Promote { reason } => {
+                state.phase = Phase::Promoted;
+                state.updated_at = jiff::Timestamp::now();
+                state.by = Some(identity);
+                state.reason = Some(reason.clone());
+                self.write(ns, name, rv, &state).await?;
+                self.forget(&key);
+                tracing::info!(deployment = %deployment, build = %state.candidate.build, reason, "promoted");
+                self.emit(notify::EventKind::Promoted, target, &state, &reason);
+                Ok(())
+            }
+            Decision::Hold { reason } => {
+                state.phase = Phase::Held;
+                state.updated_at = jiff::Timestamp::now();
+                state.by = Some(identity);
+                state.reason = Some(reason.clone());
+                self.write(ns, name, rv, &state).await?;
+                self.forget(&key);
+                tracing::warn!(deployment = %deployment, build = %state.candidate.build, reason, "held for a person");
+                self.emit(notify::EventKind::Held, target, &state, &reason);
+                Ok(())
+            }
+            Decision::Revert { reason } => {
+                let base = state.clone();
+                let outcome = self
+                    .platform
+                    .undo(ns, name, Some(hash), stable.hash.as_deref(), &reason, |_from, to| {
+                        let mut s = base.clone();
+                        s.phase = Phase::Reverted;
+                        s.stable = Some(to.clone());
+                        s.updated_at = jiff::Timestamp::now();
+                        s.by = Some(identity.clone());
+                        s.reason = Some(reason.clone());
+                        s
+                    })
+                    .await?;
+                self.forget(&key);
+                match outcome {
+                    UndoOutcome::Reverted { to } | UndoOutcome::AlreadyThere { to } => {
+                        tracing::warn!(deployment = %deployment, from = %state.candidate.build, to = %to.build, reason, "reverted");
+                        state.stable = Some(to);
+                        self.emit(notify::EventKind::Reverted, target, &state, &reason);
+                    }
+                    UndoOutcome::Superseded => {
+                        tracing::info!(deployment = %deployment, "a newer rollout replaced the judged build; not reverting it");
+                    }
+                    UndoOutcome::NothingToRevertTo => {
+                        state.phase = Phase::Held;
+                        state.reason = Some(format!("{reason}; but no earlier ReplicaSet is left to revert to"));
+                        self.write(ns, name, None, &state).await?;
+                        self.emit(notify::EventKind::Held, target, &state, state.reason.as_deref().unwrap_or_default());
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn forget(&self, key: &(String, String, String)) {
+        if let Ok(mut r) = self.running.lock() {
+            r.remove(key);
+        }
+    }
+}
