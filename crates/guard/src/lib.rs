@@ -7,5 +7,7 @@ pub mod signals;
 pub mod engine;
 pub mod metrics;
 pub mod store;
+pub mod lease;
+pub mod review;
 pub mod config;
 pub mod api;

@@ -11,6 +11,7 @@
 //! method again with the same arguments; a platform must converge, not act twice.
 
 pub mod local;
+pub mod kubernetes;
 
 use std::collections::BTreeMap;
 use std::future::Future;
