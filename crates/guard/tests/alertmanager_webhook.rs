@@ -148,7 +148,7 @@ async fn post(url: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
 
 #[tokio::test]
 async fn firing_opens_a_region_naming_the_suspect_and_resolved_closes_it() {
-    let s = setup(Some(TOKEN)).await;
+    let s = setup_with(Some(TOKEN), Some("https://guard.example/status")).await;
     let (code, body) = post(
         &s.url,
         Some(TOKEN),
