@@ -300,9 +300,51 @@ impl Engine {
         for record in active {
             info!(rollout = record.id, service = %record.target.service, environment = %record.target.environment,
                   phase = record.phase.name(), "resuming rollout recorded before the restart");
-            self.spawn(record);
+            self.spawn(record, true);
         }
         Ok(n)
+    }
+
+    /// Brings every idle target's recorded release back up (a restarted local
+    /// platform runs nothing), and gives a target with no history its initial
+    /// build (recorded as a first release: promoted without verification).
+    /// Targets with an active rollout are left to [`Engine::resume`].
+    pub async fn bootstrap(
+        self: &Arc<Self>,
+        targets: &[(Target, Option<Build>)],
+    ) -> Result<(), EngineError> {
+        for (target, initial) in targets {
+            if self
+                .store
+                .rollouts(Some(target), 1)?
+                .iter()
+                .any(|r| r.active)
+            {
+                continue;
+            }
+            match self.store.release(target)? {
+                Some(build) => {
+                    info!(service = %target.service, environment = %target.environment, build = %build.number,
+                          "bringing the recorded release up");
+                    let mut attempt = 0u32;
+                    while let Err(e) = self.platform.revert(target, &build).await {
+                        attempt += 1;
+                        warn!(service = %target.service, environment = %target.environment, error = %e, attempt,
+                              "could not bring the recorded release up; retrying");
+                        if attempt >= 3 {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                None => {
+                    if let Some(build) = initial {
+                        self.deploy(target, build.clone(), Strategy::Rolling, "initial")?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Starts a rollout of `candidate` for `target`, verifying it against the
@@ -440,7 +482,7 @@ impl Engine {
         info!(rollout = id, service = %target.service, environment = %target.environment, build = %new.candidate.number,
               strategy = ?strategy, kind = ?kind, requested_by, "rollout recorded");
         let record = self.store.rollout(id)?;
-        self.spawn(record);
+        self.spawn(record, false);
         Ok(id)
     }
 
@@ -526,7 +568,7 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    fn spawn(self: &Arc<Self>, record: RolloutRecord) {
+    fn spawn(self: &Arc<Self>, record: RolloutRecord, resumed: bool) {
         let (tx, rx) = mpsc::channel(8);
         let status = Arc::new(Mutex::new(LiveStatus {
             phase: Some(record.phase.clone()),
@@ -548,6 +590,9 @@ impl Engine {
         tokio::spawn(async move {
             let id = record.id;
             let mut task = RolloutTask::new(engine.clone(), record, rx, status);
+            if resumed {
+                task.restore().await;
+            }
             task.run().await;
             engine.metrics.rollouts_active.dec();
             let mut live = engine.live.lock().unwrap_or_else(|p| p.into_inner());
@@ -623,6 +668,37 @@ impl RolloutTask {
 
     fn id(&self) -> i64 {
         self.record.id
+    }
+
+    /// After a restart, puts the platform back where the recorded phase says
+    /// it is, for phases whose action already completed (a verifying rollout
+    /// had its traffic shifted; a watched one was promoted). Platform calls are
+    /// idempotent, so this is harmless where nothing was lost.
+    async fn restore(&mut self) {
+        let action = match &self.record.phase {
+            Phase::Verifying { share, .. }
+            | Phase::Paused { share, .. }
+            | Phase::Held { share, .. } => Action::Shift { share: *share },
+            Phase::Watching { .. } => Action::Promote,
+            _ => return,
+        };
+        let mut attempt = 0u32;
+        loop {
+            match self.act(action).await {
+                None | Some(Input::Acted) => return,
+                Some(Input::ActionFailed { detail, .. }) => {
+                    attempt += 1;
+                    warn!(rollout = self.id(), phase = self.record.phase.name(), %detail, attempt,
+                          "could not restore the platform after the restart; retrying");
+                    if attempt >= 5 {
+                        // Go on: the tick will see no data and the source rules hold the rollout.
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Some(_) => return,
+            }
+        }
     }
 
     async fn run(&mut self) {
