@@ -30,7 +30,7 @@ pub fn float_g(x: f64) -> String {
     }
     // strconv: `eprec = 6` when formatting with the shortest precision; %e when
     // exp < -4 || exp >= eprec, where exp is the scientific exponent.
-    if exp < -4 || exp >= SHORTEST_EXP_THRESHOLD {
+    if !(-4..SHORTEST_EXP_THRESHOLD).contains(&exp) {
         out.push_str(&digits[..1]);
         if digits.len() > 1 {
             out.push('.');

@@ -275,27 +275,27 @@ pub fn load_path(path: &Path) -> (Vec<SpecDocument>, Vec<SpecError>) {
             }
             (docs, errors)
         }
-        Err(e) => (Vec::new(), vec![e]),
+        Err(e) => (Vec::new(), vec![*e]),
     }
 }
 
 /// The spec files a path names: the file itself, or the YAML files under a
 /// directory, recursively, in lexical order.
-pub fn spec_files(path: &Path) -> Result<Vec<PathBuf>, SpecError> {
+pub fn spec_files(path: &Path) -> Result<Vec<PathBuf>, Box<SpecError>> {
     let origin = || Origin {
         file: Some(path.to_path_buf()),
         ..Origin::default()
     };
     let meta = std::fs::metadata(path)
-        .map_err(|e| SpecError::new(origin(), SpecErrorKind::Read(e.to_string())))?;
+        .map_err(|e| Box::new(SpecError::new(origin(), SpecErrorKind::Read(e.to_string()))))?;
     if !meta.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }
     let mut files = Vec::new();
     crate::windows::collect_yaml_files(path, &mut files)
-        .map_err(|e| SpecError::new(origin(), SpecErrorKind::Read(e.to_string())))?;
+        .map_err(|e| Box::new(SpecError::new(origin(), SpecErrorKind::Read(e.to_string()))))?;
     if files.is_empty() {
-        return Err(SpecError::new(origin(), SpecErrorKind::NoFiles));
+        return Err(Box::new(SpecError::new(origin(), SpecErrorKind::NoFiles)));
     }
     Ok(files)
 }
@@ -343,9 +343,8 @@ pub fn split_documents(text: &str) -> Vec<RawDocument<'_>> {
     let mut docs = Vec::new();
     let mut start = 0usize;
     let mut start_line = 1u64;
-    let mut line_no = 1u64;
     let mut offset = 0usize;
-    for line in text.split_inclusive('\n') {
+    for (line_no, line) in (1u64..).zip(text.split_inclusive('\n')) {
         let content = line.trim_end_matches(['\n', '\r']);
         let is_marker = content == "---"
             || content.starts_with("--- ")
@@ -368,7 +367,6 @@ pub fn split_documents(text: &str) -> Vec<RawDocument<'_>> {
             }
         }
         offset += line.len();
-        line_no += 1;
     }
     docs.push(RawDocument {
         text: &text[start..],
@@ -707,6 +705,19 @@ const CAMEL: Casing = Casing {
     ticket_alert: "ticketAlert",
 };
 
+/// A line and column.
+type Pos = Option<(u64, u64)>;
+/// A text and where it was.
+type Located = (String, Pos);
+
+/// The service part of a Sloth spec, shared by its SLOs.
+struct ServiceCtx<'a> {
+    name: &'a str,
+    field: &'a str,
+    pos: Pos,
+    labels: &'a Labels,
+}
+
 /// The casing-independent view of one Sloth SLO entry.
 struct SlothSloView {
     pos: Option<(u64, u64)>,
@@ -717,7 +728,7 @@ struct SlothSloView {
     labels: (Labels, Option<(u64, u64)>),
     sli_pos: Option<(u64, u64)>,
     raw: Option<(String, Option<(u64, u64)>)>,
-    events: Option<[(String, Option<(u64, u64)>); 2]>,
+    events: Option<[Located; 2]>,
     sli_plugin: bool,
     alert_name: (String, Option<(u64, u64)>),
     alert_labels: Labels,
@@ -818,12 +829,11 @@ fn sloth_slos(
     ctx: &DocCtx,
     prefix: &str,
     casing: &Casing,
-    service: &str,
-    service_field: (&str, Option<(u64, u64)>),
-    spec_labels: &Labels,
+    svc: &ServiceCtx<'_>,
     views: Vec<SlothSloView>,
     errors: &mut Vec<SpecError>,
 ) -> Vec<SloSpec> {
+    let (service, service_field, spec_labels) = (svc.name, (svc.field, svc.pos), svc.labels);
     let mut slos = Vec::with_capacity(views.len());
     for (i, v) in views.into_iter().enumerate() {
         let p = format!("{prefix}[{i}]");
@@ -989,9 +999,12 @@ fn parse_prometheus(ctx: &DocCtx, text: &str) -> Result<SpecDocument, Vec<SpecEr
         ctx,
         "slos",
         &SNAKE,
-        &service,
-        ("service", service_pos),
-        &spec.labels,
+        &ServiceCtx {
+            name: &service,
+            field: "service",
+            pos: service_pos,
+            labels: &spec.labels,
+        },
         views,
         &mut errors,
     );
@@ -1059,9 +1072,12 @@ fn parse_k8s(ctx: &DocCtx, text: &str) -> Result<SpecDocument, Vec<SpecError>> {
         ctx,
         "spec.slos",
         &CAMEL,
-        &service,
-        ("spec.service", service_pos),
-        &body.labels,
+        &ServiceCtx {
+            name: &service,
+            field: "spec.service",
+            pos: service_pos,
+            labels: &body.labels,
+        },
         views,
         &mut errors,
     );

@@ -23,10 +23,10 @@ pub fn has_window_var(query: &str) -> bool {
     let mut rest = query;
     while let Some(start) = rest.find("{{") {
         let after = rest[start + 2..].trim_start_matches(' ');
-        if let Some(tail) = after.strip_prefix(".window") {
-            if tail.trim_start_matches(' ').starts_with("}}") {
-                return true;
-            }
+        if let Some(tail) = after.strip_prefix(".window")
+            && tail.trim_start_matches(' ').starts_with("}}")
+        {
+            return true;
         }
         rest = &rest[start + 2..];
     }

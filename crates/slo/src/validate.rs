@@ -118,6 +118,22 @@ pub fn validate_slo(
         }
     }
 
+    let unnamed: Vec<&str> = [("page", &slo.page_alert), ("ticket", &slo.ticket_alert)]
+        .into_iter()
+        .filter(|(_, a)| !a.disable && a.name.is_empty())
+        .map(|(which, _)| which)
+        .collect();
+    if !unnamed.is_empty() {
+        fail(
+            Field::AlertName,
+            format!(
+                "the alert name is required while the {} alert{} enabled (or set `disable: true` on {})",
+                unnamed.join(" and "),
+                if unnamed.len() == 1 { " is" } else { "s are" },
+                if unnamed.len() == 1 { "it" } else { "them" },
+            ),
+        );
+    }
     for (field, which, alert) in [
         (Field::PageAlert, "page", &slo.page_alert),
         (Field::TicketAlert, "ticket", &slo.ticket_alert),
@@ -159,12 +175,6 @@ fn check_alert(which: &str, field: Field, alert: &AlertMeta) -> Vec<(Field, Stri
     let mut out = Vec::new();
     if alert.disable {
         return out;
-    }
-    if alert.name.is_empty() {
-        out.push((
-            Field::AlertName,
-            format!("the alert name is required while the {which} alert is enabled (or set `disable: true` on it)"),
-        ));
     }
     for (k, v) in &alert.labels {
         if let Err(reason) = check_label(k, v) {
