@@ -2,8 +2,10 @@
 //! tests on a machine without a cluster.
 //!
 //! It speaks the real REST API over plain HTTP on `127.0.0.1:<port>` for exactly
-//! the resources guard uses (Namespaces, Pods, Services, Deployments, ReplicaSets,
-//! Leases, Gateway API HTTPRoutes): get, list (label selectors), watch
+//! the resources guard uses (Namespaces, Pods, Services, ServiceAccounts,
+//! Deployments, ReplicaSets, Leases, Gateway API HTTPRoutes, and the
+//! PodDisruptionBudget and NetworkPolicy of the review overlay; ServiceMonitors
+//! are answered 404, like a cluster without the Prometheus operator): get, list (label selectors), watch
 //! (`?watch=true&resourceVersion=N`, newline-delimited JSON `WatchEvent`s),
 //! create (409 `AlreadyExists`), replace (409 `Conflict` on a stale
 //! `metadata.resourceVersion`), patch (JSON merge patch; strategic merge and
@@ -86,6 +88,9 @@ fn kind_of(group: &str, plural: &str, gateway_api: bool) -> Option<(&'static str
         ("", "pods") => ("v1", "Pod", true),
         ("", "services") => ("v1", "Service", true),
         ("", "configmaps") => ("v1", "ConfigMap", true),
+        ("", "serviceaccounts") => ("v1", "ServiceAccount", true),
+        ("policy", "poddisruptionbudgets") => ("policy/v1", "PodDisruptionBudget", true),
+        ("networking.k8s.io", "networkpolicies") => ("networking.k8s.io/v1", "NetworkPolicy", true),
         ("apps", "deployments") => ("apps/v1", "Deployment", true),
         ("apps", "replicasets") => ("apps/v1", "ReplicaSet", true),
         ("coordination.k8s.io", "leases") => ("coordination.k8s.io/v1", "Lease", true),

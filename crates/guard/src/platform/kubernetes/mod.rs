@@ -24,6 +24,7 @@
 pub mod canary;
 pub mod controller;
 pub mod rollout;
+pub mod verify;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -1,0 +1,115 @@
+//! The controller's [`Verifier`] backed by the real judge: cumulative signal
+//! snapshots are differenced into judge [`judge::Interval`]s, one per tick.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::controller::{Decision, Verification, Verifier};
+use super::rollout::Side;
+use crate::platform::{Role, Target};
+use crate::signals::{Counts, Snapshot};
+
+/// Starts a [`judge::Judge`] per candidate.
+#[derive(Clone, Debug)]
+pub struct JudgeVerifier {
+    pub policy: judge::Policy,
+    pub slos: Vec<judge::SloSpec>,
+}
+
+struct JudgeVerification {
+    judge: Result<judge::Judge, String>,
+    candidate: String,
+    /// Cumulative counts at the previous step, per (role, slo).
+    last: BTreeMap<(Role, String), Counts>,
+    last_elapsed: Option<Duration>,
+}
+
+impl Verifier for JudgeVerifier {
+    fn start(&self, _target: &Target, _stable: &Side, candidate: &Side) -> Box<dyn Verification> {
+        Box::new(JudgeVerification {
+            judge: judge::Judge::new(self.policy.clone(), self.slos.clone()).map_err(|e| e.to_string()),
+            candidate: candidate.build.clone(),
+            last: BTreeMap::new(),
+            last_elapsed: None,
+        })
+    }
+}
+
+/// `now − before`, treating a counter reset (a decrease) as a fresh start.
+fn delta(now: Counts, before: Option<Counts>) -> Counts {
+    match before {
+        Some(b) if now.total >= b.total && now.good >= b.good => {
+            let total = now.total - b.total;
+            Counts { good: (now.good - b.good).min(total), total }
+        }
+        _ => now,
+    }
+}
+
+impl Verification for JudgeVerification {
+    fn step(&mut self, snapshot: &Snapshot, elapsed: Duration) -> Decision {
+        let judge = match &mut self.judge {
+            Ok(j) => j,
+            Err(e) => return Decision::Hold { reason: format!("judge configuration: {e}") },
+        };
+        // Sum cumulative counts per role and SLO (a release may span several builds'
+        // entries only if the source splits them; the candidate is matched by build).
+        let mut now: BTreeMap<(Role, String), Counts> = BTreeMap::new();
+        for r in &snapshot.releases {
+            let role = if r.build == self.candidate { Role::Candidate } else { r.role };
+            for (slo, c) in &r.by_slo {
+                let e = now.entry((role, slo.clone())).or_default();
+                e.good += c.good;
+                e.total += c.total;
+            }
+        }
+        let Some(last_elapsed) = self.last_elapsed.replace(elapsed) else {
+            // The first read only sets the starting point of the differences.
+            self.last = now;
+            return Decision::Continue;
+        };
+        let seconds = elapsed.saturating_sub(last_elapsed).as_secs_f64();
+        if seconds <= 0.0 {
+            return Decision::Continue;
+        }
+        let slos: Vec<judge::SloObservation> = judge
+            .slos()
+            .iter()
+            .map(|spec| {
+                let key_c = (Role::Candidate, spec.name.clone());
+                let key_b = (Role::Stable, spec.name.clone());
+                let c = delta(now.get(&key_c).copied().unwrap_or_default(), self.last.get(&key_c).copied());
+                let b = delta(now.get(&key_b).copied().unwrap_or_default(), self.last.get(&key_b).copied());
+                judge::SloObservation {
+                    slo: spec.name.clone(),
+                    candidate: judge::Counts::new(c.good, c.total),
+                    baseline: judge::Counts::new(b.good, b.total),
+                }
+            })
+            .collect();
+        self.last = now;
+        let interval = judge::Interval { seconds, slos, canary_share: None, source_ok: true };
+        match judge.step(&interval) {
+            Ok(d) => match d.verdict {
+                judge::Verdict::Continue => Decision::Continue,
+                judge::Verdict::Promote => Decision::Promote { reason: d.reason },
+                judge::Verdict::Revert => Decision::Revert { reason: d.reason },
+                judge::Verdict::Hold => Decision::Hold { reason: d.reason },
+            },
+            Err(e) => Decision::Hold { reason: format!("judge refused the counts: {e}") },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deltas_absorb_resets() {
+        let c = |good, total| Counts { good, total };
+        assert_eq!(delta(c(90, 100), Some(c(45, 50))), c(45, 50));
+        assert_eq!(delta(c(5, 10), Some(c(45, 50))), c(5, 10));
+        assert_eq!(delta(c(5, 10), None), c(5, 10));
+    }
+}
