@@ -70,14 +70,25 @@ trap 'rm -rf "$tmp"' EXIT
   if [ -n "$namespace" ]; then
     echo "namespace: $namespace"
   fi
-  # The build, as the standard version label on every object and pod: the
-  # ServiceMonitor turns it into the `build` label of every series, so guard's
-  # prometheus source can tell releases apart (guard sets it on deploy too).
-  echo "labels:"
-  echo "  - pairs:"
-  echo "      app.kubernetes.io/version: \"$tag\""
-  echo "    includeSelectors: false"
-  echo "    includeTemplates: true"
+  # The build on the pod template, in the annotation guard itself writes on
+  # every rollout (guard.ultra-boost.dev/build): the ServiceMonitor turns it
+  # into the `build` label of every series. Review apps get it from guard,
+  # which renders the review overlay itself (see README.md).
+  if [ "$overlay" != review ]; then
+    echo "patches:"
+    echo "  - target:"
+    echo "      kind: Deployment"
+    echo "    patch: |-"
+    echo "      apiVersion: apps/v1"
+    echo "      kind: Deployment"
+    echo "      metadata:"
+    echo "        name: any"
+    echo "      spec:"
+    echo "        template:"
+    echo "          metadata:"
+    echo "            annotations:"
+    echo "              guard.ultra-boost.dev/build: \"$tag\""
+  fi
   echo "images:"
   echo "  - name: $image_name"
   if [ -n "$image" ]; then
