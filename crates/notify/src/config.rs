@@ -9,6 +9,20 @@
 //! | `grafana.url`, `grafana.token` | `GUARD_GRAFANA_URL`, `GUARD_GRAFANA_TOKEN` |
 //! | `github.api_url`, `github.token`, `github.repo` | `GUARD_GITHUB_API_URL` (default `https://api.github.com`), `GUARD_GITHUB_TOKEN`, `GUARD_GITHUB_REPO` (`owner/name`) |
 //!
+//! ```yaml
+//! notify:
+//!   slack: { webhook_url: "https://hooks.slack.com/services/T000/B000/XXXX" }
+//!   teams: { webhook_url: "https://prod-00.westeurope.logic.azure.com/workflows/..." }
+//!   webhook: { url: "https://hooks.example.com/guard", secret: "..." }
+//!   grafana: { url: "https://grafana.example.com", token: "glsa_...", dashboard_uid: "ultra-boost" }
+//!   github: { repo: "acme/ultra-boost", token: "github_pat_..." }
+//!   queue_capacity: 256          # per target; newer events are dropped (and counted) beyond it
+//!   retry: { max_attempts: 5, base_ms: 500, max_ms: 30000, timeout_ms: 10000 }
+//! ```
+//!
+//! Secrets are better kept out of the file: leave them out and set the
+//! variables instead.
+//!
 //! A target is enabled when its URL (GitHub: token or repo) is set. Environment
 //! reads go through [`Strings`] so tests pass a map instead of mutating the
 //! process environment.

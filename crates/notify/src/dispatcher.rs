@@ -405,6 +405,23 @@ fn record(
     }
 }
 
+/// What history keeps of a successful answer: the id of what was created
+/// (annotation, deployment, status), or a short plain answer (Slack's `ok`).
+fn delivered_detail(body: &str) -> String {
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(body) {
+        return match v.get("id") {
+            Some(id) => format!("id {id}"),
+            None => String::new(),
+        };
+    }
+    let body = body.trim();
+    if body.chars().count() <= 100 {
+        body.to_owned()
+    } else {
+        String::new()
+    }
+}
+
 /// What a delivery task needs besides its target's own state.
 struct Ctx {
     target: &'static str,
@@ -433,9 +450,7 @@ impl Ctx {
             Ok(reply) => {
                 self.metrics.inc(self.target, "delivered");
                 tracing::info!(target_name = self.target, action, event = ev.kind.as_str(), service = %ev.service, environment = %ev.environment, attempts = reply.attempts, status = reply.status, "notification delivered");
-                let detail = self
-                    .redactor
-                    .clean(&reply.body.chars().take(300).collect::<String>());
+                let detail = self.redactor.clean(&delivered_detail(&reply.body));
                 self.log.record(record(
                     self.target,
                     action,

@@ -14,10 +14,26 @@
 //!   `X-Guard-Delivery: <id>`, the same on every retry of one delivery, so a
 //!   receiver can drop duplicates.
 //!
-//! A receiver recomputes the HMAC over the raw body (before any JSON parsing),
-//! compares in constant time, and rejects timestamps older than a few minutes:
-//! [`verify`] does all three. Retries are signed afresh with a new timestamp,
-//! so a slow retry still passes a short max-age.
+//! The key is the UTF-8 bytes of the configured secret (`notify.webhook.secret`
+//! / `GUARD_WEBHOOK_SECRET`). A receiver recomputes the HMAC over the raw body
+//! (before any JSON parsing), compares in constant time, and rejects
+//! timestamps older than a few minutes: [`verify`] does all three. Retries are
+//! signed afresh with a new timestamp, so a slow retry still passes a short
+//! max-age.
+//!
+//! ```
+//! use std::time::Duration;
+//! # let secret = "whsec_example";
+//! # let body = br#"{"type":"rollout.promoted"}"#;
+//! # let ts = 1_700_000_000;
+//! # let (ts_header, sig_header) = (ts.to_string(), notify::webhook::sign(secret.as_bytes(), ts, body));
+//! # let now = ts + 2;
+//! // In the receiver: the two header values, the raw body, the clock.
+//! notify::webhook::verify(secret.as_bytes(), &ts_header, &sig_header, body, now, Duration::from_secs(300))
+//!     .expect("a request guard signed");
+//! ```
+//!
+//! The same check in a shell: `printf '%s.%s' "$ts" "$body" | openssl dgst -sha256 -hmac "$secret"`.
 //!
 //! # Body
 //!

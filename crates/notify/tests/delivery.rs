@@ -416,6 +416,12 @@ async fn grafana_region_covers_the_verification() {
     );
     assert_eq!(tags(&whole)[4], "promote");
     assert_eq!(h.metric("grafana", "delivered"), 3);
+    let details: Vec<_> = h.records("grafana").into_iter().map(|r| r.detail).collect();
+    assert_eq!(
+        details,
+        ["id 1", "", "id 2"],
+        "history keeps what was created"
+    );
 }
 
 #[tokio::test]
