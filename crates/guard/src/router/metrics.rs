@@ -147,10 +147,12 @@ impl Labels {
             totals: Arc::default(),
             durations: [latency_histogram(), latency_histogram()],
         };
-        l.durations = [
-            l.metrics.duration.get_or_create(&l.route(Role::Stable)).clone(),
-            l.metrics.duration.get_or_create(&l.route(Role::Candidate)).clone(),
-        ];
+        // One statement each: a `get_or_create` guard holds the family's read
+        // lock until the end of its statement, and the next call may need the
+        // write lock.
+        let stable = l.metrics.duration.get_or_create(&l.route(Role::Stable)).clone();
+        let candidate = l.metrics.duration.get_or_create(&l.route(Role::Candidate)).clone();
+        l.durations = [stable, candidate];
         l
     }
 
