@@ -1,0 +1,154 @@
+//! The local platform with real ultra-boost replicas: rolling update, canary
+//! steps, promote and revert under steady load cost zero router failures; a
+//! build that never gets ready stops the move with the old replicas serving;
+//! every call is idempotent.
+#[path = "support/replicas.rs"]
+mod replicas;
+
+use std::time::Duration;
+
+use guard::platform::local::{LocalPlatform, LocalTargetConfig};
+use guard::platform::{Observed, Platform, PlatformError, Role, Strategy};
+use replicas::{Load, build, client, get, platform};
+
+fn builds_of(o: &Observed, role: Role) -> Vec<String> {
+    o.endpoints.iter().filter(|e| e.role == role).map(|e| e.build.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_update_and_promote_under_load_fail_no_request() {
+    let (p, t, addr) = platform(2).await;
+    let b1 = build("1", &[]);
+    let b2 = build("2", &[]);
+    p.revert(&t, &b1).await.unwrap();
+    let o = p.observe(&t).await.unwrap();
+    assert_eq!(o.stable.as_deref(), Some("1"));
+    assert_eq!(builds_of(&o, Role::Stable), ["1", "1"]);
+    assert!(o.endpoints.iter().all(|e| e.ready && e.metrics_url.starts_with("http://127.0.0.1:")));
+
+    let load = Load::start(format!("http://{addr}/"), 4, Duration::from_millis(1));
+    load.wait_for(200).await;
+
+    p.shift(&t, &b1, &b2, Strategy::Rolling, 0.5).await.unwrap();
+    let half = p.observe(&t).await.unwrap();
+    assert_eq!(builds_of(&half, Role::Stable), ["1"]);
+    assert_eq!(builds_of(&half, Role::Candidate), ["2"]);
+    assert_eq!(half.candidate_share, 0.5);
+    load.wait_for(200).await;
+    // Idempotent: the same call again changes nothing.
+    p.shift(&t, &b1, &b2, Strategy::Rolling, 0.5).await.unwrap();
+    assert_eq!(p.observe(&t).await.unwrap(), half);
+
+    p.shift(&t, &b1, &b2, Strategy::Rolling, 1.0).await.unwrap();
+    let full = p.observe(&t).await.unwrap();
+    assert_eq!(builds_of(&full, Role::Candidate), ["2", "2"]);
+    assert_eq!(full.candidate_share, 1.0);
+    load.wait_for(200).await;
+
+    p.promote(&t, &b2).await.unwrap();
+    p.promote(&t, &b2).await.unwrap();
+    let done = p.observe(&t).await.unwrap();
+    assert_eq!(done.stable.as_deref(), Some("2"));
+    assert_eq!(done.candidate, None);
+    assert_eq!(builds_of(&done, Role::Stable), ["2", "2"]);
+    load.wait_for(200).await;
+
+    let tally = load.stop().await;
+    assert_eq!(tally.router_failures(), 0, "{tally:?}");
+    assert_eq!(tally.by_code.keys().copied().collect::<Vec<_>>(), [200], "{tally:?}");
+    assert!(tally.by_build.contains_key("1") && tally.by_build.contains_key("2"), "{tally:?}");
+    assert_eq!(p.router_totals(&t).unwrap().failures, 0);
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_steps_then_revert_under_load_fail_no_request() {
+    let (p, t, addr) = platform(2).await;
+    let b1 = build("1", &[]);
+    // The bad build answers 500 to 30 % of requests: those are its own
+    // answers, not router failures.
+    let b2 = build("2", &["--fault-error-rate", "0.3", "--fault-seed", "5"]);
+    p.revert(&t, &b1).await.unwrap();
+    let load = Load::start(format!("http://{addr}/"), 4, Duration::from_millis(1));
+    load.wait_for(100).await;
+    for share in [0.05, 0.25, 0.5] {
+        p.shift(&t, &b1, &b2, Strategy::Canary, share).await.unwrap();
+        let o = p.observe(&t).await.unwrap();
+        assert_eq!(o.candidate.as_deref(), Some("2"));
+        assert_eq!(o.candidate_share, share);
+        assert_eq!(builds_of(&o, Role::Stable), ["1", "1"], "stable keeps its full count");
+        assert_eq!(builds_of(&o, Role::Candidate), ["2"]);
+        load.wait_for(200).await;
+    }
+    p.revert(&t, &b1).await.unwrap();
+    p.revert(&t, &b1).await.unwrap();
+    let o = p.observe(&t).await.unwrap();
+    assert_eq!((o.stable.as_deref(), o.candidate.as_deref()), (Some("1"), None));
+    assert_eq!(builds_of(&o, Role::Stable), ["1", "1"]);
+    assert_eq!(o.candidate_share, 0.0);
+    let before = load.tally();
+    load.wait_for(200).await;
+    let tally = load.stop().await;
+    assert_eq!(tally.router_failures(), 0, "{tally:?}");
+    assert_eq!(p.router_totals(&t).unwrap().failures, 0);
+    // After the revert only build 1 answers.
+    assert_eq!(tally.by_build.get("2"), before.by_build.get("2"), "{tally:?}");
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_that_never_gets_ready_stops_the_move_with_the_old_replicas_serving() {
+    let t = replicas::target();
+    let mut cfg = LocalTargetConfig::new(t.clone(), "127.0.0.1:0".parse().unwrap());
+    cfg.ready_timeout = Duration::from_secs(2);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let p = LocalPlatform::start(vec![cfg], &mut registry).await.unwrap();
+    let addr = p.router_addr(&t).unwrap();
+    let b1 = build("1", &[]);
+    p.revert(&t, &b1).await.unwrap();
+
+    let slow = build("2", &["--startup-delay", "60s"]);
+    let err = p.shift(&t, &b1, &slow, Strategy::Rolling, 0.5).await.unwrap_err();
+    assert!(
+        matches!(&err, PlatformError::NotReady { build, .. } if build == "2"),
+        "{err}"
+    );
+    let missing = guard::platform::Build {
+        command: vec!["/nonexistent/ultra-boost".into()],
+        ..build("3", &[])
+    };
+    let err = p.shift(&t, &b1, &missing, Strategy::Canary, 0.1).await.unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/ultra-boost"), "{err}");
+
+    let o = p.observe(&t).await.unwrap();
+    assert_eq!(o.endpoints.len(), 2, "{o:?}");
+    assert!(o.endpoints.iter().all(|e| e.build == "1" && e.ready), "{o:?}");
+    let c = client();
+    for _ in 0..20 {
+        assert_eq!(get(&c, &format!("http://{addr}/")).await.unwrap(), (200, Some("1".into())));
+    }
+    // The engine reverts; nothing of build 2 or 3 is left.
+    p.revert(&t, &b1).await.unwrap();
+    let o = p.observe(&t).await.unwrap();
+    assert_eq!((o.stable.as_deref(), o.candidate.as_deref()), (Some("1"), None));
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_target_and_bad_share_are_errors() {
+    let (p, t, _) = platform(1).await;
+    let other = guard::platform::Target {
+        service: "nope".into(),
+        environment: "test".into(),
+    };
+    assert!(matches!(
+        p.observe(&other).await,
+        Err(PlatformError::UnknownTarget { .. })
+    ));
+    let err = p
+        .shift(&t, &build("1", &[]), &build("2", &[]), Strategy::Canary, 1.5)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("between 0.0 and 1.0"), "{err}");
+    p.shutdown().await;
+}
