@@ -1,0 +1,341 @@
+//! `guard controller`: guard as a Kubernetes controller.
+//!
+//! Connects with the in-cluster service account or `KUBECONFIG`, runs leader
+//! election on a Lease (only the holder acts), guards every Deployment
+//! labelled `guard.ultra-boost.dev/enabled: "true"` (verifies each new rollout
+//! with the judge against the SLOs of `guard.yaml`, reverts a bad one as
+//! `kubectl rollout undo` does), and serves GitHub `pull_request` webhooks for
+//! review environments when `--review-template` is given. Notifications go to
+//! the notifiers configured in `guard.yaml` / `GUARD_*` variables.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, SignalsConfig};
+use crate::lease::{LeaderElector, LeaseSettings};
+use crate::platform::kubernetes::controller::{Controller, ControllerSettings, Verification, Verifier};
+use crate::platform::kubernetes::rollout::Side;
+use crate::platform::kubernetes::verify::JudgeVerifier;
+use crate::platform::kubernetes::{KubeSettings, KubernetesPlatform};
+use crate::platform::{BoxFuture, Endpoint, Target};
+use crate::review::image::{ImageCheck, RegistryCheck};
+use crate::review::template::ReviewTemplate;
+use crate::review::{ReviewSettings, Reviews};
+use crate::signals::scrape::{ScrapeConfig, ScrapeSource};
+use crate::signals::{SignalError, SignalSource, Snapshot};
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Runs until SIGINT or SIGTERM, then releases the Lease so another replica takes over at once.\n\
+Cluster access: the pod's service account, or KUBECONFIG / ~/.kube/config outside a cluster.\n\
+Endpoints on --listen: GET /-/healthy, GET /-/ready, GET /-/leader (JSON), and with\n\
+--review-template POST /api/v1/github/webhook (X-Hub-Signature-256 required).\n\
+Environment: GUARD_GITHUB_WEBHOOK_SECRET, GUARD_REGISTRY_TOKEN, GUARD_* notifier settings.")]
+pub struct Args {
+    /// guard.yaml: SLOs per service, signal source, judge policy, notifiers.
+    #[arg(long, short, env = "GUARD_CONFIG", default_value = "guard.yaml")]
+    pub config: PathBuf,
+    /// Address for health, leader status and webhooks (default: api.listen of guard.yaml).
+    #[arg(long, env = "GUARD_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Guard Deployments of this namespace only (default: every namespace).
+    #[arg(long, env = "GUARD_WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// This replica's name in the Lease and in annotations (default: $POD_NAME, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Namespace of the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "guard-system")]
+    pub lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "guard-leader")]
+    pub lease_name: String,
+    /// How long the Lease is valid without renewal.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+    /// A leader unable to renew for this long stops acting (< lease duration).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub renew_deadline: Duration,
+    /// How often to acquire or renew the Lease (< renew deadline).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub retry_period: Duration,
+    /// How often verifying rollouts are stepped.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// No verdict by then: the rollout is held for a person.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    pub verify_deadline: Duration,
+    /// The container whose image is the build (default: the first).
+    #[arg(long)]
+    pub container: Option<String>,
+    /// Rendered review overlay with placeholders (`kubectl kustomize deploy/kustomize/overlays/review`);
+    /// enables the GitHub webhook.
+    #[arg(long, env = "GUARD_REVIEW_TEMPLATE", value_name = "FILE")]
+    pub review_template: Option<PathBuf>,
+    /// File holding the GitHub webhook secret (else GUARD_GITHUB_WEBHOOK_SECRET).
+    #[arg(long, env = "GUARD_GITHUB_WEBHOOK_SECRET_FILE", value_name = "FILE")]
+    pub github_webhook_secret_file: Option<PathBuf>,
+    /// Review environment URL, `{number}` replaced, e.g. https://pr-{number}.review.example.com.
+    #[arg(long, env = "GUARD_REVIEW_URL")]
+    pub review_url: Option<String>,
+    /// Only this repository's pull requests (owner/name).
+    #[arg(long, env = "GUARD_REVIEW_REPOSITORY")]
+    pub review_repository: Option<String>,
+    /// Review environments without pull request activity for this long are deleted.
+    #[arg(long, default_value = "72h", value_parser = humantime::parse_duration)]
+    pub review_ttl: Duration,
+    /// How long to wait for the image :pr-N to be pushed.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub image_wait: Duration,
+    /// Registry base URL for the image check (default: https://<registry host of the image>).
+    #[arg(long, env = "GUARD_REGISTRY_URL")]
+    pub registry_url: Option<String>,
+    /// Apply review environments without checking that the image exists.
+    #[arg(long)]
+    pub skip_image_check: bool,
+    /// Write the bound address to this file once listening (useful with port 0).
+    #[arg(long, value_name = "PATH")]
+    pub address_file: Option<PathBuf>,
+}
+
+/// One signal source per service (each has its own SLO mapping); the first
+/// service's for Deployments named like no service.
+struct ByService {
+    sources: HashMap<String, Arc<dyn SignalSource>>,
+    fallback: Option<Arc<dyn SignalSource>>,
+}
+
+impl SignalSource for ByService {
+    fn snapshot<'a>(&'a self, target: &'a Target, endpoints: &'a [Endpoint]) -> BoxFuture<'a, Result<Snapshot, SignalError>> {
+        Box::pin(async move {
+            match self.sources.get(&target.service).or(self.fallback.as_ref()) {
+                Some(s) => s.snapshot(target, endpoints).await,
+                None => Err(SignalError::Unavailable { detail: format!("no signal source for {}", target.service) }),
+            }
+        })
+    }
+}
+
+/// The judge with each service's SLOs (the first service's as fallback).
+struct VerifierByService {
+    by_service: HashMap<String, JudgeVerifier>,
+    fallback: Option<JudgeVerifier>,
+}
+
+impl Verifier for VerifierByService {
+    fn start(&self, target: &Target, stable: &Side, candidate: &Side) -> Box<dyn Verification> {
+        match self.by_service.get(&target.service).or(self.fallback.as_ref()) {
+            Some(v) => v.start(target, stable, candidate),
+            None => Box::new(NoSlos),
+        }
+    }
+}
+
+struct NoSlos;
+
+impl Verification for NoSlos {
+    fn step(&mut self, _: &Snapshot, _: Duration) -> crate::platform::kubernetes::controller::Decision {
+        crate::platform::kubernetes::controller::Decision::Hold { reason: "guard.yaml defines no SLOs to verify against".into() }
+    }
+}
+
+fn identity(flag: Option<String>) -> String {
+    flag.filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| format!("guard-{}", std::process::id()))
+}
+
+fn webhook_secret(file: Option<&PathBuf>) -> anyhow::Result<Vec<u8>> {
+    let secret = match file {
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading --github-webhook-secret-file {}", p.display()))?,
+        None => std::env::var("GUARD_GITHUB_WEBHOOK_SECRET").map_err(|_| {
+            anyhow::anyhow!(
+                "--review-template needs the GitHub webhook secret: set GUARD_GITHUB_WEBHOOK_SECRET or --github-webhook-secret-file"
+            )
+        })?,
+    };
+    let secret = secret.trim().to_string();
+    anyhow::ensure!(!secret.is_empty(), "the GitHub webhook secret is empty; unsigned webhooks are never accepted");
+    Ok(secret.into_bytes())
+}
+
+async fn shutdown_signal(stop: CancellationToken) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+        _ = stop.cancelled() => {}
+    }
+    stop.cancel();
+}
+
+pub async fn run(args: Args) -> anyhow::Result<i32> {
+    super::serve::init_logs("info,kube=warn,hyper=warn");
+    let config = config::load(&args.config).with_context(|| format!("loading {}", args.config.display()))?;
+    let me = identity(args.identity.clone());
+    let lease = LeaseSettings {
+        namespace: args.lease_namespace.clone(),
+        name: args.lease_name.clone(),
+        identity: me.clone(),
+        lease_duration: args.lease_duration,
+        renew_deadline: args.renew_deadline,
+        retry_period: args.retry_period,
+    };
+    lease.validate().context("leader election settings")?;
+    // Parse the review settings before touching the cluster: bad input fails fast.
+    let review = match &args.review_template {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading --review-template {}", path.display()))?;
+            let template = ReviewTemplate::parse(&path.display().to_string(), &text)?;
+            Some(ReviewSettings {
+                secret: webhook_secret(args.github_webhook_secret_file.as_ref())?,
+                template,
+                url_pattern: args.review_url.clone(),
+                ttl: args.review_ttl,
+                image_wait: args.image_wait,
+                image_poll: Duration::from_secs(15),
+                repository: args.review_repository.clone(),
+                service: config.services.first().map_or_else(|| "ultra-boost".into(), |s| s.name.clone()),
+            })
+        }
+        None => None,
+    };
+
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes (in-cluster service account, KUBECONFIG or ~/.kube/config)")?;
+
+    // Signals and the judge per service, from guard.yaml.
+    let mut sources: HashMap<String, Arc<dyn SignalSource>> = HashMap::new();
+    let mut verifiers = HashMap::new();
+    for s in &config.services {
+        let source: Arc<dyn SignalSource> = match &config.signals {
+            SignalsConfig::Scrape { interval } => {
+                let slos = s.slos.iter().map(|o| (o.name.clone(), o.scrape.clone())).collect();
+                let mut sc = ScrapeConfig::new(slos);
+                sc.interval = *interval;
+                sc.timeout = (*interval * 4 / 5).max(Duration::from_millis(100));
+                Arc::new(ScrapeSource::new(sc))
+            }
+            SignalsConfig::Prometheus { url, build_label, timeout } => {
+                let queries = s.slos.iter().filter_map(|o| o.prometheus.clone().map(|q| (o.name.clone(), q))).collect();
+                Arc::new(
+                    crate::signals::prometheus::PrometheusSource::new(url, build_label, *timeout, queries)
+                        .context("configuring the prometheus signal source")?,
+                )
+            }
+        };
+        sources.insert(s.name.clone(), source);
+        verifiers.insert(
+            s.name.clone(),
+            JudgeVerifier { policy: config.policy.clone(), slos: s.slos.iter().map(|o| o.judge_spec()).collect() },
+        );
+    }
+    let first = config.services.first().map(|s| s.name.clone());
+    let signals = ByService { fallback: first.as_ref().and_then(|f| sources.get(f).cloned()), sources };
+    let verifier = VerifierByService { fallback: first.as_ref().and_then(|f| verifiers.get(f).cloned()), by_service: verifiers };
+
+    // Notifications: the controller and review events go to the dispatcher.
+    let mut registry = Registry::default();
+    let dispatcher = notify::Dispatcher::from_config(
+        &config.notify,
+        &notify::config::ProcessEnv,
+        &mut registry,
+        Arc::new(notify::NoLog),
+    )
+    .context("configuring notifications")?;
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel::<notify::Event>();
+    let forward = dispatcher.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = events_rx.recv().await {
+            forward.send(ev);
+        }
+    });
+
+    let stop = CancellationToken::new();
+    let (leading_tx, leading_rx) = watch::channel(false);
+    let elector = LeaderElector::new(client.clone(), lease)?;
+    let platform = KubernetesPlatform::new(
+        client.clone(),
+        KubeSettings { identity: me.clone(), container: args.container.clone(), ..KubeSettings::default() },
+    );
+    let controller = Controller::new(
+        platform,
+        Arc::new(signals),
+        Arc::new(verifier),
+        ControllerSettings { namespace: args.namespace.clone(), interval: args.interval, verify_deadline: args.verify_deadline },
+        Some(events_tx.clone()),
+    );
+
+    let leader_view = leading_rx.clone();
+    let who = me.clone();
+    let mut app = axum::Router::new()
+        .route("/-/healthy", get(|| async { "ok\n" }))
+        .route("/-/ready", get(|| async { "ready\n" }))
+        .route(
+            "/-/leader",
+            get(move || {
+                let leading = *leader_view.borrow();
+                let who = who.clone();
+                async move { axum::Json(serde_json::json!({"identity": who, "leading": leading})) }
+            }),
+        );
+    let mut tasks = Vec::new();
+    if let Some(settings) = review {
+        let images: Option<Arc<dyn ImageCheck>> = if args.skip_image_check {
+            None
+        } else {
+            let token = std::env::var("GUARD_REGISTRY_TOKEN").ok().filter(|t| !t.trim().is_empty());
+            Some(Arc::new(RegistryCheck::new(args.registry_url.clone(), token)?))
+        };
+        let reviews = Arc::new(Reviews::new(client.clone(), settings, images, Some(events_tx.clone())));
+        app = app.merge(reviews.clone().router());
+        tasks.push(tokio::spawn(reviews.run_sweeper(Duration::from_secs(300), leading_rx.clone(), stop.clone())));
+    }
+
+    let listen = args.listen.unwrap_or(config.api.listen);
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let bound = listener.local_addr().context("reading the bound address")?;
+    if let Some(p) = &args.address_file {
+        std::fs::write(p, bound.to_string()).with_context(|| format!("writing --address-file {}", p.display()))?;
+    }
+    tracing::info!(identity = %me, listen = %bound, lease = %format!("{}/{}", args.lease_namespace, args.lease_name), "guard controller started");
+
+    let http_stop = stop.clone();
+    tasks.push(tokio::spawn(async move {
+        let _ = axum::serve(listener, app).with_graceful_shutdown(http_stop.cancelled_owned()).await;
+    }));
+    let election = tokio::spawn(elector.run(leading_tx, stop.clone()));
+    let control_stop = stop.clone();
+    let control = tokio::spawn(async move { controller.run(leading_rx, control_stop).await });
+
+    shutdown_signal(stop.clone()).await;
+    tracing::info!("shutting down: releasing the lease");
+    let _ = control.await;
+    let _ = election.await;
+    for t in tasks {
+        let _ = t.await;
+    }
+    let undelivered = dispatcher.flush(Duration::from_secs(5)).await;
+    if undelivered > 0 {
+        tracing::warn!(undelivered, "notifications still pending at exit");
+    }
+    Ok(0)
+}
