@@ -16,7 +16,7 @@ PR          ?= $(or $(DRONE_PULL_REQUEST),)
 GIT_COMMIT  ?= $(or $(DRONE_COMMIT_SHA),$(shell git rev-parse HEAD 2>/dev/null),unknown)
 SHORT_SHA   := $(shell printf '%.7s' '$(GIT_COMMIT)')
 # guard's API (CI's only way into production: a bearer token, no cluster credentials).
-GUARD_URL   ?= https://guard.example.com
+GUARD_API_URL ?= https://guard.example.com
 GUARD       ?= cargo run --quiet --release --locked -p guard --
 CARGO       ?= cargo
 DOCKER      ?= docker
@@ -106,8 +106,8 @@ push-pr: ## Build and push ultra-boost for a pull request as :pr-PR and :BUILD
 deploy-prd: ## Ask guard to deploy BUILD to production and wait for its verdict (GUARD_API_TOKEN)
 	$(call require,BUILD,86)
 	@if [ -z "$${GUARD_API_TOKEN:-}" ] && [ -z "$${GUARD_API_TOKEN_FILE:-}" ]; then \
-	  echo "make deploy-prd: set GUARD_API_TOKEN (or GUARD_API_TOKEN_FILE) for $(GUARD_URL)" >&2; exit 2; fi
-	GUARD_URL=$(GUARD_URL) $(GUARD) deploy ultra-boost --env production --build $(BUILD) --wait
+	  echo "make deploy-prd: set GUARD_API_TOKEN (or GUARD_API_TOKEN_FILE) for $(GUARD_API_URL)" >&2; exit 2; fi
+	GUARD_API_URL=$(GUARD_API_URL) $(GUARD) deploy ultra-boost --env production --build $(BUILD) --wait
 
 .PHONY: demo
 demo: ## guard demo: deploy a good, an erroring and a slow build locally; see them judged
