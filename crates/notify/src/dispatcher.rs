@@ -433,13 +433,14 @@ struct Ctx {
 }
 
 impl Ctx {
-    /// Sends one request with retries, records and counts the result.
+    /// Sends one request with retries, records and counts the result. On
+    /// failure, the last HTTP status, if an answer came.
     async fn deliver(
         &self,
         ev: &Event,
         action: &str,
         make: impl FnMut() -> reqwest::RequestBuilder,
-    ) -> Option<Reply> {
+    ) -> Result<Reply, Option<u16>> {
         let metrics = self.metrics.clone();
         let target = self.target;
         let result = transport::send(&self.policy, &self.redactor, make, || {
@@ -460,7 +461,7 @@ impl Ctx {
                     Some(reply.status),
                     detail,
                 ));
-                Some(reply)
+                Ok(reply)
             }
             Err(f) => {
                 self.metrics.inc(self.target, "failed");
@@ -474,7 +475,7 @@ impl Ctx {
                     f.status,
                     f.detail,
                 ));
-                None
+                Err(f.status)
             }
         }
     }
@@ -594,12 +595,16 @@ impl Worker {
         match self {
             Worker::Slack { url } => {
                 let body = slack::payload(ev);
-                ctx.deliver(ev, "message", || ctx.client.post(url.expose()).json(&body))
+                // The outcome is recorded inside; nothing else depends on it.
+                let _ = ctx
+                    .deliver(ev, "message", || ctx.client.post(url.expose()).json(&body))
                     .await;
             }
             Worker::Teams { url } => {
                 let body = teams::payload(ev);
-                ctx.deliver(ev, "message", || ctx.client.post(url.expose()).json(&body))
+                // The outcome is recorded inside; nothing else depends on it.
+                let _ = ctx
+                    .deliver(ev, "message", || ctx.client.post(url.expose()).json(&body))
                     .await;
             }
             Worker::Webhook { target } => {
@@ -618,23 +623,24 @@ impl Worker {
                         return ctx.skip(ev, "event", &format!("cannot encode the event: {e}"));
                     }
                 };
-                ctx.deliver(ev, "event", || {
-                    // Signed per attempt: the timestamp is the attempt's, so a
-                    // late retry still passes the receiver's max-age check.
-                    let ts = jiff::Timestamp::now().as_second();
-                    ctx.client
-                        .post(target.url.expose())
-                        .header(reqwest::header::CONTENT_TYPE, "application/json")
-                        .header(webhook::TIMESTAMP_HEADER, ts.to_string())
-                        .header(
-                            webhook::SIGNATURE_HEADER,
-                            webhook::sign(target.secret.expose().as_bytes(), ts, &body),
-                        )
-                        .header(webhook::EVENT_HEADER, ev.kind.as_str())
-                        .header(webhook::DELIVERY_HEADER, &id)
-                        .body(body.clone())
-                })
-                .await;
+                let _ = ctx
+                    .deliver(ev, "event", || {
+                        // Signed per attempt: the timestamp is the attempt's, so a
+                        // late retry still passes the receiver's max-age check.
+                        let ts = jiff::Timestamp::now().as_second();
+                        ctx.client
+                            .post(target.url.expose())
+                            .header(reqwest::header::CONTENT_TYPE, "application/json")
+                            .header(webhook::TIMESTAMP_HEADER, ts.to_string())
+                            .header(
+                                webhook::SIGNATURE_HEADER,
+                                webhook::sign(target.secret.expose().as_bytes(), ts, &body),
+                            )
+                            .header(webhook::EVENT_HEADER, ev.kind.as_str())
+                            .header(webhook::DELIVERY_HEADER, &id)
+                            .body(body.clone())
+                    })
+                    .await;
             }
             Worker::Grafana {
                 target,
@@ -678,8 +684,8 @@ async fn grafana_handle(
                 .json(&body)
         }
     };
-    let annotation_id = |reply: Option<Reply>| -> Option<i64> {
-        let reply = reply?;
+    let annotation_id = |reply: Result<Reply, Option<u16>>| -> Option<i64> {
+        let reply = reply.ok()?;
         serde_json::from_str::<serde_json::Value>(&reply.body)
             .ok()?
             .get("id")?
@@ -717,26 +723,37 @@ async fn grafana_handle(
         }
         EventKind::IncidentResolved => {
             let known = job.fingerprint.as_ref().and_then(|fp| incidents.remove(fp));
-            match known {
-                Some(id) => {
-                    ctx.deliver(ev, "close annotation", close(id, ev)).await;
-                }
-                None => {
-                    ctx.deliver(ev, "create annotation", create(ev)).await;
-                }
-            }
+            close_or_create(known, ev, ctx, &close, &create).await;
         }
         EventKind::Promoted | EventKind::Reverted | EventKind::Held | EventKind::RolledBack => {
-            match rollouts.remove(&rollout_key(ev)) {
-                Some(id) => {
-                    ctx.deliver(ev, "close annotation", close(id, ev)).await;
-                }
-                None => {
-                    ctx.deliver(ev, "create annotation", create(ev)).await;
-                }
-            }
+            let known = rollouts.remove(&rollout_key(ev));
+            close_or_create(known, ev, ctx, &close, &create).await;
         }
     }
+}
+
+/// Closes the annotation guard opened, or posts the whole region when there is
+/// none, or when Grafana no longer has it (404: deleted by a person, or a
+/// fresh Grafana database).
+async fn close_or_create<C, P, M, N>(
+    known: Option<i64>,
+    ev: &Event,
+    ctx: &Ctx,
+    close: &C,
+    create: &P,
+) where
+    C: Fn(i64, &Event) -> M,
+    P: Fn(&Event) -> N,
+    M: FnMut() -> reqwest::RequestBuilder,
+    N: FnMut() -> reqwest::RequestBuilder,
+{
+    if let Some(id) = known {
+        match ctx.deliver(ev, "close annotation", close(id, ev)).await {
+            Err(Some(404)) => {}
+            _ => return,
+        }
+    }
+    let _ = ctx.deliver(ev, "create annotation", create(ev)).await;
 }
 
 async fn github_handle(
@@ -782,7 +799,7 @@ async fn github_handle(
                     ),
                 )
                 .await;
-            let Some(reply) = reply else { return };
+            let Ok(reply) = reply else { return };
             // 201 carries the deployment; 202 means GitHub merged instead of
             // deploying (cannot happen with auto_merge: false) and has no id.
             let id = serde_json::from_str::<serde_json::Value>(&reply.body)
@@ -813,7 +830,7 @@ async fn github_handle(
                 request(reqwest::Method::POST, url, github::status(ev, *state)),
             )
             .await
-            .is_none()
+            .is_err()
         {
             break; // Later statuses would tell a story the first one did not.
         }

@@ -461,6 +461,55 @@ async fn grafana_incident_region_opens_on_firing_and_closes_on_resolved() {
     );
 }
 
+#[tokio::test]
+async fn grafana_annotation_deleted_meanwhile_is_posted_whole() {
+    let grafana = GrafanaDouble::start("tok").await;
+    let h = Harness::new(&[
+        ("GUARD_GRAFANA_URL", grafana.url("")),
+        ("GUARD_GRAFANA_TOKEN", "tok".into()),
+    ]);
+    h.dispatcher.send(event(EventKind::Started, 3));
+    h.flush().await;
+    grafana.forget_annotations();
+    h.dispatcher.send(event(EventKind::Promoted, 3));
+    h.flush().await;
+    let calls: Vec<_> = grafana
+        .requests()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            "POST /api/annotations",
+            "PATCH /api/annotations/1",
+            "POST /api/annotations"
+        ]
+    );
+    let region = grafana.with_memory(|m| m.annotations[&2].clone());
+    assert_eq!(
+        (region["time"].as_i64(), region["timeEnd"].as_i64()),
+        (Some(1_764_201_600_000), Some(1_764_201_607_300))
+    );
+    let outcomes: Vec<_> = h
+        .records("grafana")
+        .into_iter()
+        .map(|r| (r.action, r.outcome, r.http_status))
+        .collect();
+    assert_eq!(
+        outcomes[1],
+        ("close annotation".to_owned(), Outcome::Failed, Some(404))
+    );
+    assert_eq!(
+        outcomes[2],
+        (
+            "create annotation".to_owned(),
+            Outcome::Delivered,
+            Some(200)
+        )
+    );
+}
+
 fn github_env(gh: &Double) -> Vec<(&'static str, String)> {
     vec![
         ("GUARD_GITHUB_API_URL", gh.url("")),

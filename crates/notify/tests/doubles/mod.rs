@@ -185,6 +185,11 @@ impl Double {
         self.inner.requests.lock().unwrap().clone()
     }
 
+    /// Deletes every annotation, as a person (or a fresh database) would.
+    pub fn forget_annotations(&self) {
+        self.inner.memory.lock().unwrap().annotations.clear();
+    }
+
     pub fn with_memory<T>(&self, f: impl FnOnce(&Memory) -> T) -> T {
         f(&self.inner.memory.lock().unwrap())
     }
