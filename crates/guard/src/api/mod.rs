@@ -32,6 +32,8 @@ use serde_json::json;
 
 use crate::engine::phase::Command;
 use crate::engine::{Engine, EngineError, LiveStatus};
+
+pub mod alertmanager;
 use crate::platform::{Build, Strategy, Target};
 use crate::store::{DeliveryRecord, RolloutRecord, StepRecord, StoreError};
 

@@ -6,6 +6,7 @@
 //! source's to absorb: a reset never becomes negative counts, a missed scrape is
 //! never zero traffic, it is reported as staleness so the judge can hold.
 
+pub mod prometheus;
 pub mod scrape;
 
 use std::collections::BTreeMap;

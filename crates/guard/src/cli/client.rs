@@ -1,0 +1,123 @@
+//! The CLI's side of guard's HTTP API: where it is, the bearer token, and
+//! typed calls. Used by `deploy`, `status`, `history`, `rollback` and the
+//! rollout commands.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// Where the API is and how to authenticate.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiArgs {
+    /// guard's API base URL.
+    #[arg(
+        long,
+        env = "GUARD_API_URL",
+        default_value = "http://127.0.0.1:7700",
+        value_name = "URL"
+    )]
+    pub api: String,
+    /// File holding the bearer token (env GUARD_API_TOKEN wins).
+    #[arg(long, env = "GUARD_API_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// A client of one guard.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    pub fn new(args: &ApiArgs) -> anyhow::Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let token = match std::env::var("GUARD_API_TOKEN") {
+            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            _ => match &args.token_file {
+                Some(p) => Some(
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("reading --token-file {}", p.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => None,
+            },
+        };
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self {
+            http,
+            base: args.api.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+    ) -> anyhow::Result<T> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{what}: cannot reach guard at {} (is `guard serve` running? --api / GUARD_API_URL)", self.base))?;
+        let status = resp.status();
+        let body = resp
+            .text()
+            .await
+            .with_context(|| format!("{what}: reading the answer"))?;
+        if !status.is_success() {
+            let msg = serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(String::from))
+                .unwrap_or(body);
+            anyhow::bail!("{what}: guard answered {status}: {msg}");
+        }
+        serde_json::from_str(&body).with_context(|| format!("{what}: unexpected answer from guard"))
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str, what: &str) -> anyhow::Result<T> {
+        self.send(self.http.get(format!("{}{path}", self.base)), what)
+            .await
+    }
+
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Value,
+        what: &str,
+    ) -> anyhow::Result<T> {
+        self.send(
+            self.http.post(format!("{}{path}", self.base)).json(body),
+            what,
+        )
+        .await
+    }
+
+    /// The active rollout of a target, if any.
+    pub async fn active_rollout(
+        &self,
+        service: &str,
+        environment: &str,
+    ) -> anyhow::Result<Option<i64>> {
+        let list: Vec<Value> = self
+            .get(
+                &format!("/api/v1/rollouts?service={service}&environment={environment}&limit=1"),
+                "listing rollouts",
+            )
+            .await?;
+        Ok(list
+            .first()
+            .filter(|r| r.get("active").and_then(Value::as_bool) == Some(true))
+            .and_then(|r| r.get("id").and_then(Value::as_i64)))
+    }
+}

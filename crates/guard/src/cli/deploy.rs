@@ -1,0 +1,162 @@
+//! `guard deploy SERVICE --env ENV --build N`: asks a running guard to roll a
+//! build out; with `--wait`, follows it to its verdict.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::client::{ApiArgs, Client};
+use crate::api::RolloutDetail;
+use crate::engine::phase::Phase;
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit codes with --wait: 0 promoted, 2 reverted, 3 held or aborted by a person, 1 error.\n\
+Example (CI): guard deploy ultra-boost --env production --build 86 --wait"
+)]
+pub struct Args {
+    /// Service name as in guard.yaml.
+    pub service: String,
+    /// Environment, e.g. production.
+    #[arg(long = "env", short = 'e')]
+    pub environment: String,
+    /// Build number to roll out.
+    #[arg(long, short)]
+    pub build: String,
+    /// rolling (replace replicas one by one) or canary (weights in steps); default: the service's.
+    #[arg(long, value_parser = ["rolling", "canary"])]
+    pub strategy: Option<String>,
+    /// Git commit of the build (shown in notifications).
+    #[arg(long)]
+    pub commit: Option<String>,
+    /// Follow the rollout until its verdict; the exit code reflects it.
+    #[arg(long, short)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<i32> {
+    let client = Client::new(&args.api)?;
+    let body = json!({
+        "service": args.service,
+        "environment": args.environment,
+        "build": args.build,
+        "strategy": args.strategy,
+        "commit": args.commit,
+        "requested_by": "cli",
+    });
+    let created: Value = client
+        .post("/api/v1/deployments", &body, "deploying")
+        .await?;
+    let id = created
+        .get("id")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| anyhow::anyhow!("guard answered without a rollout id"))?;
+    println!(
+        "rollout {id}: {} build {} to {}",
+        args.service, args.build, args.environment
+    );
+    if !args.wait {
+        println!("follow it with: guard history --id {id}");
+        return Ok(0);
+    }
+    follow(&client, id).await
+}
+
+/// Exit code for a finished rollout.
+pub fn exit_code(phase: &Phase) -> i32 {
+    match phase {
+        Phase::Promoted => 0,
+        Phase::Reverted => 2,
+        _ => 3,
+    }
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.0} %", x * 100.0)
+}
+
+/// One line: phase, share, events, statistic vs bounds, budget.
+pub fn progress_line(d: &RolloutDetail) -> String {
+    let r = &d.rollout.record;
+    let mut s = format!("{:<10} share {:>5}", r.phase.name(), pct(r.phase.share()));
+    if let Some(live) = &d.rollout.live {
+        s.push_str(&format!("  events {:>6}", live.events));
+        if let Some(e) = &live.evidence {
+            if let (Some(st), Some(lo), Some(hi)) = (e.statistic, e.lower_bound, e.upper_bound) {
+                s.push_str(&format!(
+                    "  {} Λ {st:>6.2} in [{lo:.2}, {hi:.2}]",
+                    e.slo.as_deref().unwrap_or("")
+                ));
+            }
+            if let Some(b) = e.budget_burned_pct {
+                s.push_str(&format!("  budget {b:.3} %"));
+            }
+        }
+        if !live.source_ok {
+            s.push_str("  SOURCE DOWN");
+        }
+    }
+    s
+}
+
+async fn follow(client: &Client, id: i64) -> anyhow::Result<i32> {
+    let tty = std::io::stdout().is_terminal();
+    let mut printed_steps = 0usize;
+    let mut last_plain = std::time::Instant::now();
+    loop {
+        let d: RolloutDetail = client
+            .get(&format!("/api/v1/rollouts/{id}"), "reading the rollout")
+            .await?;
+        let mut out = std::io::stdout().lock();
+        if tty {
+            // Clear the live line before printing new steps above it.
+            let _ = write!(out, "\r\x1b[2K");
+        }
+        for step in d.steps.iter().skip(printed_steps) {
+            let when = jiff::Timestamp::from_millisecond(step.at_ms)
+                .map(|t| t.strftime("%H:%M:%S").to_string())
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "{when}  {:<10} {}{}",
+                step.to,
+                step.cause,
+                step.detail
+                    .as_deref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
+            );
+        }
+        printed_steps = d.steps.len();
+        let r = &d.rollout.record;
+        if r.phase.is_terminal() {
+            let e = r.evidence.clone().unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "verdict: {} ({}){}{}",
+                r.verdict.as_deref().unwrap_or("none"),
+                r.reason.as_deref().unwrap_or(""),
+                d.rollout
+                    .seconds_to_verdict
+                    .map(|s| format!(", {s:.1} s after taking traffic"))
+                    .unwrap_or_default(),
+                e.budget_burned_pct
+                    .map(|b| format!(", {b:.3} % of the error budget burned"))
+                    .unwrap_or_default()
+            );
+            return Ok(exit_code(&r.phase));
+        }
+        if tty {
+            let _ = write!(out, "{}", progress_line(&d));
+            let _ = out.flush();
+        } else if last_plain.elapsed() >= Duration::from_secs(5) {
+            let _ = writeln!(out, "          {}", progress_line(&d));
+            last_plain = std::time::Instant::now();
+        }
+        drop(out);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
