@@ -107,7 +107,7 @@ deploy-prd: ## Ask guard to deploy BUILD to production and wait for its verdict 
 	$(call require,BUILD,86)
 	@if [ -z "$${GUARD_API_TOKEN:-}" ] && [ -z "$${GUARD_API_TOKEN_FILE:-}" ]; then \
 	  echo "make deploy-prd: set GUARD_API_TOKEN (or GUARD_API_TOKEN_FILE) for $(GUARD_API_URL)" >&2; exit 2; fi
-	GUARD_API_URL=$(GUARD_API_URL) $(GUARD) deploy ultra-boost --env production --build $(BUILD) --wait
+	GUARD_API_URL=$(GUARD_API_URL) $(GUARD) deploy ultra-boost --env production --build $(BUILD) --wait --commit $(GIT_COMMIT)
 
 .PHONY: demo
 demo: ## guard demo: deploy a good, an erroring and a slow build locally; see them judged
