@@ -428,10 +428,10 @@ alertmanager() {
   amtool check-config deploy/alertmanager/alertmanager.yml
   local cfg=deploy/alertmanager/alertmanager.yml got
   # Routing as intended: page -> PagerDuty, ticket -> Slack, both also -> guard.
-  got=$(amtool config routes test --config.file="$cfg" sloth_severity=page sloth_id=ultra-boost-requests-availability alertname=x)
+  got=$(amtool config routes test --config.file="$cfg" sloth_severity=page sloth_id=ultra-boost-requests-availability alertname=x 2>/dev/null)
   echo "page alert   -> $got"
   [ "$got" = "guard,page-pagerduty" ] || { echo "ERROR page alerts must reach guard and PagerDuty"; return 1; }
-  got=$(amtool config routes test --config.file="$cfg" sloth_severity=ticket sloth_id=ultra-boost-requests-availability alertname=x)
+  got=$(amtool config routes test --config.file="$cfg" sloth_severity=ticket sloth_id=ultra-boost-requests-availability alertname=x 2>/dev/null)
   echo "ticket alert -> $got"
   [ "$got" = "guard,ticket-slack" ] || { echo "ERROR ticket alerts must reach guard and Slack"; return 1; }
   if grep -nE '(routing_key|service_key|api_url|credentials):' "$cfg"; then
