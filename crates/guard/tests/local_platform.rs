@@ -152,3 +152,59 @@ async fn unknown_target_and_bad_share_are_errors() {
     assert!(err.to_string().contains("between 0.0 and 1.0"), "{err}");
     p.shutdown().await;
 }
+
+/// `<target>/debug/examples/router_bench`: a guard-like process that runs the
+/// local platform (built by `cargo test`, which builds examples).
+fn router_bench_example() -> std::path::PathBuf {
+    let bin = replicas::ultra_boost_bin();
+    let ex = bin.parent().unwrap().join("examples").join("router_bench");
+    assert!(
+        ex.is_file(),
+        "{} is missing: run `cargo build -p guard --examples` (cargo test builds it)",
+        ex.display()
+    );
+    ex
+}
+
+fn gone(pid: u32) -> bool {
+    // Dead, or a zombie waiting for a reaper that is not ours to be.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()) == Some("Z"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_exit_when_guard_is_killed() {
+    use tokio::io::AsyncBufReadExt;
+    let mut guard = tokio::process::Command::new(router_bench_example())
+        .arg("--bin")
+        .arg(replicas::ultra_boost_bin())
+        .args(["--replicas", "2", "--arg=--drain-delay=100ms"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(guard.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("router_bench prints its address line in time")
+        .unwrap()
+        .expect("a line");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let pids: Vec<u32> = v["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(pids.len(), 2, "{line}");
+    assert!(pids.iter().all(|&p| !gone(p)), "replicas run: {line}");
+    // SIGKILL: guard gets no chance to clean up; the kernel tells the replicas.
+    guard.kill().await.unwrap();
+    replicas::poll(Duration::from_secs(20), "replicas to exit after guard died", || {
+        let pids = pids.clone();
+        async move { pids.iter().all(|&p| gone(p)).then_some(()) }
+    })
+    .await;
+}

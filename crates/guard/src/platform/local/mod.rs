@@ -231,6 +231,14 @@ impl LocalPlatform {
         Ok(self.runtime(target)?.router.totals())
     }
 
+    /// Process ids of a target's replicas in the router (for operators and
+    /// tests that check replicas exit with guard).
+    pub fn replica_pids(&self, target: &Target) -> Result<Vec<u32>, PlatformError> {
+        let rt = self.runtime(target)?;
+        let st = rt.state.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(st.replicas.iter().map(|r| r.process.pid()).collect())
+    }
+
     /// Drains every replica of every target (out of the router, SIGTERM, reaped),
     /// waits for them up to their drain timeouts, and stops the routers.
     pub async fn shutdown(&self) {

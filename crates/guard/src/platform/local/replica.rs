@@ -43,6 +43,10 @@ pub(crate) struct Process {
 }
 
 impl Process {
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// `Some(description)` once the process has exited.
     pub(crate) fn exited(&self) -> Option<String> {
         self.exit.borrow().clone()
