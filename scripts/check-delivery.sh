@@ -276,6 +276,33 @@ guard_config() {
   fi
   if [ -s "$d/addr" ]; then
     echo "guard serve --config guard.yaml: listening on $(cat "$d/addr")"
+    # The Deployment's probe paths answer, and the API wants the token file's token.
+    if ! python3 - "$(cat "$d/addr")" "$d/token" <<'EOF'
+import sys, urllib.error, urllib.request
+addr, token = sys.argv[1].strip(), open(sys.argv[2]).read().strip()
+def code(path, tok=None):
+    req = urllib.request.Request(f"http://{addr}{path}")
+    if tok:
+        req.add_header("Authorization", f"Bearer {tok}")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+want = [("/-/healthy", None, 200), ("/-/ready", None, 200),
+        ("/api/v1/status", None, 401), ("/api/v1/status", "wrong", 401), ("/api/v1/status", token, 200)]
+bad = 0
+for path, tok, expected in want:
+    got = code(path, tok)
+    who = "no token" if tok is None else ("wrong token" if tok == "wrong" else "token file's token")
+    print(f"  GET {path} ({who}): {got}{'' if got == expected else f', want {expected}'}")
+    bad += got != expected
+sys.exit(1 if bad else 0)
+EOF
+    then
+      kill "$pid"; wait "$pid" 2>/dev/null || true
+      return 1
+    fi
   else
     # guard serve does not select the kubernetes platform from guard.yaml yet,
     # so it does not get as far as listening here; the file itself was loaded.
@@ -546,7 +573,7 @@ if [ -s "$work/manifests/production.yaml" ]; then
 else
   failed+=("manifests not rendered: validation, policy and checkov could not run")
 fi
-check "guard: the real binary accepts deploy/kustomize/guard/guard.yaml" guard_config
+check "guard: the real binary serves with deploy/kustomize/guard/guard.yaml" guard_config
 check "Terraform: python-hcl2, pinned provider, no secrets" terraform
 check "Prometheus: promtool check config and rules" prometheus
 check "Alertmanager: amtool check-config and routing" alertmanager
