@@ -141,8 +141,13 @@ ignored = [l.strip() for l in open(".dockerignore", encoding="utf-8") if l.strip
 for needed in ("Cargo.toml", "Cargo.lock", "crates"):
     if needed in ignored:
         errors.append(f".dockerignore excludes {needed}")
+rust = ws.get("package", {}).get("rust-version")
+m = re.search(r"^ARG RUST_VERSION=(\S+)", text, re.M)
+if not m or m.group(1) != rust:
+    errors.append(f"ARG RUST_VERSION ({m.group(1) if m else 'missing'}) differs from workspace rust-version {rust}")
 for e in errors:
     print("ERROR", e)
+print(f"rust {rust} (= workspace rust-version)")
 print(f"stages: {', '.join(stages)}; workspace paths {', '.join(paths)} inside the copied sources")
 sys.exit(1 if errors else 0)
 EOF
@@ -443,6 +448,20 @@ for d in dashboards:
 for sev, receiver in (("page", "PagerDuty"), ("ticket", "Slack")):
     if sev not in severities:
         errors.append(f"no alert in {rules_file} has sloth_severity={sev} (routed to {receiver} by Alertmanager)")
+# Every job the SLO queries select is scraped under that name, by prometheus.yml
+# and by the ServiceMonitor's relabelling.
+exprs = " ".join(str(r.get("expr", "")) for g in groups for r in g.get("rules", []))
+jobs = set(re.findall(r'job="([^"]+)"', exprs))
+prom = yaml.safe_load(open("deploy/prometheus/prometheus.yml", encoding="utf-8"))
+scraped = {c["job_name"] for c in prom.get("scrape_configs", [])}
+sm = yaml.safe_load(open("deploy/kustomize/base/servicemonitor.yaml", encoding="utf-8"))
+sm_jobs = {r.get("replacement") for ep in sm["spec"]["endpoints"] for r in ep.get("relabelings", []) if r.get("targetLabel") == "job"}
+for j in sorted(jobs):
+    if j not in scraped:
+        errors.append(f'the SLO rules select job="{j}", which prometheus.yml does not scrape')
+    if j not in sm_jobs:
+        errors.append(f'the SLO rules select job="{j}", which the ServiceMonitor does not set')
+print(f"jobs the SLO rules select: {', '.join(sorted(jobs))}; scraped by prometheus.yml and the ServiceMonitor")
 print(f"{rules_file}: {len(records)} recording rules, {len(alerts)} alerts "
       f"(sloth_severity: {', '.join(sorted(s for s in severities if s))})")
 for e in errors:
