@@ -374,6 +374,11 @@ impl Runtime {
             baseline_window: config.engine.baseline_window,
             targets: target_settings,
             status_url: Some(status_base),
+            // Test knob (crash tests): widen the store-then-act window.
+            action_delay: std::env::var("GUARD_TEST_ACTION_DELAY_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(Duration::ZERO, Duration::from_millis),
             ..EngineSettings::default()
         };
         let engine = Engine::new(

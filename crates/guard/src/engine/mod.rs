@@ -113,6 +113,10 @@ pub struct EngineSettings {
     pub default_target: TargetSettings,
     /// Status page base URL for notifications (`{base}/api/v1/rollouts/{id}`).
     pub status_url: Option<String>,
+    /// Pause between storing a phase and performing its platform action.
+    /// Zero in production; crash tests widen the window in which guard is
+    /// killed "after the store, before the action".
+    pub action_delay: Duration,
 }
 
 impl Default for EngineSettings {
@@ -125,6 +129,7 @@ impl Default for EngineSettings {
             targets: HashMap::new(),
             default_target: TargetSettings::default(),
             status_url: None,
+            action_delay: Duration::ZERO,
         }
     }
 }
@@ -775,6 +780,9 @@ impl RolloutTask {
     /// Performs the current phase's platform action; `None` when shutting down.
     async fn act(&mut self, action: Action) -> Option<Input> {
         let engine = self.engine.clone();
+        if !engine.settings.action_delay.is_zero() && action != Action::None {
+            tokio::time::sleep(engine.settings.action_delay).await;
+        }
         let target = &self.record.target;
         let candidate = &self.record.candidate;
         let result: Result<(), PlatformError> = match action {
