@@ -36,16 +36,24 @@ impl Harness {
     }
 
     fn with_capacity(env: &[(&str, String)], queue_capacity: Option<usize>) -> Harness {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let config = NotifyConfig {
-            // Millisecond backoff keeps the tests fast; max_ms stays large
-            // enough that a 1 s Retry-After is honoured, not capped.
-            retry: RetryConfig {
+        // Millisecond backoff keeps the tests fast; max_ms stays large enough
+        // that a 1 s Retry-After is honoured, not capped.
+        Self::build(
+            env,
+            queue_capacity,
+            RetryConfig {
                 max_attempts: 4,
                 base_ms: 5,
                 max_ms: 2_000,
                 timeout_ms: 2_000,
             },
+        )
+    }
+
+    fn build(env: &[(&str, String)], queue_capacity: Option<usize>, retry: RetryConfig) -> Harness {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = NotifyConfig {
+            retry,
             queue_capacity,
             ..Default::default()
         };
@@ -649,6 +657,36 @@ async fn rate_limits_are_retried_after_the_time_the_server_asks_for() {
         "retried after {gap:?}, Retry-After asked for 1 s"
     );
     assert_eq!(h.records("grafana")[0].outcome, Outcome::Delivered);
+}
+
+#[tokio::test]
+async fn a_hung_server_times_out_and_is_retried() {
+    let slack = SlackDouble::start().await;
+    slack.script([Canned::hang(Duration::from_secs(3))]);
+    let h = Harness::build(
+        &[("GUARD_SLACK_WEBHOOK_URL", slack.url(SLACK_PATH))],
+        None,
+        RetryConfig {
+            max_attempts: 3,
+            base_ms: 5,
+            max_ms: 50,
+            timeout_ms: 300,
+        },
+    );
+    let started = Instant::now();
+    h.dispatcher.send(event(EventKind::Promoted, 1));
+    h.flush().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the hung request was not cut at its timeout"
+    );
+    assert_eq!(slack.requests().len(), 2);
+    let rec = h.records("slack");
+    assert_eq!(
+        (rec.len(), rec[0].outcome, rec[0].attempts),
+        (1, Outcome::Delivered, 2)
+    );
+    assert_eq!(h.metric("slack", "retried"), 1);
 }
 
 #[tokio::test]

@@ -60,6 +60,8 @@ pub struct Canned {
     pub status: u16,
     pub retry_after: Option<String>,
     pub body: String,
+    /// Wait this long before answering (a hung server).
+    pub delay: Duration,
 }
 
 impl Canned {
@@ -68,6 +70,16 @@ impl Canned {
             status,
             retry_after: None,
             body: body.to_owned(),
+            delay: Duration::ZERO,
+        }
+    }
+    /// Answers 200 only after `delay`: longer than the client's timeout, a hang.
+    pub fn hang(delay: Duration) -> Self {
+        Canned {
+            status: 200,
+            retry_after: None,
+            body: "late".to_owned(),
+            delay,
         }
     }
     pub fn retry_after(status: u16, retry_after: &str) -> Self {
@@ -75,6 +87,7 @@ impl Canned {
             status,
             retry_after: Some(retry_after.to_owned()),
             body: "rate limited".to_owned(),
+            delay: Duration::ZERO,
         }
     }
 }
@@ -227,7 +240,9 @@ async fn handle(
         at: Instant::now(),
     };
     inner.requests.lock().unwrap().push(req.clone());
-    if let Some(c) = inner.script.lock().unwrap().pop_front() {
+    let canned = inner.script.lock().unwrap().pop_front();
+    if let Some(c) = canned {
+        tokio::time::sleep(c.delay).await;
         let mut resp = (StatusCode::from_u16(c.status).unwrap(), c.body).into_response();
         if let Some(ra) = c.retry_after {
             resp.headers_mut()
