@@ -50,8 +50,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+read_address() { # file; waits up to 5 s for a server's --address-file
+  for _ in $(seq 1 500); do
+    if [ -s "$1" ]; then cat "$1"; return 0; fi
+    sleep 0.01
+  done
+  echo "bench: no address in $1 after 5 s" >&2
+  return 1
 }
 
 wait_http() { # url; polls until 200, at most 5 s
@@ -104,26 +109,30 @@ measure() { # name url pid
 }
 
 # Identical answer bytes: the baseline serves exactly what ultra-boost serves on GET /.
-port=$(free_port)
-"$ub" --listen "127.0.0.1:$port" --log-level warn --drain-delay 0s &
+rm -f "$tmp/addr"
+"$ub" --listen 127.0.0.1:0 --address-file "$tmp/addr" --log-level warn --drain-delay 0s &
 pids+=($!)
-wait_http "http://127.0.0.1:$port/-/ready"
-body=$(curl -s "http://127.0.0.1:$port/")
+addr=$(read_address "$tmp/addr")
+wait_http "http://$addr/-/ready"
+body=$(curl -s "http://$addr/")
 kill "${pids[-1]}"; wait "${pids[-1]}" || true
 
-start_server() { # kind port -> pid in $server_pid
+start_server() { # kind -> $server_pid, $addr
+  rm -f "$tmp/addr"
   if [ "$1" = ultra-boost ]; then
-    "$ub" --listen "127.0.0.1:$2" --log-level warn --drain-delay 0s &
+    "$ub" --listen 127.0.0.1:0 --address-file "$tmp/addr" --log-level warn --drain-delay 0s &
     server_pid=$!
     pids+=("$server_pid")
-    wait_http "http://127.0.0.1:$2/-/ready"
+    addr=$(read_address "$tmp/addr")
+    wait_http "http://$addr/-/ready"
   else
-    "$bare" --listen "127.0.0.1:$2" --body "$body" 2>/dev/null &
+    "$bare" --listen 127.0.0.1:0 --address-file "$tmp/addr" --body "$body" 2>/dev/null &
     server_pid=$!
     pids+=("$server_pid")
-    wait_http "http://127.0.0.1:$2/"
+    addr=$(read_address "$tmp/addr")
+    wait_http "http://$addr/"
   fi
-  if [ "$(curl -s "http://127.0.0.1:$2/")" != "$body" ]; then
+  if [ "$(curl -s "http://$addr/")" != "$body" ]; then
     echo "bench: $1 does not answer the same bytes on GET /" >&2
     exit 1
   fi
@@ -133,9 +142,8 @@ start_server() { # kind port -> pid in $server_pid
 declare -A best
 for round in $(seq 1 "$rounds"); do
   for kind in bare ultra-boost; do
-    port=$(free_port)
-    start_server "$kind" "$port"
-    res=$(measure "$kind" "http://127.0.0.1:$port/" "$server_pid")
+    start_server "$kind"
+    res=$(measure "$kind" "http://$addr/" "$server_pid")
     kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
     read -r rps p50 p99 cpu idle hwm <<<"$res"
     printf 'round %d %-12s %10.0f req/s  p50 %7.0f us  p99 %7.0f us  cpu %6.2f us/req  idle %5d KiB  peak %5d KiB\n' \
@@ -148,8 +156,10 @@ for round in $(seq 1 "$rounds"); do
 done
 
 echo "== exec -> ready (median of $starts starts, polling every 1 ms)" >&2
-ready_ub=$("$probe" --runs "$starts" --path /-/ready -- "$ub" --listen '{addr}' --log-level warn)
-ready_bare=$("$probe" --runs "$starts" --path / -- "$bare" --listen '{addr}' --body "$body")
+# Interleaved starts (ultra-boost, bare, ultra-boost, …) so both see the same load.
+ready=$("$probe" --runs "$starts" -- /-/ready "$ub" --listen '{addr}' --- / "$bare" --listen '{addr}' --body "$body")
+ready_ub=$(sed -n 1p <<<"$ready")
+ready_bare=$(sed -n 2p <<<"$ready")
 med() { sed -E 's/.*"median_ms":([0-9.]+).*/\1/' <<<"$1"; }
 
 read -r b_rps b_p50 b_p99 b_cpu b_idle b_hwm <<<"${best[bare]}"

@@ -4,7 +4,8 @@
 //! metrics, no logging. The benchmark runs it next to ultra-boost to show what
 //! the instrumentation costs.
 //!
-//! Usage: `bare_hyper --listen 127.0.0.1:8081 --body '{"service":…}'`
+//! Usage: `bare_hyper --listen 127.0.0.1:0 --body '{"service":…}' [--address-file PATH]`
+//! (the bound address is written to PATH, as ultra-boost does).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,7 +21,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 fn usage() -> ! {
-    eprintln!("usage: bare_hyper --listen ADDR --body STRING [--worker-threads N]");
+    eprintln!(
+        "usage: bare_hyper --listen ADDR --body STRING [--address-file PATH] [--worker-threads N]"
+    );
     std::process::exit(2)
 }
 
@@ -28,6 +31,7 @@ fn main() -> anyhow::Result<()> {
     let mut listen: Option<SocketAddr> = None;
     let mut body = String::new();
     let mut workers = 2usize;
+    let mut address_file: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().unwrap_or_else(|| usage());
@@ -35,6 +39,7 @@ fn main() -> anyhow::Result<()> {
             "--listen" => listen = Some(value.parse()?),
             "--body" => body = value,
             "--worker-threads" => workers = value.parse()?,
+            "--address-file" => address_file = Some(value),
             _ => usage(),
         }
     }
@@ -46,7 +51,12 @@ fn main() -> anyhow::Result<()> {
         .build()?
         .block_on(async move {
             let listener = TcpListener::bind(listen).await?;
-            eprintln!("bare_hyper listening on {}", listener.local_addr()?);
+            let addr = listener.local_addr()?;
+            if let Some(path) = &address_file {
+                std::fs::write(format!("{path}.tmp"), format!("{addr}\n"))?;
+                std::fs::rename(format!("{path}.tmp"), path)?;
+            }
+            eprintln!("bare_hyper listening on {addr}");
             loop {
                 let (stream, _) = listener.accept().await?;
                 let _ = stream.set_nodelay(true);

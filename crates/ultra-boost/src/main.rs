@@ -150,15 +150,8 @@ impl Signals {
 
 async fn run(args: Args) -> anyhow::Result<Stopped> {
     let mut signals = Signals::install()?;
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding --listen {}", args.listen))?;
-    let address = listener.local_addr().context("reading the bound address")?;
-    if let Some(path) = &args.address_file {
-        write_address_file(path, &address.to_string())?;
-    }
-    info!(%address, "listening");
-
+    // The in-memory set-up (microseconds) comes before the bind, so that the
+    // window in which the listener answers "starting" is as short as possible.
     let build = BuildInfo::detect(args.fault_error_rate, args.fault_latency_ms);
     let metrics = Arc::new(Metrics::new(&build));
     let seed = args.fault_seed.unwrap_or_else(fault::default_seed);
@@ -172,6 +165,16 @@ async fn run(args: Args) -> anyhow::Result<Stopped> {
         );
     }
     let app = Arc::new(App::new(metrics.clone(), faults, build.root_body()));
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", args.listen))?;
+    let address = listener.local_addr().context("reading the bound address")?;
+    if let Some(path) = &args.address_file {
+        write_address_file(path, &address.to_string())?;
+    }
+    info!(%address, "listening");
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(server::serve(
         listener,
@@ -189,9 +192,15 @@ async fn run(args: Args) -> anyhow::Result<Stopped> {
         metrics,
     );
 
-    let signal = tokio::select! {
-        s = signals.next() => Some(s),
-        () = tokio::time::sleep(args.startup_delay) => None,
+    // No timer for a zero delay: tokio's timer wheel would round it up to the next
+    // millisecond tick, and start-up time is measured in milliseconds.
+    let signal = if args.startup_delay.is_zero() {
+        None
+    } else {
+        tokio::select! {
+            s = signals.next() => Some(s),
+            () = tokio::time::sleep(args.startup_delay) => None,
+        }
     };
     let signal = match signal {
         Some(s) => s,
