@@ -160,7 +160,26 @@ fn unsafe_free_term(pid: u32) {
         .status();
 }
 
+/// Bearer token the harness's client sends (set once by tests that configure one).
+pub static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = TOKEN.get()
+        && let Ok(v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+    {
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
+/// A client without the token.
+pub fn anonymous() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))

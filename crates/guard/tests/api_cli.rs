@@ -1,0 +1,244 @@
+//! guard's API and CLI against the real `guard serve`: bearer-token auth,
+//! refusal to expose an unauthenticated API, request validation, `/metrics`,
+//! and the CLI's deploy --wait (exit code per verdict), status, history,
+//! rollback.
+
+#[path = "support/serve_harness.rs"]
+mod serve_harness;
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use serve_harness::{Guard, Load, anonymous, config, router, wait_state};
+
+const TOKEN_VALUE: &str = "s3cret-token";
+
+fn cli(api: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_guard"))
+        .args(args)
+        .env("GUARD_API_URL", api)
+        .env("GUARD_API_TOKEN", TOKEN_VALUE)
+        .output()
+        .expect("run guard");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn an_unauthenticated_api_is_refused_on_a_public_address() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("guard.yaml"), config("1s")).expect("config");
+    let out = Command::new(env!("CARGO_BIN_EXE_guard"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--config"])
+        .arg(dir.path().join("guard.yaml"))
+        .env_remove("GUARD_API_TOKEN")
+        .output()
+        .expect("run guard");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to serve the API on 0.0.0.0:0 without a token"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_config_names_file_line_and_field() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("guard.yaml");
+    std::fs::write(&path, "services:\n  - name: s\n    replicas: 0\n    build: {command: [x]}\n    environments: [{name: e}]\n    slos: [{name: a, objective: 100}]\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_guard"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("guard.yaml: 2 problem(s)"), "{err}");
+    assert!(
+        err.contains("line 3: services[0].replicas: must be 1 to 64; got 0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 6: services[0].slos[0].objective"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_auth_validation_metrics_and_the_cli_flow() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("guard.yaml"), config("2s")).expect("config");
+    let _ = serve_harness::TOKEN.set(TOKEN_VALUE.to_string());
+    let g = Guard::start(dir.path(), &[("GUARD_API_TOKEN", TOKEN_VALUE)]);
+    let api = g.api.clone();
+    let c = anonymous();
+    // No token, wrong token: 401. Probes and /metrics need none.
+    let r = c
+        .get(format!("{api}/api/v1/status"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 401);
+    let r = c
+        .get(format!("{api}/api/v1/status"))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(
+        c.get(format!("{api}/-/ready"))
+            .send()
+            .await
+            .expect("ready")
+            .status()
+            .as_u16(),
+        200
+    );
+    // Bad requests are refused with a reason.
+    let post = |body: Value| {
+        let c = c.clone();
+        let api = api.clone();
+        async move {
+            let r = c
+                .post(format!("{api}/api/v1/deployments"))
+                .bearer_auth(TOKEN_VALUE)
+                .json(&body)
+                .send()
+                .await
+                .expect("post");
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (code, body) = post(json!({"service": "nope", "environment": "test", "build": "2"})).await;
+    assert_eq!(code, 404, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("ultra-boost/test")),
+        "{body}"
+    );
+    let (code, _) = post(json!({"service": "ultra-boost", "environment": "test"})).await;
+    assert_eq!(code, 400);
+    let (code, _) =
+        post(json!({"service": "ultra-boost", "environment": "test", "build": "2", "bogus": 1}))
+            .await;
+    assert_eq!(code, 400);
+
+    wait_state(&api, 1, "promoted", Duration::from_secs(30), |s| {
+        s == "promoted"
+    })
+    .await;
+    let _load = Load::start(router(&api).await, 100);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let api = api.clone();
+        move || {
+            cli(
+                &api,
+                &[
+                    "deploy",
+                    "ultra-boost",
+                    "--env",
+                    "test",
+                    "--build",
+                    "2",
+                    "--wait",
+                ],
+            )
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 0, "deploy of a good build exits 0:\n{out}\n{err}");
+    assert!(out.contains("verdict: promote"), "{out}");
+    assert!(
+        out.contains("verifying"),
+        "plain progress lines when not a terminal:\n{out}"
+    );
+
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let api = api.clone();
+        move || {
+            cli(
+                &api,
+                &[
+                    "deploy",
+                    "ultra-boost",
+                    "--env",
+                    "test",
+                    "--build",
+                    "3",
+                    "--wait",
+                ],
+            )
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(
+        code, 2,
+        "deploy of an erroring build exits 2:\n{out}\n{err}"
+    );
+    assert!(out.contains("verdict: revert"), "{out}");
+
+    let (code, out, _) = cli(&api, &["history", "--json"]);
+    assert_eq!(code, 0);
+    let list: Value = serde_json::from_str(&out).expect("history --json");
+    let verdicts: Vec<&str> = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|r| r["verdict"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(verdicts, ["revert", "promote", "promote"], "{out}");
+
+    let (code, out, err) = cli(&api, &["rollback", "ultra-boost", "--env", "test"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, out, _) = cli(&api, &["status", "--json"]);
+        let st: Value = serde_json::from_str(&out).expect("status --json");
+        if st[0]["release"] == "1" && st[0]["rollout"]["state"] == "rolled_back" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rollback did not finish: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, out, _) = cli(&api, &["promote", "ultra-boost", "--env", "test"]);
+    assert_eq!(code, 1, "nothing to promote: {out}");
+
+    let metrics = c
+        .get(format!("{api}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("guard_rollouts_total{verdict=\"promote\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("guard_rollouts_total{verdict=\"revert\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("guard_time_to_verdict_seconds_count"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("guard_router_requests_total"), "{metrics}");
+}
