@@ -7,11 +7,13 @@
 //!    `production_environment` for `production`. GitHub answers `201` with the
 //!    deployment's `id`, kept per rollout. Then a status `in_progress`.
 //! 2. verdict: `POST /repos/{owner}/{repo}/deployments/{id}/statuses` with
-//!    `success` (promote, `auto_inactive: true` retires the previous
-//!    deployment) or `failure` (revert), then `inactive` on the reverted
-//!    deployment, because it no longer runs: GitHub then shows the previous
-//!    release, whose deployment is still `success`, as the active one. A hold
-//!    posts `in_progress` with the reason; a manual rollback `inactive`.
+//!    `success` (promote; `auto_inactive: true` has GitHub mark the earlier
+//!    successful deployments to that environment `inactive`) or `failure`
+//!    (revert), then `inactive` on the reverted deployment, because it no
+//!    longer runs; the failure stays in its status history, and the previous
+//!    release's deployment, never retired since the candidate never
+//!    succeeded, stays the environment's latest `success`. A hold posts
+//!    `in_progress` with the reason; a manual rollback `inactive`.
 //!
 //! `environment_url` (review apps) and `log_url` (guard's status page) are sent
 //! when known. Every request has `Accept: application/vnd.github+json`,
