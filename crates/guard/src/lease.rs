@@ -44,7 +44,11 @@ pub struct LeaseSettings {
 }
 
 impl LeaseSettings {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>, identity: impl Into<String>) -> Self {
+    pub fn new(
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+        identity: impl Into<String>,
+    ) -> Self {
         LeaseSettings {
             namespace: namespace.into(),
             name: name.into(),
@@ -73,7 +77,10 @@ impl LeaseSettings {
             )));
         }
         if self.lease_duration.as_secs() < 1 {
-            return Err(LeaseError::Settings("lease duration must be at least 1 s (leaseDurationSeconds is whole seconds)".into()));
+            return Err(LeaseError::Settings(
+                "lease duration must be at least 1 s (leaseDurationSeconds is whole seconds)"
+                    .into(),
+            ));
         }
         Ok(())
     }
@@ -87,7 +94,11 @@ pub enum LeaseError {
     Settings(String),
     /// The API server refused or could not be reached.
     #[error("lease {namespace}/{name}: {source}")]
-    Api { namespace: String, name: String, source: kube::Error },
+    Api {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
 }
 
 /// Runs leader election for one replica.
@@ -106,7 +117,11 @@ impl LeaderElector {
     pub fn new(client: kube::Client, settings: LeaseSettings) -> Result<Self, LeaseError> {
         settings.validate()?;
         let api = Api::namespaced(client, &settings.namespace);
-        Ok(LeaderElector { api, settings, observed: None })
+        Ok(LeaderElector {
+            api,
+            settings,
+            observed: None,
+        })
     }
 
     pub fn settings(&self) -> &LeaseSettings {
@@ -114,7 +129,11 @@ impl LeaderElector {
     }
 
     fn api_error(&self, source: kube::Error) -> LeaseError {
-        LeaseError::Api { namespace: self.settings.namespace.clone(), name: self.settings.name.clone(), source }
+        LeaseError::Api {
+            namespace: self.settings.namespace.clone(),
+            name: self.settings.name.clone(),
+            source,
+        }
     }
 
     fn lease_seconds(&self) -> i32 {
@@ -131,7 +150,10 @@ impl LeaderElector {
         let Some(mut lease) = current else {
             let now = now_micro();
             let lease = Lease {
-                metadata: ObjectMeta { name: Some(self.settings.name.clone()), ..Default::default() },
+                metadata: ObjectMeta {
+                    name: Some(self.settings.name.clone()),
+                    ..Default::default()
+                },
                 spec: Some(LeaseSpec {
                     holder_identity: Some(me.clone()),
                     lease_duration_seconds: Some(self.lease_seconds()),
@@ -161,7 +183,11 @@ impl LeaderElector {
                 .and_then(|s| u64::try_from(s).ok())
                 .map(Duration::from_secs)
                 .unwrap_or(self.settings.lease_duration);
-            let seen_for = self.observed.as_ref().map(|(_, at)| at.elapsed()).unwrap_or_default();
+            let seen_for = self
+                .observed
+                .as_ref()
+                .map(|(_, at)| at.elapsed())
+                .unwrap_or_default();
             if seen_for < duration {
                 return Ok(false);
             }
@@ -178,7 +204,11 @@ impl LeaderElector {
         }
         lease.spec = Some(next);
         // `replace` sends metadata.resourceVersion: conditional on what we read.
-        match self.api.replace(&self.settings.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.settings.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(updated) => {
                 self.observe(&updated);
                 Ok(true)
@@ -197,7 +227,12 @@ impl LeaderElector {
 
     /// Gives the lease up if we hold it (empty holder, so others need not wait).
     pub async fn release(&mut self) -> Result<(), LeaseError> {
-        let Some(mut lease) = self.api.get_opt(&self.settings.name).await.map_err(|e| self.api_error(e))? else {
+        let Some(mut lease) = self
+            .api
+            .get_opt(&self.settings.name)
+            .await
+            .map_err(|e| self.api_error(e))?
+        else {
             return Ok(());
         };
         let mut spec = lease.spec.clone().unwrap_or_default();
@@ -208,7 +243,11 @@ impl LeaderElector {
         spec.renew_time = Some(now_micro());
         spec.lease_duration_seconds = Some(1);
         lease.spec = Some(spec);
-        match self.api.replace(&self.settings.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.settings.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => {
                 tracing::info!(identity = %self.settings.identity, "released the lease");
                 Ok(())

@@ -52,11 +52,18 @@ async fn kube_guard_controller_process_leads_guards_serves_webhooks_and_releases
     )
     .expect("kubeconfig");
     // The cluster's guard.yaml, with local paths and no network beyond loopback.
-    let config = std::fs::read_to_string(workspace().join("deploy/kustomize/guard/guard.yaml")).expect("guard.yaml");
+    let config = std::fs::read_to_string(workspace().join("deploy/kustomize/guard/guard.yaml"))
+        .expect("guard.yaml");
     let config = config
-        .replace("/var/lib/guard/guard.sqlite", &dir.path().join("guard.sqlite").display().to_string())
+        .replace(
+            "/var/lib/guard/guard.sqlite",
+            &dir.path().join("guard.sqlite").display().to_string(),
+        )
         .replace("0.0.0.0:8090", "127.0.0.1:0")
-        .replace("http://prometheus-operated.monitoring.svc:9090", "http://127.0.0.1:9");
+        .replace(
+            "http://prometheus-operated.monitoring.svc:9090",
+            "http://127.0.0.1:9",
+        );
     let config_path = dir.path().join("guard.yaml");
     std::fs::write(&config_path, config).expect("write guard.yaml");
     let review = dir.path().join("review.yaml");
@@ -65,18 +72,51 @@ async fn kube_guard_controller_process_leads_guards_serves_webhooks_and_releases
         .arg(workspace().join("deploy/kustomize/overlays/review"))
         .output()
         .expect("kubectl kustomize (is kubectl installed?)");
-    assert!(rendered.status.success(), "{}", String::from_utf8_lossy(&rendered.stderr));
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
     std::fs::write(&review, rendered.stdout).expect("review.yaml");
 
-    cluster.deployments().create(&PostParams::default(), &deployment("ultra-boost", "1", 1)).await.expect("create");
+    cluster
+        .deployments()
+        .create(&PostParams::default(), &deployment("ultra-boost", "1", 1))
+        .await
+        .expect("create");
     let address_file = dir.path().join("addr");
     let child = Command::new(env!("CARGO_BIN_EXE_guard"))
         .arg("controller")
         .args(["--config", &config_path.display().to_string()])
-        .args(["--listen", "127.0.0.1:0", "--address-file", &address_file.display().to_string()])
-        .args(["--identity", "proc-a", "--lease-namespace", &cluster.namespace, "--namespace", &cluster.namespace])
-        .args(["--lease-duration", "2s", "--renew-deadline", "1500ms", "--retry-period", "200ms", "--interval", "200ms"])
-        .args(["--review-template", &review.display().to_string(), "--skip-image-check"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--address-file",
+            &address_file.display().to_string(),
+        ])
+        .args([
+            "--identity",
+            "proc-a",
+            "--lease-namespace",
+            &cluster.namespace,
+            "--namespace",
+            &cluster.namespace,
+        ])
+        .args([
+            "--lease-duration",
+            "2s",
+            "--renew-deadline",
+            "1500ms",
+            "--retry-period",
+            "200ms",
+            "--interval",
+            "200ms",
+        ])
+        .args([
+            "--review-template",
+            &review.display().to_string(),
+            "--skip-image-check",
+        ])
         .env("KUBECONFIG", &kubeconfig)
         .env("GUARD_GITHUB_WEBHOOK_SECRET", "s3cret")
         .env_remove("POD_NAME")
@@ -87,29 +127,53 @@ async fn kube_guard_controller_process_leads_guards_serves_webhooks_and_releases
         .expect("spawn guard controller");
     let mut proc = Proc(child);
     let addr = eventually(WAIT, "the controller to listen", || async {
-        std::fs::read_to_string(&address_file).ok().filter(|s| !s.is_empty())
+        std::fs::read_to_string(&address_file)
+            .ok()
+            .filter(|s| !s.is_empty())
     })
     .await;
     let http = reqwest::Client::new();
     let leader = eventually(WAIT, "the controller to lead", || async {
-        let v: Value = http.get(format!("http://{addr}/-/leader")).send().await.ok()?.json().await.ok()?;
+        let v: Value = http
+            .get(format!("http://{addr}/-/leader"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
         (v["leading"] == json!(true)).then_some(v)
     })
     .await;
     assert_eq!(leader["identity"], "proc-a");
     let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
     let holder = |l: Lease| l.spec.and_then(|s| s.holder_identity);
-    assert_eq!(holder(leases.get("guard-leader").await.expect("lease")).as_deref(), Some("proc-a"));
+    assert_eq!(
+        holder(leases.get("guard-leader").await.expect("lease")).as_deref(),
+        Some("proc-a")
+    );
     let state = eventually(WAIT, "baseline recorded", || async {
         let d = cluster.deployments().get("ultra-boost").await.ok()?;
         RolloutState::read(&d).ok().flatten()
     })
     .await;
-    assert_eq!((state.phase, state.by.as_deref()), (Phase::Baseline, Some("proc-a")));
+    assert_eq!(
+        (state.phase, state.by.as_deref()),
+        (Phase::Baseline, Some("proc-a"))
+    );
 
     let url = format!("http://{addr}/api/v1/github/webhook");
-    let body = serde_json::to_vec(&json!({"action": "opened", "number": 9, "pull_request": {"head": {"sha": "9999999"}}})).expect("json");
-    let unsigned = http.post(&url).header("x-github-event", "pull_request").body(body.clone()).send().await.expect("post");
+    let body = serde_json::to_vec(
+        &json!({"action": "opened", "number": 9, "pull_request": {"head": {"sha": "9999999"}}}),
+    )
+    .expect("json");
+    let unsigned = http
+        .post(&url)
+        .header("x-github-event", "pull_request")
+        .body(body.clone())
+        .send()
+        .await
+        .expect("post");
     assert_eq!(unsigned.status().as_u16(), 401);
     let signed = http
         .post(&url)
@@ -121,7 +185,13 @@ async fn kube_guard_controller_process_leads_guards_serves_webhooks_and_releases
         .expect("post");
     assert_eq!(signed.status().as_u16(), 200);
     let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
-    assert!(namespaces.get_opt("ultra-boost-pr-9").await.expect("get").is_some());
+    assert!(
+        namespaces
+            .get_opt("ultra-boost-pr-9")
+            .await
+            .expect("get")
+            .is_some()
+    );
 
     // SIGTERM: exit 0 and the Lease is free for the next replica at once.
     let pid = i32::try_from(proc.0.id()).expect("pid");
@@ -133,6 +203,10 @@ async fn kube_guard_controller_process_leads_guards_serves_webhooks_and_releases
     })
     .await;
     assert!(status.success(), "exit status {status:?}");
-    assert_eq!(holder(leases.get("guard-leader").await.expect("lease")), None, "lease released on shutdown");
+    assert_eq!(
+        holder(leases.get("guard-leader").await.expect("lease")),
+        None,
+        "lease released on shutdown"
+    );
     cluster.cleanup().await;
 }

@@ -35,7 +35,9 @@ fn settings(cluster: &TestCluster, identity: &str) -> LeaseSettings {
 
 async fn lease(cluster: &TestCluster) -> (Option<String>, i32) {
     let api: Api<Lease> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
-    let Some(l) = api.get_opt("guard-leader").await.expect("get lease") else { return (None, 0) };
+    let Some(l) = api.get_opt("guard-leader").await.expect("get lease") else {
+        return (None, 0);
+    };
     let spec = l.spec.unwrap_or_default();
     (spec.holder_identity, spec.lease_transitions.unwrap_or(0))
 }
@@ -45,7 +47,10 @@ async fn kube_lease_is_held_renewed_taken_over_after_expiry_and_released() {
     let cluster = TestCluster::start("lease").await;
     let mut a = LeaderElector::new(cluster.client.clone(), settings(&cluster, "a")).expect("a");
     let mut b = LeaderElector::new(cluster.client.clone(), settings(&cluster, "b")).expect("b");
-    assert!(a.try_acquire_or_renew().await.expect("a"), "the first replica creates and holds the lease");
+    assert!(
+        a.try_acquire_or_renew().await.expect("a"),
+        "the first replica creates and holds the lease"
+    );
     assert!(!b.try_acquire_or_renew().await.expect("b"));
     assert_eq!(lease(&cluster).await, (Some("a".into()), 0));
 
@@ -55,7 +60,10 @@ async fn kube_lease_is_held_renewed_taken_over_after_expiry_and_released() {
     while start.elapsed() < Duration::from_millis(2600) {
         assert!(a.try_acquire_or_renew().await.expect("a renews"));
         last_renewal = Instant::now();
-        assert!(!b.try_acquire_or_renew().await.expect("b"), "b must not steal a live lease");
+        assert!(
+            !b.try_acquire_or_renew().await.expect("b"),
+            "b must not steal a live lease"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
@@ -72,7 +80,10 @@ async fn kube_lease_is_held_renewed_taken_over_after_expiry_and_released() {
         last_renewal.elapsed()
     );
     assert_eq!(lease(&cluster).await, (Some("b".into()), 1));
-    assert!(!a.try_acquire_or_renew().await.expect("a"), "a is not leader any more");
+    assert!(
+        !a.try_acquire_or_renew().await.expect("a"),
+        "a is not leader any more"
+    );
 
     // A graceful release lets a take over at once.
     b.release().await.expect("release");
@@ -90,11 +101,15 @@ impl Replica {
     fn start(cluster: &TestCluster, identity: &str) -> Replica {
         let (tx, rx) = watch::channel(false);
         let stop = CancellationToken::new();
-        let elector = LeaderElector::new(cluster.client.clone(), settings(cluster, identity)).expect("elector");
+        let elector = LeaderElector::new(cluster.client.clone(), settings(cluster, identity))
+            .expect("elector");
         let controller = Controller::new(
             KubernetesPlatform::new(
                 cluster.client.clone(),
-                KubeSettings { identity: identity.into(), ..KubeSettings::default() },
+                KubeSettings {
+                    identity: identity.into(),
+                    ..KubeSettings::default()
+                },
             ),
             Arc::new(SyntheticSignals::new(2000.0, 0.2)),
             Arc::new(test_verifier()),
@@ -108,7 +123,9 @@ impl Replica {
         let s = stop.clone();
         let t1 = tokio::spawn(async move { elector.run(tx, s).await });
         let t2 = tokio::spawn(async move { controller.run(rx, stop).await });
-        Replica { tasks: vec![t1, t2] }
+        Replica {
+            tasks: vec![t1, t2],
+        }
     }
 
     /// A crash: the tasks stop mid-flight, nothing is released.
@@ -127,18 +144,29 @@ async fn state(cluster: &TestCluster) -> Option<RolloutState> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_leader_failover_mid_rollout_resumes_and_reverts() {
     let cluster = TestCluster::start("failover").await;
-    cluster.deployments().create(&PostParams::default(), &deployment("web", "1", 2)).await.expect("create");
+    cluster
+        .deployments()
+        .create(&PostParams::default(), &deployment("web", "1", 2))
+        .await
+        .expect("create");
     let a = Replica::start(&cluster, "guard-a");
-    eventually(WAIT, "guard-a to lead", || async { (lease(&cluster).await.0.as_deref() == Some("guard-a")).then_some(()) }).await;
+    eventually(WAIT, "guard-a to lead", || async {
+        (lease(&cluster).await.0.as_deref() == Some("guard-a")).then_some(())
+    })
+    .await;
     let b = Replica::start(&cluster, "guard-b");
     eventually(WAIT, "baseline recorded by guard-a", || async {
-        state(&cluster).await.filter(|s| s.phase == Phase::Baseline && s.by.as_deref() == Some("guard-a"))
+        state(&cluster)
+            .await
+            .filter(|s| s.phase == Phase::Baseline && s.by.as_deref() == Some("guard-a"))
     })
     .await;
 
     roll_to(&cluster, "web", "2-bad").await;
     eventually(WAIT, "guard-a verifying 2-bad", || async {
-        state(&cluster).await.filter(|s| s.phase == Phase::Verifying && s.candidate.build == "2-bad")
+        state(&cluster)
+            .await
+            .filter(|s| s.phase == Phase::Verifying && s.candidate.build == "2-bad")
     })
     .await;
     let s = state(&cluster).await.expect("state");
@@ -147,12 +175,28 @@ async fn kube_leader_failover_mid_rollout_resumes_and_reverts() {
     let killed = Instant::now();
 
     let done = eventually(WAIT, "guard-b to finish the rollout", || async {
-        state(&cluster).await.filter(|s| s.phase != Phase::Verifying)
+        state(&cluster)
+            .await
+            .filter(|s| s.phase != Phase::Verifying)
     })
     .await;
-    assert_eq!((done.phase, done.by.as_deref(), done.candidate.build.as_str()), (Phase::Reverted, Some("guard-b"), "2-bad"));
-    assert_eq!(done.started_at, s.started_at, "the rollout resumed, not restarted");
-    assert!(killed.elapsed() >= Duration::from_millis(1900), "acted before the lease expired: {:?}", killed.elapsed());
+    assert_eq!(
+        (
+            done.phase,
+            done.by.as_deref(),
+            done.candidate.build.as_str()
+        ),
+        (Phase::Reverted, Some("guard-b"), "2-bad")
+    );
+    assert_eq!(
+        done.started_at, s.started_at,
+        "the rollout resumed, not restarted"
+    );
+    assert!(
+        killed.elapsed() >= Duration::from_millis(1900),
+        "acted before the lease expired: {:?}",
+        killed.elapsed()
+    );
     let d = cluster.deployments().get("web").await.expect("get");
     assert_eq!(rollout::build_of(&d.spec.template, None).number, "1");
     let (holder, transitions) = lease(&cluster).await;

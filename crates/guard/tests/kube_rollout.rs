@@ -28,7 +28,11 @@ const WAIT: Duration = Duration::from_secs(30);
 fn platform(cluster: &TestCluster, identity: &str) -> KubernetesPlatform {
     KubernetesPlatform::new(
         cluster.client.clone(),
-        KubeSettings { identity: identity.into(), ready_timeout: Duration::from_secs(60), ..KubeSettings::default() },
+        KubeSettings {
+            identity: identity.into(),
+            ready_timeout: Duration::from_secs(60),
+            ..KubeSettings::default()
+        },
     )
 }
 
@@ -56,7 +60,11 @@ fn start_controller(cluster: &TestCluster, identity: &str) -> Running {
     let stop = CancellationToken::new();
     let s = stop.clone();
     tokio::spawn(async move { controller.run(leading, s).await });
-    Running { stop, events, _leading: leading_tx }
+    Running {
+        stop,
+        events,
+        _leading: leading_tx,
+    }
 }
 
 async fn state_of(api: &Api<Deployment>, name: &str) -> Option<RolloutState> {
@@ -66,44 +74,79 @@ async fn state_of(api: &Api<Deployment>, name: &str) -> Option<RolloutState> {
 
 async fn wait_phase(cluster: &TestCluster, name: &str, phase: Phase, build: &str) -> RolloutState {
     let api = cluster.deployments();
-    eventually(WAIT, &format!("{name} in phase {phase:?} for build {build}"), || async {
-        state_of(&api, name).await.filter(|s| s.phase == phase && s.candidate.build == build)
-    })
+    eventually(
+        WAIT,
+        &format!("{name} in phase {phase:?} for build {build}"),
+        || async {
+            state_of(&api, name)
+                .await
+                .filter(|s| s.phase == phase && s.candidate.build == build)
+        },
+    )
     .await
 }
 
 async fn replica_set_of_build(cluster: &TestCluster, build: &str) -> ReplicaSet {
     let api: Api<ReplicaSet> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
-    let list = api.list(&ListParams::default()).await.expect("list replicasets");
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .expect("list replicasets");
     list.items
         .into_iter()
-        .find(|rs| rollout::template_of(rs).is_some_and(|t| rollout::build_of(t, None).number == build))
+        .find(|rs| {
+            rollout::template_of(rs).is_some_and(|t| rollout::build_of(t, None).number == build)
+        })
         .unwrap_or_else(|| panic!("no ReplicaSet runs build {build}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_new_rollout_is_noticed_and_a_good_release_promoted() {
     let cluster = TestCluster::start("promote").await;
-    cluster.deployments().create(&PostParams::default(), &deployment("web", "1", 2)).await.expect("create");
+    cluster
+        .deployments()
+        .create(&PostParams::default(), &deployment("web", "1", 2))
+        .await
+        .expect("create");
     let mut running = start_controller(&cluster, "guard-a");
     let baseline = wait_phase(&cluster, "web", Phase::Baseline, "1").await;
     assert!(baseline.stable.is_none());
 
     roll_to(&cluster, "web", "2").await;
     let noticed = wait_phase(&cluster, "web", Phase::Verifying, "2").await;
-    assert_eq!(noticed.stable.as_ref().map(|s| s.build.as_str()), Some("1"), "last good build recorded");
-    assert_eq!(noticed.stable.as_ref().and_then(|s| s.hash.clone()), rollout::hash_of(&replica_set_of_build(&cluster, "1").await));
+    assert_eq!(
+        noticed.stable.as_ref().map(|s| s.build.as_str()),
+        Some("1"),
+        "last good build recorded"
+    );
+    assert_eq!(
+        noticed.stable.as_ref().and_then(|s| s.hash.clone()),
+        rollout::hash_of(&replica_set_of_build(&cluster, "1").await)
+    );
 
     let promoted = wait_phase(&cluster, "web", Phase::Promoted, "2").await;
     assert!(promoted.reason.is_some());
     let d = cluster.deployments().get("web").await.expect("get");
-    assert_eq!(rollout::build_of(&d.spec.template, None).number, "2", "a promoted release stays");
-    assert!(!d.annotations().contains_key(rollout::ANNOTATION_REVERTED_BY));
+    assert_eq!(
+        rollout::build_of(&d.spec.template, None).number,
+        "2",
+        "a promoted release stays"
+    );
+    assert!(
+        !d.annotations()
+            .contains_key(rollout::ANNOTATION_REVERTED_BY)
+    );
 
     let started = running.events.recv().await.expect("started event");
-    assert_eq!((started.kind, started.build.as_deref()), (notify::EventKind::Started, Some("2")));
+    assert_eq!(
+        (started.kind, started.build.as_deref()),
+        (notify::EventKind::Started, Some("2"))
+    );
     let done = running.events.recv().await.expect("promoted event");
-    assert_eq!((done.kind, done.previous_build.as_deref()), (notify::EventKind::Promoted, Some("1")));
+    assert_eq!(
+        (done.kind, done.previous_build.as_deref()),
+        (notify::EventKind::Promoted, Some("1"))
+    );
     running.stop.cancel();
     cluster.cleanup().await;
 }
@@ -112,45 +155,80 @@ async fn kube_new_rollout_is_noticed_and_a_good_release_promoted() {
 async fn kube_bad_release_is_reverted_to_the_previous_replicaset_template() {
     let cluster = TestCluster::start("revert").await;
     let api = cluster.deployments();
-    api.create(&PostParams::default(), &deployment("web", "1", 2)).await.expect("create");
+    api.create(&PostParams::default(), &deployment("web", "1", 2))
+        .await
+        .expect("create");
     let mut running = start_controller(&cluster, "guard-a");
     wait_phase(&cluster, "web", Phase::Baseline, "1").await;
     let good_rs = replica_set_of_build(&cluster, "1").await;
 
     roll_to(&cluster, "web", "2-bad").await;
     let reverted = wait_phase(&cluster, "web", Phase::Reverted, "2-bad").await;
-    assert_eq!(reverted.stable.as_ref().map(|s| s.build.as_str()), Some("1"));
+    assert_eq!(
+        reverted.stable.as_ref().map(|s| s.build.as_str()),
+        Some("1")
+    );
 
     // The Deployment's template is the previous ReplicaSet's, minus pod-template-hash.
     let d = api.get("web").await.expect("get");
     let expected = rollout::strip_hash(rollout::template_of(&good_rs).expect("template"));
-    assert_eq!(d.spec.template, expected, "template restored exactly as `kubectl rollout undo`");
+    assert_eq!(
+        d.spec.template, expected,
+        "template restored exactly as `kubectl rollout undo`"
+    );
     let a = d.annotations();
-    assert_eq!(a.get(rollout::ANNOTATION_REVERTED_BY).map(String::as_str), Some("guard-a"));
-    assert!(a.get(rollout::ANNOTATION_REVERTED_TO).is_some_and(|t| t.starts_with("build 1 ")), "{a:?}");
-    assert_eq!(a.get(rollout::ANNOTATION_REVERTED_FROM).map(String::as_str), Some("build 2-bad"));
+    assert_eq!(
+        a.get(rollout::ANNOTATION_REVERTED_BY).map(String::as_str),
+        Some("guard-a")
+    );
+    assert!(
+        a.get(rollout::ANNOTATION_REVERTED_TO)
+            .is_some_and(|t| t.starts_with("build 1 ")),
+        "{a:?}"
+    );
+    assert_eq!(
+        a.get(rollout::ANNOTATION_REVERTED_FROM).map(String::as_str),
+        Some("build 2-bad")
+    );
     let reason = a.get(rollout::ANNOTATION_REVERTED_REASON).expect("reason");
     assert!(!reason.is_empty());
 
     // The Deployment controller made the old ReplicaSet current again (newest revision).
-    let rs = eventually(WAIT, "the old ReplicaSet to become the newest revision", || async {
-        let rs = replica_set_of_build(&cluster, "1").await;
-        let bad = replica_set_of_build(&cluster, "2-bad").await;
-        (rollout::revision_of(&rs) > rollout::revision_of(&bad)).then_some(rs)
-    })
+    let rs = eventually(
+        WAIT,
+        "the old ReplicaSet to become the newest revision",
+        || async {
+            let rs = replica_set_of_build(&cluster, "1").await;
+            let bad = replica_set_of_build(&cluster, "2-bad").await;
+            (rollout::revision_of(&rs) > rollout::revision_of(&bad)).then_some(rs)
+        },
+    )
     .await;
-    assert_eq!(rollout::hash_of(&rs), rollout::hash_of(&good_rs), "the same ReplicaSet, not a new one");
+    assert_eq!(
+        rollout::hash_of(&rs),
+        rollout::hash_of(&good_rs),
+        "the same ReplicaSet, not a new one"
+    );
 
     let started = running.events.recv().await.expect("started");
     assert_eq!(started.kind, notify::EventKind::Started);
     let ev = running.events.recv().await.expect("reverted event");
-    assert_eq!((ev.kind, ev.build.as_deref(), ev.previous_build.as_deref()), (notify::EventKind::Reverted, Some("2-bad"), Some("1")));
+    assert_eq!(
+        (ev.kind, ev.build.as_deref(), ev.previous_build.as_deref()),
+        (notify::EventKind::Reverted, Some("2-bad"), Some("1"))
+    );
 
     // guard's own revert is not a new rollout: the state stays, nothing flips.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let still = state_of(&api, "web").await.expect("state");
-    assert_eq!((still.phase, still.candidate.build.as_str()), (Phase::Reverted, "2-bad"));
-    assert_eq!(rollout::build_of(&api.get("web").await.expect("get").spec.template, None).number, "1");
+    assert_eq!(
+        (still.phase, still.candidate.build.as_str()),
+        (Phase::Reverted, "2-bad")
+    );
+    assert_eq!(
+        rollout::build_of(&api.get("web").await.expect("get").spec.template, None).number,
+        "1"
+    );
 
     // A later good release is verified on its own, against build 1.
     roll_to(&cluster, "web", "3").await;
@@ -164,22 +242,35 @@ async fn kube_bad_release_is_reverted_to_the_previous_replicaset_template() {
 async fn kube_revert_does_not_fight_a_newer_rollout() {
     let cluster = TestCluster::start("newer").await;
     let api = cluster.deployments();
-    api.create(&PostParams::default(), &deployment("web", "1", 1)).await.expect("create");
+    api.create(&PostParams::default(), &deployment("web", "1", 1))
+        .await
+        .expect("create");
     let p = platform(&cluster, "guard-a");
-    p.wait_rolled_out(&cluster.namespace, "web", "1").await.expect("rolled out");
+    p.wait_rolled_out(&cluster.namespace, "web", "1")
+        .await
+        .expect("rolled out");
     roll_to(&cluster, "web", "2-bad").await;
-    p.wait_rolled_out(&cluster.namespace, "web", "2-bad").await.expect("rolled out");
+    p.wait_rolled_out(&cluster.namespace, "web", "2-bad")
+        .await
+        .expect("rolled out");
     let judged = rollout::hash_of(&replica_set_of_build(&cluster, "2-bad").await).expect("hash");
     let good = rollout::hash_of(&replica_set_of_build(&cluster, "1").await).expect("hash");
 
     // A person ships build 3 while the verdict on 2-bad is being carried out.
     roll_to(&cluster, "web", "3").await;
-    p.wait_rolled_out(&cluster.namespace, "web", "3").await.expect("rolled out");
+    p.wait_rolled_out(&cluster.namespace, "web", "3")
+        .await
+        .expect("rolled out");
     let before = api.get("web").await.expect("get");
     let outcome = p
-        .undo(&cluster.namespace, "web", Some(&judged), Some(&good), "test verdict on 2-bad", |_, _| {
-            panic!("no state may be written when superseded")
-        })
+        .undo(
+            &cluster.namespace,
+            "web",
+            Some(&judged),
+            Some(&good),
+            "test verdict on 2-bad",
+            |_, _| panic!("no state may be written when superseded"),
+        )
         .await
         .expect("undo");
     assert_eq!(outcome, UndoOutcome::Superseded);
@@ -201,10 +292,31 @@ async fn kube_revert_does_not_fight_a_newer_rollout() {
         by: Some("guard-a".into()),
         reason: Some("test".into()),
     };
-    let outcome = p.undo(&cluster.namespace, "web", Some(&current), Some(&good), "test", state).await.expect("undo");
-    assert!(matches!(outcome, UndoOutcome::Reverted { ref to } if to.build == "1"), "{outcome:?}");
-    p.wait_rolled_out(&cluster.namespace, "web", "1").await.expect("rolled out");
-    let again = p.undo(&cluster.namespace, "web", None, Some(&good), "test", state).await.expect("undo");
-    assert!(matches!(again, UndoOutcome::AlreadyThere { .. }), "{again:?}");
+    let outcome = p
+        .undo(
+            &cluster.namespace,
+            "web",
+            Some(&current),
+            Some(&good),
+            "test",
+            state,
+        )
+        .await
+        .expect("undo");
+    assert!(
+        matches!(outcome, UndoOutcome::Reverted { ref to } if to.build == "1"),
+        "{outcome:?}"
+    );
+    p.wait_rolled_out(&cluster.namespace, "web", "1")
+        .await
+        .expect("rolled out");
+    let again = p
+        .undo(&cluster.namespace, "web", None, Some(&good), "test", state)
+        .await
+        .expect("undo");
+    assert!(
+        matches!(again, UndoOutcome::AlreadyThere { .. }),
+        "{again:?}"
+    );
     cluster.cleanup().await;
 }

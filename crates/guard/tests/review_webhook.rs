@@ -22,7 +22,9 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use guard::review::image::RegistryCheck;
 use guard::review::signature::sign;
-use guard::review::template::{ANNOTATION_HEAD_SHA, ANNOTATION_IMAGE_DIGEST, ANNOTATION_LAST_ACTIVITY, ReviewTemplate};
+use guard::review::template::{
+    ANNOTATION_HEAD_SHA, ANNOTATION_IMAGE_DIGEST, ANNOTATION_LAST_ACTIVITY, ReviewTemplate,
+};
 use guard::review::{ReviewSettings, Reviews, WEBHOOK_PATH};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service};
@@ -40,15 +42,23 @@ fn workspace() -> PathBuf {
 }
 
 fn run(cmd: &mut std::process::Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e} (is kubectl installed?)"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e} (is kubectl installed?)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
 /// The review overlay rendered with its placeholders, as guard's ConfigMap holds it.
 fn template() -> ReviewTemplate {
     let dir = workspace().join("deploy/kustomize/overlays/review");
-    let text = run(std::process::Command::new("kubectl").arg("kustomize").arg(&dir));
+    let text = run(std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&dir));
     ReviewTemplate::parse("kubectl kustomize overlays/review", &text).expect("review template")
 }
 
@@ -61,7 +71,10 @@ struct RegistryDouble {
 
 impl RegistryDouble {
     async fn start(&self) -> String {
-        async fn manifest(State(r): State<RegistryDouble>, Path(rest): Path<String>) -> axum::response::Response {
+        async fn manifest(
+            State(r): State<RegistryDouble>,
+            Path(rest): Path<String>,
+        ) -> axum::response::Response {
             match r.digests.lock().expect("lock").get(&rest) {
                 Some(d) => (StatusCode::OK, [("docker-content-digest", d.clone())]).into_response(),
                 None => StatusCode::NOT_FOUND.into_response(),
@@ -70,7 +83,9 @@ impl RegistryDouble {
         let app = axum::Router::new()
             .route("/v2/{*rest}", axum::routing::get(manifest).head(manifest))
             .with_state(self.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -79,7 +94,10 @@ impl RegistryDouble {
     }
 
     fn push(&self, path: &str, digest: &str) {
-        self.digests.lock().expect("lock").insert(path.into(), digest.into());
+        self.digests
+            .lock()
+            .expect("lock")
+            .insert(path.into(), digest.into());
     }
 }
 
@@ -92,7 +110,9 @@ struct Server {
 async fn serve(cluster: &TestCluster, registry: Option<String>) -> Server {
     let (tx, events) = mpsc::unbounded_channel();
     let images: Option<Arc<dyn guard::review::image::ImageCheck>> = match registry {
-        Some(url) => Some(Arc::new(RegistryCheck::new(Some(url), None).expect("registry check"))),
+        Some(url) => Some(Arc::new(
+            RegistryCheck::new(Some(url), None).expect("registry check"),
+        )),
         None => None,
     };
     let reviews = Arc::new(Reviews::new(
@@ -110,13 +130,19 @@ async fn serve(cluster: &TestCluster, registry: Option<String>) -> Server {
         images,
         Some(tx),
     ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let app = reviews.clone().router();
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    Server { url: format!("http://{addr}{WEBHOOK_PATH}"), reviews, events }
+    Server {
+        url: format!("http://{addr}{WEBHOOK_PATH}"),
+        reviews,
+        events,
+    }
 }
 
 fn payload(action: &str, number: u64, sha: &str) -> Vec<u8> {
@@ -157,8 +183,10 @@ async fn namespace(cluster: &TestCluster, name: &str) -> Option<Namespace> {
 }
 
 async fn gone(cluster: &TestCluster, name: &str) {
-    eventually(WAIT, &format!("namespace {name} deleted"), || async { namespace(cluster, name).await.is_none().then_some(()) })
-        .await;
+    eventually(WAIT, &format!("namespace {name} deleted"), || async {
+        namespace(cluster, name).await.is_none().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,34 +198,91 @@ async fn review_environment_created_and_deleted_from_signed_webhooks() {
 
     let (code, body) = signed(&server.url, "opened", 42, "1111111").await;
     assert_eq!(code, 202, "{body}");
-    assert_eq!(body["waiting_for"], json!(["registry.digitalocean.com/ultra-boost/ultra-boost:pr-42"]));
-    assert!(namespace(&cluster, ns).await.is_none(), "nothing is applied before the image exists");
+    assert_eq!(
+        body["waiting_for"],
+        json!(["registry.digitalocean.com/ultra-boost/ultra-boost:pr-42"])
+    );
+    assert!(
+        namespace(&cluster, ns).await.is_none(),
+        "nothing is applied before the image exists"
+    );
 
     registry.push("ultra-boost/ultra-boost/manifests/pr-42", "sha256:aaa");
-    let created = eventually(WAIT, "review namespace created", || async { namespace(&cluster, ns).await }).await;
+    let created = eventually(WAIT, "review namespace created", || async {
+        namespace(&cluster, ns).await
+    })
+    .await;
     let labels = created.labels();
-    assert_eq!(labels.get("app.kubernetes.io/managed-by").map(String::as_str), Some("guard"));
-    assert_eq!(labels.get("guard.ultra-boost.dev/review-pr").map(String::as_str), Some("42"));
+    assert_eq!(
+        labels
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("guard")
+    );
+    assert_eq!(
+        labels
+            .get("guard.ultra-boost.dev/review-pr")
+            .map(String::as_str),
+        Some("42")
+    );
     assert!(created.annotations().contains_key(ANNOTATION_LAST_ACTIVITY));
     let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), ns);
-    let d = eventually(WAIT, "review deployment", || async { deployments.get_opt("ultra-boost").await.ok().flatten() }).await;
+    let d = eventually(WAIT, "review deployment", || async {
+        deployments.get_opt("ultra-boost").await.ok().flatten()
+    })
+    .await;
     let pod = &d.spec.template;
     assert_eq!(
-        pod.spec.as_ref().expect("pod spec").containers[0].image.as_deref(),
+        pod.spec.as_ref().expect("pod spec").containers[0]
+            .image
+            .as_deref(),
         Some("registry.digitalocean.com/ultra-boost/ultra-boost:pr-42")
     );
-    let pod_annotations = pod.metadata.as_ref().and_then(|m| m.annotations.clone()).unwrap_or_default();
-    assert_eq!(pod_annotations.get("guard.ultra-boost.dev/commit").map(String::as_str), Some("1111111"));
-    assert_eq!(pod_annotations.get(ANNOTATION_IMAGE_DIGEST).map(String::as_str), Some("sha256:aaa"));
-    assert_eq!(d.labels().get("guard.ultra-boost.dev/enabled").map(String::as_str), Some("true"), "guard verifies review rollouts too");
+    let pod_annotations = pod
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        pod_annotations
+            .get("guard.ultra-boost.dev/commit")
+            .map(String::as_str),
+        Some("1111111")
+    );
+    assert_eq!(
+        pod_annotations
+            .get(ANNOTATION_IMAGE_DIGEST)
+            .map(String::as_str),
+        Some("sha256:aaa")
+    );
+    assert_eq!(
+        d.labels()
+            .get("guard.ultra-boost.dev/enabled")
+            .map(String::as_str),
+        Some("true"),
+        "guard verifies review rollouts too"
+    );
     let services: Api<Service> = Api::namespaced(cluster.client.clone(), ns);
     for s in ["ultra-boost", "ultra-boost-canary", "ultra-boost-metrics"] {
-        assert!(services.get_opt(s).await.expect("get service").is_some(), "service {s}");
+        assert!(
+            services.get_opt(s).await.expect("get service").is_some(),
+            "service {s}"
+        );
     }
     let ev = server.events.recv().await.expect("deployment event");
     assert_eq!(
-        (ev.kind, ev.environment.as_str(), ev.transient, ev.environment_url.as_deref()),
-        (notify::EventKind::Promoted, "pr-42", true, Some("https://pr-42.review.example.com"))
+        (
+            ev.kind,
+            ev.environment.as_str(),
+            ev.transient,
+            ev.environment_url.as_deref()
+        ),
+        (
+            notify::EventKind::Promoted,
+            "pr-42",
+            true,
+            Some("https://pr-42.review.example.com")
+        )
     );
 
     // A push: re-applied once CI pushed a new image, not with the old one.
@@ -205,10 +290,18 @@ async fn review_environment_created_and_deleted_from_signed_webhooks() {
     assert_eq!(code, 202);
     registry.push("ultra-boost/ultra-boost/manifests/pr-42", "sha256:bbb");
     let updated = eventually(WAIT, "re-applied with the new head", || async {
-        namespace(&cluster, ns).await.filter(|n| n.annotations().get(ANNOTATION_HEAD_SHA).map(String::as_str) == Some("2222222"))
+        namespace(&cluster, ns).await.filter(|n| {
+            n.annotations().get(ANNOTATION_HEAD_SHA).map(String::as_str) == Some("2222222")
+        })
     })
     .await;
-    assert_eq!(updated.annotations().get(ANNOTATION_IMAGE_DIGEST).map(String::as_str), Some("sha256:bbb"));
+    assert_eq!(
+        updated
+            .annotations()
+            .get(ANNOTATION_IMAGE_DIGEST)
+            .map(String::as_str),
+        Some("sha256:bbb")
+    );
     let ev = server.events.recv().await.expect("second deployment event");
     assert_eq!(ev.commit.as_deref(), Some("2222222"));
 
@@ -216,7 +309,10 @@ async fn review_environment_created_and_deleted_from_signed_webhooks() {
     assert_eq!(code, 200, "{body}");
     gone(&cluster, ns).await;
     let ev = server.events.recv().await.expect("closed event");
-    assert_eq!((ev.kind, ev.transient, ev.reason.as_str()), (notify::EventKind::RolledBack, true, "pull request merged"));
+    assert_eq!(
+        (ev.kind, ev.transient, ev.reason.as_str()),
+        (notify::EventKind::RolledBack, true, "pull request merged")
+    );
     // Redelivery of `closed` is harmless.
     let (code, body) = signed(&server.url, "closed", 42, "2222222").await;
     assert_eq!((code, body["result"].as_str()), (200, Some("AlreadyGone")));
@@ -235,17 +331,38 @@ async fn review_bad_signatures_are_refused_and_change_nothing() {
     let good = sign(SECRET, &body);
     let cases: Vec<(&str, Vec<u8>, Option<String>)> = vec![
         ("unsigned", body.clone(), None),
-        ("wrong secret", body.clone(), Some(sign(b"not-the-secret", &body))),
-        ("tampered body", payload("opened", 44, "3333333"), Some(good.clone())),
-        ("sha1 header", body.clone(), Some(good.replace("sha256=", "sha1="))),
+        (
+            "wrong secret",
+            body.clone(),
+            Some(sign(b"not-the-secret", &body)),
+        ),
+        (
+            "tampered body",
+            payload("opened", 44, "3333333"),
+            Some(good.clone()),
+        ),
+        (
+            "sha1 header",
+            body.clone(),
+            Some(good.replace("sha256=", "sha1=")),
+        ),
         ("not hex", body.clone(), Some("sha256=zzzz".into())),
     ];
     for (what, body, sig) in cases {
         let (code, resp) = post(&server.url, body, sig).await;
         assert_eq!(code, 401, "{what}: {resp}");
-        assert!(resp["error"].as_str().is_some_and(|e| e.contains("X-Hub-Signature-256")), "{what}: {resp}");
+        assert!(
+            resp["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("X-Hub-Signature-256")),
+            "{what}: {resp}"
+        );
     }
-    assert_eq!(cluster.double.as_ref().map(|d| d.writes()), writes_before, "no write reached the API");
+    assert_eq!(
+        cluster.double.as_ref().map(|d| d.writes()),
+        writes_before,
+        "no write reached the API"
+    );
     assert!(namespace(&cluster, ns).await.is_none());
     assert!(namespace(&cluster, "ultra-boost-pr-44").await.is_none());
 
@@ -264,14 +381,28 @@ async fn review_closed_never_deletes_a_namespace_guard_does_not_own() {
     let cluster = TestCluster::start("review-owner").await;
     let server = serve(&cluster, None).await;
     let api: Api<Namespace> = Api::all(cluster.client.clone());
-    let foreign: Namespace = serde_json::from_value(json!({"metadata": {"name": "ultra-boost-pr-7", "labels": {"team": "payments"}}})).expect("ns");
-    api.create(&PostParams::default(), &foreign).await.expect("create");
+    let foreign: Namespace = serde_json::from_value(
+        json!({"metadata": {"name": "ultra-boost-pr-7", "labels": {"team": "payments"}}}),
+    )
+    .expect("ns");
+    api.create(&PostParams::default(), &foreign)
+        .await
+        .expect("create");
     let (code, body) = signed(&server.url, "closed", 7, "7777777").await;
     assert_eq!(code, 409, "{body}");
-    assert!(body["error"].as_str().is_some_and(|e| e.contains("not deleting")), "{body}");
-    assert!(namespace(&cluster, "ultra-boost-pr-7").await.is_some(), "a namespace guard does not own stays");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not deleting")),
+        "{body}"
+    );
+    assert!(
+        namespace(&cluster, "ultra-boost-pr-7").await.is_some(),
+        "a namespace guard does not own stays"
+    );
     // Other repositories' events are ignored.
-    let mut other = serde_json::from_slice::<Value>(&payload("closed", 7, "7777777")).expect("json");
+    let mut other =
+        serde_json::from_slice::<Value>(&payload("closed", 7, "7777777")).expect("json");
     other["repository"]["full_name"] = json!("someone/else");
     let body = serde_json::to_vec(&other).expect("json");
     let (code, resp) = post(&server.url, body.clone(), Some(sign(SECRET, &body))).await;
@@ -284,10 +415,21 @@ async fn review_closed_never_deletes_a_namespace_guard_does_not_own() {
 async fn review_ttl_sweep_removes_quiet_environments_only() {
     let cluster = TestCluster::start("review-ttl").await;
     let server = serve(&cluster, None).await;
-    server.reviews.apply(5, "5555555", None).await.expect("apply 5");
-    server.reviews.apply(6, "6666666", None).await.expect("apply 6");
+    server
+        .reviews
+        .apply(5, "5555555", None)
+        .await
+        .expect("apply 5");
+    server
+        .reviews
+        .apply(6, "6666666", None)
+        .await
+        .expect("apply 6");
     let api: Api<Namespace> = Api::all(cluster.client.clone());
-    let old = jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_hours(48)).expect("time").to_string();
+    let old = jiff::Timestamp::now()
+        .checked_sub(jiff::SignedDuration::from_hours(48))
+        .expect("time")
+        .to_string();
     api.patch(
         "ultra-boost-pr-5",
         &PatchParams::default(),
@@ -298,7 +440,10 @@ async fn review_ttl_sweep_removes_quiet_environments_only() {
     let swept = server.reviews.sweep().await.expect("sweep");
     assert_eq!(swept, vec!["ultra-boost-pr-5".to_string()]);
     gone(&cluster, "ultra-boost-pr-5").await;
-    assert!(namespace(&cluster, "ultra-boost-pr-6").await.is_some(), "an active environment stays");
+    assert!(
+        namespace(&cluster, "ultra-boost-pr-6").await.is_some(),
+        "an active environment stays"
+    );
     server.reviews.remove(6).await.expect("remove 6");
     cluster.cleanup().await;
 }
@@ -307,14 +452,33 @@ async fn review_ttl_sweep_removes_quiet_environments_only() {
 #[test]
 fn review_template_renders_like_render_sh() {
     let script = workspace().join("deploy/kustomize/render.sh");
-    let text = run(std::process::Command::new("bash").arg(&script).args(["review", "--pr", "42"]));
+    let text = run(std::process::Command::new("bash")
+        .arg(&script)
+        .args(["review", "--pr", "42"]));
     let want: Vec<Value> = serde_saphyr::from_multiple(&text).expect("render.sh output is YAML");
-    let key = |o: &Value| format!("{}/{}", o["kind"].as_str().unwrap_or(""), o["metadata"]["name"].as_str().unwrap_or(""));
-    let mut want: Vec<(String, Value)> = want.into_iter().filter(|o| !o.is_null()).map(|o| (key(&o), o)).collect();
-    let mut got: Vec<(String, Value)> = template().render_plain(42).into_iter().map(|o| (key(&o), o)).collect();
+    let key = |o: &Value| {
+        format!(
+            "{}/{}",
+            o["kind"].as_str().unwrap_or(""),
+            o["metadata"]["name"].as_str().unwrap_or("")
+        )
+    };
+    let mut want: Vec<(String, Value)> = want
+        .into_iter()
+        .filter(|o| !o.is_null())
+        .map(|o| (key(&o), o))
+        .collect();
+    let mut got: Vec<(String, Value)> = template()
+        .render_plain(42)
+        .into_iter()
+        .map(|o| (key(&o), o))
+        .collect();
     want.sort_by(|a, b| a.0.cmp(&b.0));
     got.sort_by(|a, b| a.0.cmp(&b.0));
-    assert_eq!(got.iter().map(|x| &x.0).collect::<Vec<_>>(), want.iter().map(|x| &x.0).collect::<Vec<_>>());
+    assert_eq!(
+        got.iter().map(|x| &x.0).collect::<Vec<_>>(),
+        want.iter().map(|x| &x.0).collect::<Vec<_>>()
+    );
     for ((k, g), (_, w)) in got.iter().zip(&want) {
         assert_eq!(g, w, "{k} differs from render.sh");
     }

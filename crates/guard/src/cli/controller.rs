@@ -22,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, SignalsConfig};
 use crate::lease::{LeaderElector, LeaseSettings};
-use crate::platform::kubernetes::controller::{Controller, ControllerSettings, Verification, Verifier};
+use crate::platform::kubernetes::controller::{
+    Controller, ControllerSettings, Verification, Verifier,
+};
 use crate::platform::kubernetes::rollout::Side;
 use crate::platform::kubernetes::verify::JudgeVerifier;
 use crate::platform::kubernetes::{KubeSettings, KubernetesPlatform};
@@ -115,11 +117,17 @@ struct ByService {
 }
 
 impl SignalSource for ByService {
-    fn snapshot<'a>(&'a self, target: &'a Target, endpoints: &'a [Endpoint]) -> BoxFuture<'a, Result<Snapshot, SignalError>> {
+    fn snapshot<'a>(
+        &'a self,
+        target: &'a Target,
+        endpoints: &'a [Endpoint],
+    ) -> BoxFuture<'a, Result<Snapshot, SignalError>> {
         Box::pin(async move {
             match self.sources.get(&target.service).or(self.fallback.as_ref()) {
                 Some(s) => s.snapshot(target, endpoints).await,
-                None => Err(SignalError::Unavailable { detail: format!("no signal source for {}", target.service) }),
+                None => Err(SignalError::Unavailable {
+                    detail: format!("no signal source for {}", target.service),
+                }),
             }
         })
     }
@@ -133,7 +141,11 @@ struct VerifierByService {
 
 impl Verifier for VerifierByService {
     fn start(&self, target: &Target, stable: &Side, candidate: &Side) -> Box<dyn Verification> {
-        match self.by_service.get(&target.service).or(self.fallback.as_ref()) {
+        match self
+            .by_service
+            .get(&target.service)
+            .or(self.fallback.as_ref())
+        {
             Some(v) => v.start(target, stable, candidate),
             None => Box::new(NoSlos),
         }
@@ -143,15 +155,26 @@ impl Verifier for VerifierByService {
 struct NoSlos;
 
 impl Verification for NoSlos {
-    fn step(&mut self, _: &Snapshot, _: Duration) -> crate::platform::kubernetes::controller::Decision {
-        crate::platform::kubernetes::controller::Decision::Hold { reason: "guard.yaml defines no SLOs to verify against".into() }
+    fn step(
+        &mut self,
+        _: &Snapshot,
+        _: Duration,
+    ) -> crate::platform::kubernetes::controller::Decision {
+        crate::platform::kubernetes::controller::Decision::Hold {
+            reason: "guard.yaml defines no SLOs to verify against".into(),
+        }
     }
 }
 
 fn identity(flag: Option<String>) -> String {
     flag.filter(|s| !s.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()))
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        })
         .unwrap_or_else(|| format!("guard-{}", std::process::id()))
 }
 
@@ -165,7 +188,10 @@ fn webhook_secret(file: Option<&PathBuf>) -> anyhow::Result<Vec<u8>> {
         })?,
     };
     let secret = secret.trim().to_string();
-    anyhow::ensure!(!secret.is_empty(), "the GitHub webhook secret is empty; unsigned webhooks are never accepted");
+    anyhow::ensure!(
+        !secret.is_empty(),
+        "the GitHub webhook secret is empty; unsigned webhooks are never accepted"
+    );
     Ok(secret.into_bytes())
 }
 
@@ -188,7 +214,8 @@ async fn shutdown_signal(stop: CancellationToken) {
 
 pub async fn run(args: Args) -> anyhow::Result<i32> {
     super::serve::init_logs("info,kube=warn,hyper=warn");
-    let config = config::load(&args.config).with_context(|| format!("loading {}", args.config.display()))?;
+    let config =
+        config::load(&args.config).with_context(|| format!("loading {}", args.config.display()))?;
     let me = identity(args.identity.clone());
     let lease = LeaseSettings {
         namespace: args.lease_namespace.clone(),
@@ -202,7 +229,8 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     // Parse the review settings before touching the cluster: bad input fails fast.
     let review = match &args.review_template {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading --review-template {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --review-template {}", path.display()))?;
             let template = ReviewTemplate::parse(&path.display().to_string(), &text)?;
             Some(ReviewSettings {
                 secret: webhook_secret(args.github_webhook_secret_file.as_ref())?,
@@ -212,15 +240,18 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
                 image_wait: args.image_wait,
                 image_poll: Duration::from_secs(15),
                 repository: args.review_repository.clone(),
-                service: config.services.first().map_or_else(|| "ultra-boost".into(), |s| s.name.clone()),
+                service: config
+                    .services
+                    .first()
+                    .map_or_else(|| "ultra-boost".into(), |s| s.name.clone()),
             })
         }
         None => None,
     };
 
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to Kubernetes (in-cluster service account, KUBECONFIG or ~/.kube/config)")?;
+    let client = kube::Client::try_default().await.context(
+        "connecting to Kubernetes (in-cluster service account, KUBECONFIG or ~/.kube/config)",
+    )?;
 
     // Signals and the judge per service, from guard.yaml.
     let mut sources: HashMap<String, Arc<dyn SignalSource>> = HashMap::new();
@@ -228,29 +259,55 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     for s in &config.services {
         let source: Arc<dyn SignalSource> = match &config.signals {
             SignalsConfig::Scrape { interval } => {
-                let slos = s.slos.iter().map(|o| (o.name.clone(), o.scrape.clone())).collect();
+                let slos = s
+                    .slos
+                    .iter()
+                    .map(|o| (o.name.clone(), o.scrape.clone()))
+                    .collect();
                 let mut sc = ScrapeConfig::new(slos);
                 sc.interval = *interval;
                 sc.timeout = (*interval * 4 / 5).max(Duration::from_millis(100));
                 Arc::new(ScrapeSource::new(sc))
             }
-            SignalsConfig::Prometheus { url, build_label, timeout } => {
-                let queries = s.slos.iter().filter_map(|o| o.prometheus.clone().map(|q| (o.name.clone(), q))).collect();
+            SignalsConfig::Prometheus {
+                url,
+                build_label,
+                timeout,
+            } => {
+                let queries = s
+                    .slos
+                    .iter()
+                    .filter_map(|o| o.prometheus.clone().map(|q| (o.name.clone(), q)))
+                    .collect();
                 Arc::new(
-                    crate::signals::prometheus::PrometheusSource::new(url, build_label, *timeout, queries)
-                        .context("configuring the prometheus signal source")?,
+                    crate::signals::prometheus::PrometheusSource::new(
+                        url,
+                        build_label,
+                        *timeout,
+                        queries,
+                    )
+                    .context("configuring the prometheus signal source")?,
                 )
             }
         };
         sources.insert(s.name.clone(), source);
         verifiers.insert(
             s.name.clone(),
-            JudgeVerifier { policy: config.policy.clone(), slos: s.slos.iter().map(|o| o.judge_spec()).collect() },
+            JudgeVerifier {
+                policy: config.policy.clone(),
+                slos: s.slos.iter().map(|o| o.judge_spec()).collect(),
+            },
         );
     }
     let first = config.services.first().map(|s| s.name.clone());
-    let signals = ByService { fallback: first.as_ref().and_then(|f| sources.get(f).cloned()), sources };
-    let verifier = VerifierByService { fallback: first.as_ref().and_then(|f| verifiers.get(f).cloned()), by_service: verifiers };
+    let signals = ByService {
+        fallback: first.as_ref().and_then(|f| sources.get(f).cloned()),
+        sources,
+    };
+    let verifier = VerifierByService {
+        fallback: first.as_ref().and_then(|f| verifiers.get(f).cloned()),
+        by_service: verifiers,
+    };
 
     // Notifications: the controller and review events go to the dispatcher.
     let mut registry = Registry::default();
@@ -274,13 +331,21 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     let elector = LeaderElector::new(client.clone(), lease)?;
     let platform = KubernetesPlatform::new(
         client.clone(),
-        KubeSettings { identity: me.clone(), container: args.container.clone(), ..KubeSettings::default() },
+        KubeSettings {
+            identity: me.clone(),
+            container: args.container.clone(),
+            ..KubeSettings::default()
+        },
     );
     let controller = Controller::new(
         platform,
         Arc::new(signals),
         Arc::new(verifier),
-        ControllerSettings { namespace: args.namespace.clone(), interval: args.interval, verify_deadline: args.verify_deadline },
+        ControllerSettings {
+            namespace: args.namespace.clone(),
+            interval: args.interval,
+            verify_deadline: args.verify_deadline,
+        },
         Some(events_tx.clone()),
     );
 
@@ -302,25 +367,44 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         let images: Option<Arc<dyn ImageCheck>> = if args.skip_image_check {
             None
         } else {
-            let token = std::env::var("GUARD_REGISTRY_TOKEN").ok().filter(|t| !t.trim().is_empty());
-            Some(Arc::new(RegistryCheck::new(args.registry_url.clone(), token)?))
+            let token = std::env::var("GUARD_REGISTRY_TOKEN")
+                .ok()
+                .filter(|t| !t.trim().is_empty());
+            Some(Arc::new(RegistryCheck::new(
+                args.registry_url.clone(),
+                token,
+            )?))
         };
-        let reviews = Arc::new(Reviews::new(client.clone(), settings, images, Some(events_tx.clone())));
+        let reviews = Arc::new(Reviews::new(
+            client.clone(),
+            settings,
+            images,
+            Some(events_tx.clone()),
+        ));
         app = app.merge(reviews.clone().router());
-        tasks.push(tokio::spawn(reviews.run_sweeper(Duration::from_secs(300), leading_rx.clone(), stop.clone())));
+        tasks.push(tokio::spawn(reviews.run_sweeper(
+            Duration::from_secs(300),
+            leading_rx.clone(),
+            stop.clone(),
+        )));
     }
 
     let listen = args.listen.unwrap_or(config.api.listen);
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
     let bound = listener.local_addr().context("reading the bound address")?;
     if let Some(p) = &args.address_file {
-        std::fs::write(p, bound.to_string()).with_context(|| format!("writing --address-file {}", p.display()))?;
+        std::fs::write(p, bound.to_string())
+            .with_context(|| format!("writing --address-file {}", p.display()))?;
     }
     tracing::info!(identity = %me, listen = %bound, lease = %format!("{}/{}", args.lease_namespace, args.lease_name), "guard controller started");
 
     let http_stop = stop.clone();
     tasks.push(tokio::spawn(async move {
-        let _ = axum::serve(listener, app).with_graceful_shutdown(http_stop.cancelled_owned()).await;
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(http_stop.cancelled_owned())
+            .await;
     }));
     let election = tokio::spawn(elector.run(leading_tx, stop.clone()));
     let control_stop = stop.clone();

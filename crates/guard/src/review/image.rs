@@ -55,8 +55,15 @@ impl RegistryCheck {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
-            .map_err(|e| ImageError::Registry { url: "(client)".into(), detail: e.to_string() })?;
-        Ok(RegistryCheck { http, base_url, token })
+            .map_err(|e| ImageError::Registry {
+                url: "(client)".into(),
+                detail: e.to_string(),
+            })?;
+        Ok(RegistryCheck {
+            http,
+            base_url,
+            token,
+        })
     }
 }
 
@@ -64,8 +71,13 @@ impl ImageCheck for RegistryCheck {
     fn digest<'a>(&'a self, image: &'a str) -> BoxFuture<'a, Result<Option<String>, ImageError>> {
         Box::pin(async move {
             let (host, name, tag) =
-                split_reference(image).ok_or_else(|| ImageError::Reference { image: image.into() })?;
-            let base = self.base_url.clone().unwrap_or_else(|| format!("https://{host}"));
+                split_reference(image).ok_or_else(|| ImageError::Reference {
+                    image: image.into(),
+                })?;
+            let base = self
+                .base_url
+                .clone()
+                .unwrap_or_else(|| format!("https://{host}"));
             let url = format!("{}/v2/{name}/manifests/{tag}", base.trim_end_matches('/'));
             let mut req = self.http.head(&url).header(
                 "accept",
@@ -76,7 +88,10 @@ impl ImageCheck for RegistryCheck {
             if let Some(t) = &self.token {
                 req = req.bearer_auth(t);
             }
-            let resp = req.send().await.map_err(|e| ImageError::Registry { url: url.clone(), detail: e.to_string() })?;
+            let resp = req.send().await.map_err(|e| ImageError::Registry {
+                url: url.clone(),
+                detail: e.to_string(),
+            })?;
             match resp.status().as_u16() {
                 200 => Ok(Some(
                     resp.headers()
@@ -86,7 +101,10 @@ impl ImageCheck for RegistryCheck {
                         .unwrap_or_else(|| "present".into()),
                 )),
                 404 => Ok(None),
-                code => Err(ImageError::Registry { url, detail: format!("HTTP {code}") }),
+                code => Err(ImageError::Registry {
+                    url,
+                    detail: format!("HTTP {code}"),
+                }),
             }
         })
     }
@@ -100,7 +118,11 @@ mod tests {
     fn references_split_into_host_name_tag() {
         assert_eq!(
             split_reference("registry.digitalocean.com/ultra-boost/ultra-boost:pr-42"),
-            Some(("registry.digitalocean.com".into(), "ultra-boost/ultra-boost".into(), "pr-42".into()))
+            Some((
+                "registry.digitalocean.com".into(),
+                "ultra-boost/ultra-boost".into(),
+                "pr-42".into()
+            ))
         );
         assert_eq!(
             split_reference("127.0.0.1:5000/web:pr-1"),

@@ -43,14 +43,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use image::ImageCheck;
-use template::{ANNOTATION_IMAGE_DIGEST, ANNOTATION_LAST_ACTIVITY, LABEL_MANAGED_BY, LABEL_REVIEW_PR, ReviewRequest, ReviewTemplate};
+use template::{
+    ANNOTATION_IMAGE_DIGEST, ANNOTATION_LAST_ACTIVITY, LABEL_MANAGED_BY, LABEL_REVIEW_PR,
+    ReviewRequest, ReviewTemplate,
+};
 
 /// The webhook path.
 pub const WEBHOOK_PATH: &str = "/api/v1/github/webhook";
@@ -82,7 +87,9 @@ pub enum ReviewError {
     #[error("{action}: {source}")]
     Kube { action: String, source: kube::Error },
     /// The namespace exists but guard does not own it; it was left alone.
-    #[error("namespace {namespace} is not labelled {LABEL_MANAGED_BY}=guard, {LABEL_REVIEW_PR}={number}; not deleting it")]
+    #[error(
+        "namespace {namespace} is not labelled {LABEL_MANAGED_BY}=guard, {LABEL_REVIEW_PR}={number}; not deleting it"
+    )]
     NotOwned { namespace: String, number: u64 },
     /// The image did not appear within the wait.
     #[error("image {image} did not appear within {seconds} s")]
@@ -154,7 +161,13 @@ impl Reviews {
         images: Option<Arc<dyn ImageCheck>>,
         events: Option<mpsc::UnboundedSender<notify::Event>>,
     ) -> Self {
-        Reviews { client, settings, images, events, pending: Mutex::new(HashMap::new()) }
+        Reviews {
+            client,
+            settings,
+            images,
+            events,
+            pending: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn settings(&self) -> &ReviewSettings {
@@ -163,11 +176,16 @@ impl Reviews {
 
     /// The axum routes (`POST /api/v1/github/webhook`).
     pub fn router(self: Arc<Self>) -> axum::Router {
-        axum::Router::new().route(WEBHOOK_PATH, post(webhook)).with_state(self)
+        axum::Router::new()
+            .route(WEBHOOK_PATH, post(webhook))
+            .with_state(self)
     }
 
     fn url_for(&self, n: u64) -> Option<String> {
-        self.settings.url_pattern.as_ref().map(|p| p.replace("{number}", &n.to_string()))
+        self.settings
+            .url_pattern
+            .as_ref()
+            .map(|p| p.replace("{number}", &n.to_string()))
     }
 
     fn emit(&self, kind: notify::EventKind, n: u64, sha: Option<&str>, reason: String) {
@@ -199,54 +217,96 @@ impl Reviews {
         let ns = ns_api
             .get_opt(&name)
             .await
-            .map_err(|source| ReviewError::Kube { action: format!("get namespace {name}"), source })?;
+            .map_err(|source| ReviewError::Kube {
+                action: format!("get namespace {name}"),
+                source,
+            })?;
         Ok(ns.and_then(|ns| ns.annotations().get(ANNOTATION_IMAGE_DIGEST).cloned()))
     }
 
     /// Waits for the image of `n` (a new digest after a push); `None` digest without a check.
-    async fn wait_for_image(&self, n: u64, after_push: bool) -> Result<Option<String>, ReviewError> {
-        let Some(check) = &self.images else { return Ok(None) };
+    async fn wait_for_image(
+        &self,
+        n: u64,
+        after_push: bool,
+    ) -> Result<Option<String>, ReviewError> {
+        let Some(check) = &self.images else {
+            return Ok(None);
+        };
         let images = self.settings.template.images_for(n);
-        let Some(image) = images.first() else { return Ok(None) };
-        let previous = if after_push { self.applied_digest(n).await? } else { None };
+        let Some(image) = images.first() else {
+            return Ok(None);
+        };
+        let previous = if after_push {
+            self.applied_digest(n).await?
+        } else {
+            None
+        };
         let deadline = tokio::time::Instant::now() + self.settings.image_wait;
         loop {
             match check.digest(image).await {
                 Ok(Some(d)) if Some(&d) != previous.as_ref() => return Ok(Some(d)),
                 Ok(_) => tracing::debug!(image = %image, "image not (newly) pushed yet"),
-                Err(e) => tracing::info!(image = %image, error = %e, "registry check failed; retrying"),
+                Err(e) => {
+                    tracing::info!(image = %image, error = %e, "registry check failed; retrying")
+                }
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(ReviewError::ImageTimeout { image: image.clone(), seconds: self.settings.image_wait.as_secs() });
+                return Err(ReviewError::ImageTimeout {
+                    image: image.clone(),
+                    seconds: self.settings.image_wait.as_secs(),
+                });
             }
             tokio::time::sleep(self.settings.image_poll).await;
         }
     }
 
     /// Applies the review environment of pull request `n` (server-side apply).
-    pub async fn apply(&self, n: u64, head_sha: &str, digest: Option<&str>) -> Result<String, ReviewError> {
-        let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-        let objects = self.settings.template.render(&ReviewRequest { number: n, head_sha, image_digest: digest, now: &now });
+    pub async fn apply(
+        &self,
+        n: u64,
+        head_sha: &str,
+        digest: Option<&str>,
+    ) -> Result<String, ReviewError> {
+        let now = jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        let objects = self.settings.template.render(&ReviewRequest {
+            number: n,
+            head_sha,
+            image_digest: digest,
+            now: &now,
+        });
         let namespace = self.settings.template.namespace_for(n);
         let pp = PatchParams::apply("guard").force();
         for obj in objects {
             let api_version = obj["apiVersion"].as_str().unwrap_or_default().to_string();
             let kind = obj["kind"].as_str().unwrap_or_default().to_string();
-            let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+            let name = obj
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
             let ar = api_resource(&api_version, &kind);
-            let api: Api<DynamicObject> = match obj.pointer("/metadata/namespace").and_then(Value::as_str) {
-                Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
-                None => Api::all_with(self.client.clone(), &ar),
-            };
+            let api: Api<DynamicObject> =
+                match obj.pointer("/metadata/namespace").and_then(Value::as_str) {
+                    Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
+                    None => Api::all_with(self.client.clone(), &ar),
+                };
             match api.patch(&name, &pp, &Patch::Apply(&obj)).await {
                 Ok(_) => {}
                 // An optional kind whose API the cluster does not serve (e.g. no
                 // Prometheus operator for ServiceMonitor): skip it, say so.
-                Err(kube::Error::Api(s)) if s.code == 404 && kind != "Namespace" && kind != "Deployment" => {
+                Err(kube::Error::Api(s))
+                    if s.code == 404 && kind != "Namespace" && kind != "Deployment" =>
+                {
                     tracing::warn!(kind = %kind, name = %name, "the cluster does not serve this kind; skipped");
                 }
                 Err(source) => {
-                    return Err(ReviewError::Kube { action: format!("apply {kind} {namespace}/{name}"), source });
+                    return Err(ReviewError::Kube {
+                        action: format!("apply {kind} {namespace}/{name}"),
+                        source,
+                    });
                 }
             }
         }
@@ -261,7 +321,10 @@ impl Reviews {
         let Some(ns) = api
             .get_opt(&name)
             .await
-            .map_err(|source| ReviewError::Kube { action: format!("get namespace {name}"), source })?
+            .map_err(|source| ReviewError::Kube {
+                action: format!("get namespace {name}"),
+                source,
+            })?
         else {
             return Ok(Removed::AlreadyGone);
         };
@@ -269,7 +332,10 @@ impl Reviews {
         let owned = labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some("guard")
             && labels.get(LABEL_REVIEW_PR) == Some(&n.to_string());
         if !owned {
-            return Err(ReviewError::NotOwned { namespace: name, number: n });
+            return Err(ReviewError::NotOwned {
+                namespace: name,
+                number: n,
+            });
         }
         match api.delete(&name, &DeleteParams::default()).await {
             Ok(_) => {
@@ -277,7 +343,10 @@ impl Reviews {
                 Ok(Removed::Deleted)
             }
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(Removed::AlreadyGone),
-            Err(source) => Err(ReviewError::Kube { action: format!("delete namespace {name}"), source }),
+            Err(source) => Err(ReviewError::Kube {
+                action: format!("delete namespace {name}"),
+                source,
+            }),
         }
     }
 
@@ -285,9 +354,15 @@ impl Reviews {
     pub async fn sweep(&self) -> Result<Vec<String>, ReviewError> {
         let api: Api<Namespace> = Api::all(self.client.clone());
         let list = api
-            .list(&ListParams::default().labels(&format!("{LABEL_MANAGED_BY}=guard,{LABEL_REVIEW_PR}")))
+            .list(
+                &ListParams::default()
+                    .labels(&format!("{LABEL_MANAGED_BY}=guard,{LABEL_REVIEW_PR}")),
+            )
             .await
-            .map_err(|source| ReviewError::Kube { action: "list review namespaces".into(), source })?;
+            .map_err(|source| ReviewError::Kube {
+                action: "list review namespaces".into(),
+                source,
+            })?;
         let now = jiff::Timestamp::now();
         let mut deleted = Vec::new();
         for ns in list.items {
@@ -297,15 +372,25 @@ impl Reviews {
                 .and_then(|t| t.parse::<jiff::Timestamp>().ok())
                 .or_else(|| ns.metadata.creation_timestamp.as_ref().map(|t| t.0));
             let Some(last) = last else { continue };
-            let quiet: Duration = now.duration_since(last).try_into().unwrap_or(Duration::ZERO);
+            let quiet: Duration = now
+                .duration_since(last)
+                .try_into()
+                .unwrap_or(Duration::ZERO);
             if quiet < self.settings.ttl {
                 continue;
             }
-            let Some(n) = self.settings.template.number_of(&ns.name_any()) else { continue };
+            let Some(n) = self.settings.template.number_of(&ns.name_any()) else {
+                continue;
+            };
             match self.remove(n).await {
                 Ok(Removed::Deleted) => {
                     tracing::info!(namespace = %ns.name_any(), quiet_s = quiet.as_secs(), "review environment expired");
-                    self.emit(notify::EventKind::RolledBack, n, None, format!("no activity for {}", humantime::format_duration(quiet)));
+                    self.emit(
+                        notify::EventKind::RolledBack,
+                        n,
+                        None,
+                        format!("no activity for {}", humantime::format_duration(quiet)),
+                    );
                     deleted.push(ns.name_any());
                 }
                 Ok(Removed::AlreadyGone) => {}
@@ -316,7 +401,12 @@ impl Reviews {
     }
 
     /// Sweeps every `interval` while leading, until `shutdown`.
-    pub async fn run_sweeper(self: Arc<Self>, interval: Duration, leading: watch::Receiver<bool>, shutdown: CancellationToken) {
+    pub async fn run_sweeper(
+        self: Arc<Self>,
+        interval: Duration,
+        leading: watch::Receiver<bool>,
+        shutdown: CancellationToken,
+    ) {
         loop {
             if *leading.borrow()
                 && let Err(e) = self.sweep().await
@@ -330,10 +420,20 @@ impl Reviews {
         }
     }
 
-    async fn apply_when_ready(self: Arc<Self>, n: u64, sha: String, after_push: bool) -> Result<String, ReviewError> {
+    async fn apply_when_ready(
+        self: Arc<Self>,
+        n: u64,
+        sha: String,
+        after_push: bool,
+    ) -> Result<String, ReviewError> {
         let digest = self.wait_for_image(n, after_push).await?;
         let ns = self.apply(n, &sha, digest.as_deref()).await?;
-        self.emit(notify::EventKind::Promoted, n, Some(&sha), format!("review environment {ns} ready"));
+        self.emit(
+            notify::EventKind::Promoted,
+            n,
+            Some(&sha),
+            format!("review environment {ns} ready"),
+        );
         Ok(ns)
     }
 
@@ -349,25 +449,43 @@ impl Reviews {
 }
 
 async fn webhook(State(reviews): State<Arc<Reviews>>, headers: HeaderMap, body: Bytes) -> Response {
-    let sig = headers.get("x-hub-signature-256").and_then(|v| v.to_str().ok());
+    let sig = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok());
     if let Err(e) = signature::verify(&reviews.settings.secret, &body, sig) {
         tracing::warn!(error = %e, "refused an unsigned or wrongly signed webhook");
         return reply(StatusCode::UNAUTHORIZED, json!({"error": e.to_string()}));
     }
-    let event = headers.get("x-github-event").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let event = headers
+        .get("x-github-event")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     match event {
         "ping" => return reply(StatusCode::OK, json!({"ok": true})),
         "pull_request" => {}
-        other => return reply(StatusCode::ACCEPTED, json!({"ignored": format!("event {other:?}")})),
+        other => {
+            return reply(
+                StatusCode::ACCEPTED,
+                json!({"ignored": format!("event {other:?}")}),
+            );
+        }
     }
     let ev: PullRequestEvent = match serde_json::from_slice(&body) {
         Ok(ev) => ev,
-        Err(e) => return reply(StatusCode::BAD_REQUEST, json!({"error": format!("pull_request payload: {e}")})),
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("pull_request payload: {e}")}),
+            );
+        }
     };
     if let Some(want) = &reviews.settings.repository {
         let got = ev.repository.as_ref().map(|r| r.full_name.as_str());
         if got != Some(want.as_str()) {
-            return reply(StatusCode::ACCEPTED, json!({"ignored": format!("repository {got:?} is not {want:?}")}));
+            return reply(
+                StatusCode::ACCEPTED,
+                json!({"ignored": format!("repository {got:?} is not {want:?}")}),
+            );
         }
     }
     let n = ev.number;
@@ -393,23 +511,43 @@ async fn webhook(State(reviews): State<Arc<Reviews>>, headers: HeaderMap, body: 
                 }
             });
             reviews.replace_pending(n, Some(task));
-            reply(StatusCode::ACCEPTED, json!({"pending": namespace, "pull_request": n, "waiting_for": reviews.settings.template.images_for(n)}))
+            reply(
+                StatusCode::ACCEPTED,
+                json!({"pending": namespace, "pull_request": n, "waiting_for": reviews.settings.template.images_for(n)}),
+            )
         }
         "closed" => {
             reviews.replace_pending(n, None);
             match reviews.remove(n).await {
                 Ok(removed) => {
                     if removed == Removed::Deleted {
-                        let why = if ev.pull_request.merged == Some(true) { "merged" } else { "closed" };
-                        reviews.emit(notify::EventKind::RolledBack, n, Some(&ev.pull_request.head.sha), format!("pull request {why}"));
+                        let why = if ev.pull_request.merged == Some(true) {
+                            "merged"
+                        } else {
+                            "closed"
+                        };
+                        reviews.emit(
+                            notify::EventKind::RolledBack,
+                            n,
+                            Some(&ev.pull_request.head.sha),
+                            format!("pull request {why}"),
+                        );
                     }
-                    reply(StatusCode::OK, json!({"deleted": namespace, "result": format!("{removed:?}")}))
+                    reply(
+                        StatusCode::OK,
+                        json!({"deleted": namespace, "result": format!("{removed:?}")}),
+                    )
                 }
-                Err(e @ ReviewError::NotOwned { .. }) => reply(StatusCode::CONFLICT, json!({"error": e.to_string()})),
+                Err(e @ ReviewError::NotOwned { .. }) => {
+                    reply(StatusCode::CONFLICT, json!({"error": e.to_string()}))
+                }
                 Err(e) => reply(StatusCode::BAD_GATEWAY, json!({"error": e.to_string()})),
             }
         }
-        other => reply(StatusCode::ACCEPTED, json!({"ignored": format!("action {other:?}")})),
+        other => reply(
+            StatusCode::ACCEPTED,
+            json!({"ignored": format!("action {other:?}")}),
+        ),
     }
 }
 

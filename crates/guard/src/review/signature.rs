@@ -21,7 +21,8 @@ pub enum SignatureError {
 /// `sha256=<hex>` for `body` under `secret` (what GitHub sends).
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
     // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC takes any key"));
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key"));
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
@@ -29,12 +30,16 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 /// Checks a header value against the body, in constant time (`verify_slice`).
 pub fn verify(secret: &[u8], body: &[u8], header: Option<&str>) -> Result<(), SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
-    let hex_sig = header.trim().strip_prefix("sha256=").ok_or(SignatureError::Malformed)?;
+    let hex_sig = header
+        .trim()
+        .strip_prefix("sha256=")
+        .ok_or(SignatureError::Malformed)?;
     let sig = hex::decode(hex_sig).map_err(|_| SignatureError::Malformed)?;
     if sig.len() != 32 {
         return Err(SignatureError::Malformed);
     }
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).map_err(|_| SignatureError::Mismatch)?;
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(secret).map_err(|_| SignatureError::Mismatch)?;
     mac.update(body);
     mac.verify_slice(&sig).map_err(|_| SignatureError::Mismatch)
 }
@@ -47,18 +52,40 @@ mod tests {
     fn github_documented_example() {
         // From GitHub's "Validating webhook deliveries" page.
         let header = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
-        assert_eq!(sign(b"It's a Secret to Everybody", b"Hello, World!"), header);
-        assert_eq!(verify(b"It's a Secret to Everybody", b"Hello, World!", Some(header)), Ok(()));
+        assert_eq!(
+            sign(b"It's a Secret to Everybody", b"Hello, World!"),
+            header
+        );
+        assert_eq!(
+            verify(
+                b"It's a Secret to Everybody",
+                b"Hello, World!",
+                Some(header)
+            ),
+            Ok(())
+        );
     }
 
     #[test]
     fn refusals() {
         let s = sign(b"k", b"body");
         assert_eq!(verify(b"k", b"body", None), Err(SignatureError::Missing));
-        assert_eq!(verify(b"k", b"body", Some("sha1=abcd")), Err(SignatureError::Malformed));
-        assert_eq!(verify(b"k", b"body", Some("sha256=zz")), Err(SignatureError::Malformed));
-        assert_eq!(verify(b"k", b"body2", Some(&s)), Err(SignatureError::Mismatch));
-        assert_eq!(verify(b"other", b"body", Some(&s)), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify(b"k", b"body", Some("sha1=abcd")),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            verify(b"k", b"body", Some("sha256=zz")),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            verify(b"k", b"body2", Some(&s)),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify(b"other", b"body", Some(&s)),
+            Err(SignatureError::Mismatch)
+        );
         assert_eq!(verify(b"k", b"body", Some(&s)), Ok(()));
     }
 }

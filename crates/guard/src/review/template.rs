@@ -86,32 +86,55 @@ fn pod_templates(obj: &mut Value) -> Option<&mut Value> {
 impl ReviewTemplate {
     /// Parses and validates a rendered overlay (`path` names it in errors).
     pub fn parse(path: &str, text: &str) -> Result<Self, TemplateError> {
-        let docs: Vec<Value> = serde_saphyr::from_multiple(text)
-            .map_err(|e| TemplateError::Yaml { path: path.into(), detail: e.to_string() })?;
+        let docs: Vec<Value> =
+            serde_saphyr::from_multiple(text).map_err(|e| TemplateError::Yaml {
+                path: path.into(),
+                detail: e.to_string(),
+            })?;
         let objects: Vec<Value> = docs.into_iter().filter(|d| !d.is_null()).collect();
-        let invalid = |detail: String| TemplateError::Invalid { path: path.into(), detail };
+        let invalid = |detail: String| TemplateError::Invalid {
+            path: path.into(),
+            detail,
+        };
         for (i, o) in objects.iter().enumerate() {
             if o.get("apiVersion").and_then(Value::as_str).is_none()
                 || o.get("kind").and_then(Value::as_str).is_none()
-                || o.pointer("/metadata/name").and_then(Value::as_str).is_none()
+                || o.pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .is_none()
             {
-                return Err(invalid(format!("document {}: apiVersion, kind and metadata.name are required", i + 1)));
+                return Err(invalid(format!(
+                    "document {}: apiVersion, kind and metadata.name are required",
+                    i + 1
+                )));
             }
         }
-        let namespaces: Vec<&Value> = objects.iter().filter(|o| o["kind"] == "Namespace").collect();
+        let namespaces: Vec<&Value> = objects
+            .iter()
+            .filter(|o| o["kind"] == "Namespace")
+            .collect();
         let [ns] = namespaces.as_slice() else {
             return Err(invalid(format!(
                 "expected exactly one Namespace (e.g. ultra-boost-pr-0), found {}",
                 namespaces.len()
             )));
         };
-        let namespace = ns.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let namespace = ns
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let Some(prefix) = namespace.strip_suffix('0').filter(|p| p.ends_with('-')) else {
             return Err(invalid(format!(
                 "Namespace metadata.name must be the placeholder <prefix>-0 (e.g. ultra-boost-pr-0); got {namespace:?}"
             )));
         };
-        if ns.pointer(&format!("/metadata/labels/{}", LABEL_MANAGED_BY.replace('/', "~1"))).and_then(Value::as_str)
+        if ns
+            .pointer(&format!(
+                "/metadata/labels/{}",
+                LABEL_MANAGED_BY.replace('/', "~1")
+            ))
+            .and_then(Value::as_str)
             != Some("guard")
         {
             return Err(invalid(format!(
@@ -120,7 +143,10 @@ impl ReviewTemplate {
         }
         let images: Vec<String> = objects
             .iter()
-            .filter_map(|o| o.pointer("/spec/template/spec/containers").and_then(Value::as_array))
+            .filter_map(|o| {
+                o.pointer("/spec/template/spec/containers")
+                    .and_then(Value::as_array)
+            })
             .flatten()
             .filter_map(|c| c.get("image").and_then(Value::as_str).map(String::from))
             .collect();
@@ -130,7 +156,11 @@ impl ReviewTemplate {
             )));
         }
         let prefix = prefix.to_string();
-        Ok(ReviewTemplate { objects, namespace, prefix })
+        Ok(ReviewTemplate {
+            objects,
+            namespace,
+            prefix,
+        })
     }
 
     /// The namespace of pull request `n`.
@@ -148,7 +178,11 @@ impl ReviewTemplate {
         let mut out: Vec<String> = self
             .render_plain(n)
             .iter()
-            .filter_map(|o| o.pointer("/spec/template/spec/containers").and_then(Value::as_array).cloned())
+            .filter_map(|o| {
+                o.pointer("/spec/template/spec/containers")
+                    .and_then(Value::as_array)
+                    .cloned()
+            })
             .flatten()
             .filter_map(|c| c.get("image").and_then(Value::as_str).map(String::from))
             .filter(|i| i.ends_with(&format!(":pr-{n}")))
@@ -195,7 +229,8 @@ impl ReviewTemplate {
             }
             if let Some(t) = pod_templates(o) {
                 let a = &mut t["metadata"]["annotations"];
-                a[crate::platform::kubernetes::rollout::ANNOTATION_BUILD] = json!(format!("pr-{}", req.number));
+                a[crate::platform::kubernetes::rollout::ANNOTATION_BUILD] =
+                    json!(format!("pr-{}", req.number));
                 a[crate::platform::kubernetes::rollout::ANNOTATION_COMMIT] = json!(req.head_sha);
                 if let Some(d) = req.image_digest {
                     a[ANNOTATION_IMAGE_DIGEST] = json!(d);
@@ -237,25 +272,51 @@ spec:
         assert_eq!(t.namespace_for(42), "web-pr-42");
         assert_eq!(t.number_of("web-pr-42"), Some(42));
         assert_eq!(t.number_of("web-pr-x"), None);
-        assert_eq!(t.images_for(42), vec!["registry.example/web:pr-42".to_string()]);
-        let objs = t.render(&ReviewRequest { number: 42, head_sha: "abc", image_digest: Some("sha256:1"), now: "2026-01-01T00:00:00Z" });
+        assert_eq!(
+            t.images_for(42),
+            vec!["registry.example/web:pr-42".to_string()]
+        );
+        let objs = t.render(&ReviewRequest {
+            number: 42,
+            head_sha: "abc",
+            image_digest: Some("sha256:1"),
+            now: "2026-01-01T00:00:00Z",
+        });
         assert_eq!(objs[0]["kind"], "Namespace");
         assert_eq!(objs[0]["metadata"]["name"], "web-pr-42");
         assert_eq!(objs[0]["metadata"]["labels"][LABEL_REVIEW_PR], "42");
         assert_eq!(objs[1]["metadata"]["namespace"], "web-pr-42");
-        assert_eq!(objs[1]["spec"]["template"]["spec"]["containers"][0]["image"], "registry.example/web:pr-42");
-        assert_eq!(objs[1]["spec"]["template"]["metadata"]["annotations"]["guard.ultra-boost.dev/commit"], "abc");
+        assert_eq!(
+            objs[1]["spec"]["template"]["spec"]["containers"][0]["image"],
+            "registry.example/web:pr-42"
+        );
+        assert_eq!(
+            objs[1]["spec"]["template"]["metadata"]["annotations"]["guard.ultra-boost.dev/commit"],
+            "abc"
+        );
     }
 
     #[test]
     fn refuses_templates_guard_could_not_own() {
         let unowned = T.replace("app.kubernetes.io/managed-by: guard", "team: x");
-        let e = ReviewTemplate::parse("r.yaml", &unowned).unwrap_err().to_string();
+        let e = ReviewTemplate::parse("r.yaml", &unowned)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("r.yaml") && e.contains("managed-by"), "{e}");
         let no_tag = T.replace(":pr-0", ":latest");
-        assert!(ReviewTemplate::parse("r.yaml", &no_tag).unwrap_err().to_string().contains(":pr-0"));
+        assert!(
+            ReviewTemplate::parse("r.yaml", &no_tag)
+                .unwrap_err()
+                .to_string()
+                .contains(":pr-0")
+        );
         let bad_ns = T.replace("web-pr-0", "web");
         assert!(ReviewTemplate::parse("r.yaml", &bad_ns).is_err());
-        assert!(ReviewTemplate::parse("r.yaml", "a: [").unwrap_err().to_string().starts_with("r.yaml: not YAML"));
+        assert!(
+            ReviewTemplate::parse("r.yaml", "a: [")
+                .unwrap_err()
+                .to_string()
+                .starts_with("r.yaml: not YAML")
+        );
     }
 }

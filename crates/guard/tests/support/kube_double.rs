@@ -82,7 +82,11 @@ impl Drop for KubeApiDouble {
 }
 
 /// (api version, kind, namespaced) for a (group, plural) this double serves.
-fn kind_of(group: &str, plural: &str, gateway_api: bool) -> Option<(&'static str, &'static str, bool)> {
+fn kind_of(
+    group: &str,
+    plural: &str,
+    gateway_api: bool,
+) -> Option<(&'static str, &'static str, bool)> {
     Some(match (group, plural) {
         ("", "namespaces") => ("v1", "Namespace", false),
         ("", "pods") => ("v1", "Pod", true),
@@ -112,12 +116,19 @@ impl KubeApiDouble {
     pub async fn start_with(gateway_api: bool) -> Self {
         let (events, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
-            store: Mutex::new(Store { gateway_api, ..Store::default() }),
+            store: Mutex::new(Store {
+                gateway_api,
+                ..Store::default()
+            }),
             events,
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
-        let app = axum::Router::new().fallback(handle).with_state(shared.clone());
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(shared.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -149,7 +160,12 @@ fn status(code: StatusCode, reason: &str, message: String) -> Response {
         "kind": "Status", "apiVersion": "v1", "metadata": {},
         "status": "Failure", "message": message, "reason": reason, "code": code.as_u16(),
     });
-    (code, [("content-type", "application/json")], body.to_string()).into_response()
+    (
+        code,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn ok_json(code: StatusCode, v: &Value) -> Response {
@@ -166,9 +182,9 @@ struct Target {
 
 fn parse_path(path: &str) -> Option<Target> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (group, rest) = match segs.first()? {
-        &"api" => (String::new(), segs.get(2..)?),
-        &"apis" => ((*segs.get(1)?).to_string(), segs.get(3..)?),
+    let (group, rest) = match *segs.first()? {
+        "api" => (String::new(), segs.get(2..)?),
+        "apis" => ((*segs.get(1)?).to_string(), segs.get(3..)?),
         _ => return None,
     };
     match rest {
@@ -184,7 +200,12 @@ fn parse_path(path: &str) -> Option<Target> {
             namespace: (*ns).into(),
             name: Some((*name).into()),
         }),
-        [plural] => Some(Target { group, plural: (*plural).into(), namespace: String::new(), name: None }),
+        [plural] => Some(Target {
+            group,
+            plural: (*plural).into(),
+            namespace: String::new(),
+            name: None,
+        }),
         [plural, name] => Some(Target {
             group,
             plural: (*plural).into(),
@@ -233,7 +254,9 @@ fn decode(s: &str) -> String {
 
 /// Equality-based label selectors: `a=b`, `a==b`, `a!=b`, `a` (exists), `!a`.
 fn labels_match(obj: &Value, selector: Option<&String>) -> bool {
-    let Some(sel) = selector.filter(|s| !s.is_empty()) else { return true };
+    let Some(sel) = selector.filter(|s| !s.is_empty()) else {
+        return true;
+    };
     let labels = obj.pointer("/metadata/labels").and_then(Value::as_object);
     let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
     sel.split(',').all(|term| {
@@ -251,10 +274,16 @@ fn labels_match(obj: &Value, selector: Option<&String>) -> bool {
 }
 
 fn fields_match(obj: &Value, selector: Option<&String>) -> bool {
-    let Some(sel) = selector.filter(|s| !s.is_empty()) else { return true };
+    let Some(sel) = selector.filter(|s| !s.is_empty()) else {
+        return true;
+    };
     sel.split(',').all(|term| match term.split_once('=') {
-        Some(("metadata.name", v)) => obj.pointer("/metadata/name").and_then(Value::as_str) == Some(v),
-        Some(("metadata.namespace", v)) => obj.pointer("/metadata/namespace").and_then(Value::as_str) == Some(v),
+        Some(("metadata.name", v)) => {
+            obj.pointer("/metadata/name").and_then(Value::as_str) == Some(v)
+        }
+        Some(("metadata.namespace", v)) => {
+            obj.pointer("/metadata/namespace").and_then(Value::as_str) == Some(v)
+        }
         _ => true,
     })
 }
@@ -286,11 +315,16 @@ fn canonical(v: &Value) -> String {
         Value::Object(m) => {
             let mut keys: Vec<&String> = m.keys().collect();
             keys.sort();
-            let inner: Vec<String> =
-                keys.iter().map(|k| format!("{}:{}", Value::String((*k).clone()), canonical(&m[*k]))).collect();
+            let inner: Vec<String> = keys
+                .iter()
+                .map(|k| format!("{}:{}", Value::String((*k).clone()), canonical(&m[*k])))
+                .collect();
             format!("{{{}}}", inner.join(","))
         }
-        Value::Array(a) => format!("[{}]", a.iter().map(canonical).collect::<Vec<_>>().join(",")),
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(canonical).collect::<Vec<_>>().join(",")
+        ),
         other => other.to_string(),
     }
 }
@@ -314,14 +348,19 @@ fn template_hash(template: &Value) -> String {
 
 fn strip_hash(template: &Value) -> Value {
     let mut t = template.clone();
-    if let Some(labels) = t.pointer_mut("/metadata/labels").and_then(Value::as_object_mut) {
+    if let Some(labels) = t
+        .pointer_mut("/metadata/labels")
+        .and_then(Value::as_object_mut)
+    {
         labels.remove("pod-template-hash");
     }
     t
 }
 
 fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 impl Store {
@@ -330,11 +369,24 @@ impl Store {
     }
 
     /// Writes an object (stamping resourceVersion) and logs the event.
-    fn put(&mut self, events: &broadcast::Sender<LogEntry>, key: Key, mut obj: Value, kind: &'static str) -> Value {
+    fn put(
+        &mut self,
+        events: &broadcast::Sender<LogEntry>,
+        key: Key,
+        mut obj: Value,
+        kind: &'static str,
+    ) -> Value {
         self.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
         self.objects.insert(key.clone(), obj.clone());
-        let entry = LogEntry { rv: self.rv, group: key.0, plural: key.1, namespace: key.2, kind, object: obj.clone() };
+        let entry = LogEntry {
+            rv: self.rv,
+            group: key.0,
+            plural: key.1,
+            namespace: key.2,
+            kind,
+            object: obj.clone(),
+        };
         self.log.push(entry.clone());
         let _ = events.send(entry);
         obj
@@ -376,7 +428,13 @@ impl Store {
     }
 
     /// Writes an updated object; bumps `generation` when the spec changed.
-    fn update(&mut self, events: &broadcast::Sender<LogEntry>, key: Key, old: &Value, mut new: Value) -> Value {
+    fn update(
+        &mut self,
+        events: &broadcast::Sender<LogEntry>,
+        key: Key,
+        old: &Value,
+        mut new: Value,
+    ) -> Value {
         new["metadata"]["uid"] = old["metadata"]["uid"].clone();
         new["metadata"]["creationTimestamp"] = old["metadata"]["creationTimestamp"].clone();
         let generation = old["metadata"]["generation"].as_i64().unwrap_or(0);
@@ -385,11 +443,13 @@ impl Store {
         } else if generation > 0 {
             new["metadata"]["generation"] = json!(generation);
         }
-        if canonical(old) == canonical(&{
-            let mut n = new.clone();
-            n["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
-            n
-        }) {
+        if canonical(old)
+            == canonical(&{
+                let mut n = new.clone();
+                n["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+                n
+            })
+        {
             return old.clone();
         }
         self.put(events, key, new, "MODIFIED")
@@ -414,7 +474,9 @@ impl Store {
     /// The minimal Deployment controller (see the module docs).
     fn reconcile_deployment(&mut self, events: &broadcast::Sender<LogEntry>, ns: &str, name: &str) {
         let dkey = Self::key("apps", "deployments", ns, name);
-        let Some(dep) = self.objects.get(&dkey).cloned() else { return };
+        let Some(dep) = self.objects.get(&dkey).cloned() else {
+            return;
+        };
         let template = strip_hash(&dep["spec"]["template"]);
         let hash = template_hash(&template);
         let replicas = dep["spec"]["replicas"].as_i64().unwrap_or(1);
@@ -437,7 +499,10 @@ impl Store {
                 .unwrap_or(0)
         };
         let max_rev = owned.iter().map(|(_, v)| rev_of(v)).max().unwrap_or(0);
-        let current = owned.iter().find(|(_, v)| strip_hash(&v["spec"]["template"]) == template).cloned();
+        let current = owned
+            .iter()
+            .find(|(_, v)| strip_hash(&v["spec"]["template"]) == template)
+            .cloned();
         let (cur_key, mut cur_rs) = match current {
             Some((k, v)) => (k, v),
             None => {
@@ -465,8 +530,13 @@ impl Store {
             }
         };
         if rev_of(&cur_rs) != max_rev || max_rev == 0 {
-            let next = if rev_of(&cur_rs) == max_rev && max_rev > 0 { max_rev } else { max_rev + 1 };
-            cur_rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = json!(next.to_string());
+            let next = if rev_of(&cur_rs) == max_rev && max_rev > 0 {
+                max_rev
+            } else {
+                max_rev + 1
+            };
+            cur_rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"] =
+                json!(next.to_string());
         }
         let cur_rev = rev_of(&cur_rs);
         let cur_hash = cur_rs
@@ -482,7 +552,8 @@ impl Store {
         self.put_if_changed(events, cur_key.clone(), cur_rs.clone());
         for (k, mut rs) in owned.into_iter().filter(|(k, _)| *k != cur_key) {
             rs["spec"]["replicas"] = json!(0);
-            rs["status"] = json!({"replicas": 0, "observedGeneration": rs["metadata"]["generation"].clone()});
+            rs["status"] =
+                json!({"replicas": 0, "observedGeneration": rs["metadata"]["generation"].clone()});
             self.put_if_changed(events, k, rs);
         }
         // Pods: one ready pod per replica of the current ReplicaSet; none for the others.
@@ -493,14 +564,22 @@ impl Store {
             .filter(|(k, v)| {
                 k.1 == "pods"
                     && k.2 == ns
-                    && v.pointer("/metadata/labels/guard-double.owner").and_then(Value::as_str) == Some(name)
+                    && v.pointer("/metadata/labels/guard-double.owner")
+                        .and_then(Value::as_str)
+                        == Some(name)
             })
             .map(|(k, _)| k.clone())
             .collect();
         for k in &pod_keys {
-            let keep = self.objects[k].pointer("/metadata/labels/pod-template-hash").and_then(Value::as_str)
+            let keep = self.objects[k]
+                .pointer("/metadata/labels/pod-template-hash")
+                .and_then(Value::as_str)
                 == Some(cur_hash.as_str())
-                && k.3.rsplit('-').next().and_then(|i| i.parse::<i64>().ok()).is_some_and(|i| i < replicas);
+                && k.3
+                    .rsplit('-')
+                    .next()
+                    .and_then(|i| i.parse::<i64>().ok())
+                    .is_some_and(|i| i < replicas);
             if !keep {
                 self.remove(events, k);
             }
@@ -525,14 +604,18 @@ impl Store {
                     "conditions": [{"type": "Ready", "status": "True"}]},
             });
             if pod["metadata"]["annotations"].is_null() {
-                pod["metadata"].as_object_mut().expect("object").remove("annotations");
+                pod["metadata"]
+                    .as_object_mut()
+                    .expect("object")
+                    .remove("annotations");
             }
             self.stamp_new(&mut pod, "v1", "Pod", ns);
             self.put(events, key, pod, "ADDED");
         }
         // The Deployment itself: revision annotation and a finished rollout status.
         let mut dep = self.objects[&dkey].clone();
-        dep["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = json!(cur_rev.to_string());
+        dep["metadata"]["annotations"]["deployment.kubernetes.io/revision"] =
+            json!(cur_rev.to_string());
         dep["status"] = json!({
             "observedGeneration": dep["metadata"]["generation"].clone(),
             "replicas": replicas, "updatedReplicas": replicas,
@@ -546,17 +629,24 @@ impl Store {
     /// Garbage collection for deletes: a Namespace's objects, a Deployment's ReplicaSets and Pods.
     fn cascade(&mut self, events: &broadcast::Sender<LogEntry>, key: &Key) {
         let doomed: Vec<Key> = match (key.0.as_str(), key.1.as_str()) {
-            ("", "namespaces") => self.objects.keys().filter(|k| k.2 == key.3).cloned().collect(),
+            ("", "namespaces") => self
+                .objects
+                .keys()
+                .filter(|k| k.2 == key.3)
+                .cloned()
+                .collect(),
             ("apps", "deployments") => self
                 .objects
                 .iter()
                 .filter(|(k, v)| {
                     k.2 == key.2
                         && ((k.1 == "replicasets"
-                            && v.pointer("/metadata/ownerReferences/0/name").and_then(Value::as_str)
+                            && v.pointer("/metadata/ownerReferences/0/name")
+                                .and_then(Value::as_str)
                                 == Some(key.3.as_str()))
                             || (k.1 == "pods"
-                                && v.pointer("/metadata/labels/guard-double.owner").and_then(Value::as_str)
+                                && v.pointer("/metadata/labels/guard-double.owner")
+                                    .and_then(Value::as_str)
                                     == Some(key.3.as_str())))
                 })
                 .map(|(k, _)| k.clone())
@@ -577,20 +667,44 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let Some(t) = parse_path(uri.path()) else {
-        return status(StatusCode::NOT_FOUND, "NotFound", format!("the server could not find {}", uri.path()));
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("the server could not find {}", uri.path()),
+        );
     };
     let query = query_map(&uri);
     let gateway_api = shared.store.lock().expect("store").gateway_api;
     let Some((api_version, kind, namespaced)) = kind_of(&t.group, &t.plural, gateway_api) else {
-        return status(StatusCode::NOT_FOUND, "NotFound", format!("the server could not find the requested resource ({})", t.plural));
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!(
+                "the server could not find the requested resource ({})",
+                t.plural
+            ),
+        );
     };
-    if namespaced != !t.namespace.is_empty() && t.name.is_some() {
-        return status(StatusCode::NOT_FOUND, "NotFound", format!("{kind} is {}namespaced", if namespaced { "" } else { "not " }));
+    if namespaced == t.namespace.is_empty() && t.name.is_some() {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!(
+                "{kind} is {}namespaced",
+                if namespaced { "" } else { "not " }
+            ),
+        );
     }
-    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let events = shared.events.clone();
     match (method, t.name.clone()) {
-        (Method::GET, None) if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) => {
+        (Method::GET, None)
+            if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) =>
+        {
             watch(shared, t, query)
         }
         (Method::GET, None) => {
@@ -615,26 +729,57 @@ async fn handle(
         }
         (Method::GET, Some(name)) => {
             let store = shared.store.lock().expect("store");
-            match store.objects.get(&Store::key(&t.group, &t.plural, &t.namespace, &name)) {
+            match store
+                .objects
+                .get(&Store::key(&t.group, &t.plural, &t.namespace, &name))
+            {
                 Some(v) => ok_json(StatusCode::OK, v),
-                None => status(StatusCode::NOT_FOUND, "NotFound", format!("{} \"{name}\" not found", t.plural)),
+                None => status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("{} \"{name}\" not found", t.plural),
+                ),
             }
         }
         (Method::POST, None) => {
             let Ok(mut obj) = serde_json::from_slice::<Value>(&body) else {
-                return status(StatusCode::BAD_REQUEST, "BadRequest", "body is not JSON".into());
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "body is not JSON".into(),
+                );
             };
-            let Some(name) = obj.pointer("/metadata/name").and_then(Value::as_str).map(String::from) else {
-                return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "metadata.name: Required value".into());
+            let Some(name) = obj
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .map(String::from)
+            else {
+                return status(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    "metadata.name: Required value".into(),
+                );
             };
             let mut store = shared.store.lock().expect("store");
             store.writes += 1;
             let key = Store::key(&t.group, &t.plural, &t.namespace, &name);
             if store.objects.contains_key(&key) {
-                return status(StatusCode::CONFLICT, "AlreadyExists", format!("{} \"{name}\" already exists", t.plural));
+                return status(
+                    StatusCode::CONFLICT,
+                    "AlreadyExists",
+                    format!("{} \"{name}\" already exists", t.plural),
+                );
             }
-            if namespaced && !store.objects.contains_key(&Store::key("", "namespaces", "", &t.namespace)) {
-                return status(StatusCode::NOT_FOUND, "NotFound", format!("namespaces \"{}\" not found", t.namespace));
+            if namespaced
+                && !store
+                    .objects
+                    .contains_key(&Store::key("", "namespaces", "", &t.namespace))
+            {
+                return status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("namespaces \"{}\" not found", t.namespace),
+                );
             }
             store.stamp_new(&mut obj, api_version, kind, &t.namespace);
             let out = store.put(&events, key, obj, "ADDED");
@@ -643,22 +788,39 @@ async fn handle(
         }
         (Method::PUT, Some(name)) => {
             let Ok(mut obj) = serde_json::from_slice::<Value>(&body) else {
-                return status(StatusCode::BAD_REQUEST, "BadRequest", "body is not JSON".into());
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "body is not JSON".into(),
+                );
             };
             let mut store = shared.store.lock().expect("store");
             store.writes += 1;
             let key = Store::key(&t.group, &t.plural, &t.namespace, &name);
             let Some(old) = store.objects.get(&key).cloned() else {
-                return status(StatusCode::NOT_FOUND, "NotFound", format!("{} \"{name}\" not found", t.plural));
+                return status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("{} \"{name}\" not found", t.plural),
+                );
             };
-            let given = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(String::from);
+            let given = obj
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .map(String::from);
             if let Some(given) = given.filter(|g| !g.is_empty())
-                && Some(given.as_str()) != old.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+                && Some(given.as_str())
+                    != old
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
             {
                 return status(
                     StatusCode::CONFLICT,
                     "Conflict",
-                    format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", t.plural),
+                    format!(
+                        "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                        t.plural
+                    ),
                 );
             }
             obj["apiVersion"] = json!(api_version);
@@ -676,14 +838,26 @@ async fn handle(
                 || content_type.starts_with("application/merge-patch+json")
                 || content_type.starts_with("application/strategic-merge-patch+json"))
             {
-                return status(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType", format!("the double does not support patch type {content_type:?}"));
+                return status(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    format!("the double does not support patch type {content_type:?}"),
+                );
             }
             // kube sends server-side apply bodies as JSON, which is valid YAML.
             let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
-                return status(StatusCode::BAD_REQUEST, "BadRequest", "patch body is not JSON".into());
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "patch body is not JSON".into(),
+                );
             };
             if apply && !query.contains_key("fieldManager") {
-                return status(StatusCode::BAD_REQUEST, "BadRequest", "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value".into());
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value".into(),
+                );
             }
             let mut store = shared.store.lock().expect("store");
             store.writes += 1;
@@ -691,13 +865,21 @@ async fn handle(
             let out = match store.objects.get(&key).cloned() {
                 Some(old) => {
                     // A resourceVersion in a patch is a precondition, as on a real API server.
-                    if let Some(given) = patch.pointer("/metadata/resourceVersion").and_then(Value::as_str)
-                        && Some(given) != old.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+                    if let Some(given) = patch
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+                        && Some(given)
+                            != old
+                                .pointer("/metadata/resourceVersion")
+                                .and_then(Value::as_str)
                     {
                         return status(
                             StatusCode::CONFLICT,
                             "Conflict",
-                            format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified", t.plural),
+                            format!(
+                                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified",
+                                t.plural
+                            ),
                         );
                     }
                     let mut new = old.clone();
@@ -707,15 +889,32 @@ async fn handle(
                     store.update(&events, key, &old, new)
                 }
                 None if apply => {
-                    if namespaced && !store.objects.contains_key(&Store::key("", "namespaces", "", &t.namespace)) {
-                        return status(StatusCode::NOT_FOUND, "NotFound", format!("namespaces \"{}\" not found", t.namespace));
+                    if namespaced
+                        && !store.objects.contains_key(&Store::key(
+                            "",
+                            "namespaces",
+                            "",
+                            &t.namespace,
+                        ))
+                    {
+                        return status(
+                            StatusCode::NOT_FOUND,
+                            "NotFound",
+                            format!("namespaces \"{}\" not found", t.namespace),
+                        );
                     }
                     let mut obj = patch.clone();
                     obj["metadata"]["name"] = json!(name);
                     store.stamp_new(&mut obj, api_version, kind, &t.namespace);
                     store.put(&events, key, obj, "ADDED")
                 }
-                None => return status(StatusCode::NOT_FOUND, "NotFound", format!("{} \"{name}\" not found", t.plural)),
+                None => {
+                    return status(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        format!("{} \"{name}\" not found", t.plural),
+                    );
+                }
             };
             let out = after_write(&mut store, &events, &t, &name).unwrap_or(out);
             ok_json(StatusCode::OK, &out)
@@ -729,24 +928,48 @@ async fn handle(
                     store.cascade(&events, &key);
                     ok_json(StatusCode::OK, &obj)
                 }
-                None => status(StatusCode::NOT_FOUND, "NotFound", format!("{} \"{name}\" not found", t.plural)),
+                None => status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("{} \"{name}\" not found", t.plural),
+                ),
             }
         }
-        (m, _) => status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", format!("{m} is not supported here")),
+        (m, _) => status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("{m} is not supported here"),
+        ),
     }
 }
 
 /// Runs the simulated controllers after a write; returns the object as it now is.
-fn after_write(store: &mut Store, events: &broadcast::Sender<LogEntry>, t: &Target, name: &str) -> Option<Value> {
+fn after_write(
+    store: &mut Store,
+    events: &broadcast::Sender<LogEntry>,
+    t: &Target,
+    name: &str,
+) -> Option<Value> {
     if t.group == "apps" && t.plural == "deployments" {
         store.reconcile_deployment(events, &t.namespace, name);
     }
-    store.objects.get(&Store::key(&t.group, &t.plural, &t.namespace, name)).cloned()
+    store
+        .objects
+        .get(&Store::key(&t.group, &t.plural, &t.namespace, name))
+        .cloned()
 }
 
 fn watch(shared: Arc<Shared>, t: Target, query: BTreeMap<String, String>) -> Response {
-    let since: u64 = query.get("resourceVersion").and_then(|s| s.parse().ok()).unwrap_or(0);
-    let timeout = Duration::from_secs(query.get("timeoutSeconds").and_then(|s| s.parse().ok()).unwrap_or(290));
+    let since: u64 = query
+        .get("resourceVersion")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let timeout = Duration::from_secs(
+        query
+            .get("timeoutSeconds")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(290),
+    );
     // Subscribe before reading the log, so no event falls between the two.
     let rx = shared.events.subscribe();
     let backlog: Vec<LogEntry> = {
@@ -794,8 +1017,13 @@ fn watch_lines(
     timeout: Duration,
     rx: broadcast::Receiver<LogEntry>,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    let line = |e: &LogEntry| Bytes::from(format!("{}\n", json!({"type": e.kind, "object": e.object})));
-    let first: Vec<Result<Bytes, std::io::Error>> = backlog.iter().filter(|e| wanted(e)).map(|e| Ok(line(e))).collect();
+    let line =
+        |e: &LogEntry| Bytes::from(format!("{}\n", json!({"type": e.kind, "object": e.object})));
+    let first: Vec<Result<Bytes, std::io::Error>> = backlog
+        .iter()
+        .filter(|e| wanted(e))
+        .map(|e| Ok(line(e)))
+        .collect();
     let deadline = tokio::time::Instant::now() + timeout;
     let live = futures::stream::unfold((rx, wanted), move |(mut rx, wanted)| async move {
         loop {
@@ -811,7 +1039,8 @@ fn watch_lines(
                     if e.rv <= last_backlog || !wanted(&e) {
                         continue;
                     }
-                    let bytes = Bytes::from(format!("{}\n", json!({"type": e.kind, "object": e.object})));
+                    let bytes =
+                        Bytes::from(format!("{}\n", json!({"type": e.kind, "object": e.object})));
                     return Some((Ok(bytes), (rx, wanted)));
                 }
             }

@@ -32,7 +32,8 @@ pub struct TestCluster {
 
 /// Whether the tests target a real cluster.
 pub fn real_cluster() -> bool {
-    std::env::var("GUARD_TEST_REAL_CLUSTER").as_deref() == Ok("1") && std::env::var_os("KUBECONFIG").is_some()
+    std::env::var("GUARD_TEST_REAL_CLUSTER").as_deref() == Ok("1")
+        && std::env::var_os("KUBECONFIG").is_some()
 }
 
 impl TestCluster {
@@ -45,7 +46,12 @@ impl TestCluster {
     pub async fn start_with(test: &str, gateway_api: bool) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let (client, double) = if real_cluster() {
-            (kube::Client::try_default().await.expect("client from KUBECONFIG"), None)
+            (
+                kube::Client::try_default()
+                    .await
+                    .expect("client from KUBECONFIG"),
+                None,
+            )
         } else {
             let d = KubeApiDouble::start_with(gateway_api).await;
             (d.client(), Some(d))
@@ -56,9 +62,16 @@ impl TestCluster {
             .unwrap_or(0);
         let namespace = format!("gt-{test}-{suffix}");
         let api: Api<Namespace> = Api::all(client.clone());
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": namespace}})).expect("namespace");
-        api.create(&PostParams::default(), &ns).await.expect("create test namespace");
-        TestCluster { client, double, namespace }
+        let ns: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": namespace}})).expect("namespace");
+        api.create(&PostParams::default(), &ns)
+            .await
+            .expect("create test namespace");
+        TestCluster {
+            client,
+            double,
+            namespace,
+        }
     }
 
     pub fn deployments(&self) -> Api<Deployment> {
@@ -104,7 +117,11 @@ pub async fn roll_to(cluster: &TestCluster, name: &str, build: &str) {
     for _ in 0..10 {
         let mut d = api.get(name).await.expect("get deployment");
         let t = &mut d.spec.template;
-        t.metadata.get_or_insert_with(Default::default).annotations.get_or_insert_with(BTreeMap::new).insert("guard.ultra-boost.dev/build".into(), build.into());
+        t.metadata
+            .get_or_insert_with(Default::default)
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert("guard.ultra-boost.dev/build".into(), build.into());
         t.spec.as_mut().expect("pod spec").containers[0].image = Some(image(build));
         match api.replace(name, &PostParams::default(), &d).await {
             Ok(_) => return,
@@ -126,7 +143,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -143,12 +163,20 @@ pub struct SyntheticSignals {
 
 impl SyntheticSignals {
     pub fn new(rps: f64, bad_ratio: f64) -> Self {
-        SyntheticSignals { rps, bad_ratio, first_seen: Mutex::new(HashMap::new()) }
+        SyntheticSignals {
+            rps,
+            bad_ratio,
+            first_seen: Mutex::new(HashMap::new()),
+        }
     }
 }
 
 impl SignalSource for SyntheticSignals {
-    fn snapshot<'a>(&'a self, _target: &'a Target, endpoints: &'a [Endpoint]) -> BoxFuture<'a, Result<Snapshot, SignalError>> {
+    fn snapshot<'a>(
+        &'a self,
+        _target: &'a Target,
+        endpoints: &'a [Endpoint],
+    ) -> BoxFuture<'a, Result<Snapshot, SignalError>> {
         Box::pin(async move {
             let mut seen = self.first_seen.lock().expect("lock");
             let mut releases: Vec<ReleaseSignals> = Vec::new();
@@ -158,14 +186,27 @@ impl SignalSource for SyntheticSignals {
                 }
                 let since = *seen.entry(e.build.clone()).or_insert_with(Instant::now);
                 let total = (since.elapsed().as_secs_f64() * self.rps) as u64;
-                let bad = if e.build.contains("bad") { (total as f64 * self.bad_ratio) as u64 } else { 0 };
+                let bad = if e.build.contains("bad") {
+                    (total as f64 * self.bad_ratio) as u64
+                } else {
+                    0
+                };
                 releases.push(ReleaseSignals {
                     role: e.role,
                     build: e.build.clone(),
-                    by_slo: BTreeMap::from([("availability".to_string(), Counts { good: total - bad, total })]),
+                    by_slo: BTreeMap::from([(
+                        "availability".to_string(),
+                        Counts {
+                            good: total - bad,
+                            total,
+                        },
+                    )]),
                 });
             }
-            Ok(Snapshot { releases, staleness_seconds: Some(0.0) })
+            Ok(Snapshot {
+                releases,
+                staleness_seconds: Some(0.0),
+            })
         })
     }
 }
@@ -173,7 +214,11 @@ impl SignalSource for SyntheticSignals {
 /// A judge policy fit for tests: short minimum verification, default statistics.
 pub fn test_verifier() -> guard::platform::kubernetes::verify::JudgeVerifier {
     guard::platform::kubernetes::verify::JudgeVerifier {
-        policy: judge::Policy { min_verify_seconds: 1.0, max_verify_seconds: 60.0, ..judge::Policy::default() },
+        policy: judge::Policy {
+            min_verify_seconds: 1.0,
+            max_verify_seconds: 60.0,
+            ..judge::Policy::default()
+        },
         slos: vec![judge::SloSpec::availability("availability", 0.999)],
     }
 }

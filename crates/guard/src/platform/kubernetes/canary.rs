@@ -33,12 +33,15 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+};
 use serde_json::{Value, json};
 
 use super::rollout::{
-    self, ANNOTATION_HTTPROUTE, ANNOTATION_REVERTED_AT, ANNOTATION_REVERTED_BY, ANNOTATION_REVERTED_REASON,
-    ANNOTATION_REVERTED_TO, ANNOTATION_ROLLOUT, ANNOTATION_SERVICE, LABEL_ROLE, Phase, RolloutState, Side,
+    self, ANNOTATION_HTTPROUTE, ANNOTATION_REVERTED_AT, ANNOTATION_REVERTED_BY,
+    ANNOTATION_REVERTED_REASON, ANNOTATION_REVERTED_TO, ANNOTATION_ROLLOUT, ANNOTATION_SERVICE,
+    LABEL_ROLE, Phase, RolloutState, Side,
 };
 use super::{KubernetesPlatform, action_error, is_status};
 use crate::platform::{Build, Observed, PlatformError, Role, Strategy};
@@ -63,11 +66,19 @@ pub fn canary_name(name: &str) -> String {
 }
 
 fn service_name(stable: &Deployment) -> String {
-    stable.annotations().get(ANNOTATION_SERVICE).cloned().unwrap_or_else(|| stable.name_any())
+    stable
+        .annotations()
+        .get(ANNOTATION_SERVICE)
+        .cloned()
+        .unwrap_or_else(|| stable.name_any())
 }
 
 fn route_name(stable: &Deployment) -> String {
-    stable.annotations().get(ANNOTATION_HTTPROUTE).cloned().unwrap_or_else(|| stable.name_any())
+    stable
+        .annotations()
+        .get(ANNOTATION_HTTPROUTE)
+        .cloned()
+        .unwrap_or_else(|| stable.name_any())
 }
 
 /// The route to move weights on; `None` when the cluster has no Gateway API
@@ -77,7 +88,8 @@ pub async fn find_route(
     ns: &str,
     stable: &Deployment,
 ) -> Result<Option<DynamicObject>, PlatformError> {
-    let api: Api<DynamicObject> = Api::namespaced_with(p.client().clone(), ns, &httproute_resource());
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(p.client().clone(), ns, &httproute_resource());
     let name = route_name(stable);
     match api.get(&name).await {
         Ok(route) => Ok(Some(route)),
@@ -112,8 +124,13 @@ pub fn weighted_rules(route: &DynamicObject, service: &str, pct: i64) -> Option<
     let mut rules = route.data.pointer("/spec/rules")?.as_array()?.clone();
     let mut touched = false;
     for rule in &mut rules {
-        let Some(refs) = rule.get_mut("backendRefs").and_then(Value::as_array_mut) else { continue };
-        let Some(stable_ref) = refs.iter().find(|r| r.get("name").and_then(Value::as_str) == Some(service)).cloned()
+        let Some(refs) = rule.get_mut("backendRefs").and_then(Value::as_array_mut) else {
+            continue;
+        };
+        let Some(stable_ref) = refs
+            .iter()
+            .find(|r| r.get("name").and_then(Value::as_str) == Some(service))
+            .cloned()
         else {
             continue;
         };
@@ -155,11 +172,16 @@ async fn set_route_weight(
     if route.data.pointer("/spec/rules") == Some(&rules) {
         return Ok(());
     }
-    let api: Api<DynamicObject> = Api::namespaced_with(p.client().clone(), ns, &httproute_resource());
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(p.client().clone(), ns, &httproute_resource());
     // A merge patch replaces the `rules` list whole, which is what we computed.
-    api.patch(&name, &PatchParams::default(), &Patch::Merge(&json!({"spec": {"rules": rules}})))
-        .await
-        .map_err(|e| action_error(format!("set weights on httproute {ns}/{name}"), e))?;
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"rules": rules}})),
+    )
+    .await
+    .map_err(|e| action_error(format!("set weights on httproute {ns}/{name}"), e))?;
     tracing::info!(route = %format!("{ns}/{name}"), canary_percent = pct, "moved canary weight");
     Ok(())
 }
@@ -169,13 +191,19 @@ pub async fn exists(p: &KubernetesPlatform, ns: &str, name: &str) -> Result<bool
     match p.deployments(ns).get(&canary_name(name)).await {
         Ok(_) => Ok(true),
         Err(e) if is_status(&e, 404) => Ok(false),
-        Err(e) => Err(action_error(format!("get deployment {ns}/{}", canary_name(name)), e)),
+        Err(e) => Err(action_error(
+            format!("get deployment {ns}/{}", canary_name(name)),
+            e,
+        )),
     }
 }
 
 /// Canary labels from stable ones: `track: canary` under the track
 /// convention, else a `-canary` suffix on the values of the selected `keys`.
-fn suffix_labels(labels: &BTreeMap<String, String>, keys: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+fn suffix_labels(
+    labels: &BTreeMap<String, String>,
+    keys: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
     if keys.contains_key(LABEL_TRACK) {
         let mut out = labels.clone();
         if out.contains_key(LABEL_TRACK) {
@@ -185,7 +213,13 @@ fn suffix_labels(labels: &BTreeMap<String, String>, keys: &BTreeMap<String, Stri
     }
     labels
         .iter()
-        .map(|(k, v)| if keys.contains_key(k) { (k.clone(), format!("{v}-canary")) } else { (k.clone(), v.clone()) })
+        .map(|(k, v)| {
+            if keys.contains_key(k) {
+                (k.clone(), format!("{v}-canary"))
+            } else {
+                (k.clone(), v.clone())
+            }
+        })
         .collect()
 }
 
@@ -199,9 +233,13 @@ fn canary_deployment(
 ) -> Result<Deployment, PlatformError> {
     let name = stable.name_any();
     let spec = &stable.spec;
-    let mut template = rollout::with_build(&spec.template, candidate, container).ok_or_else(|| {
-        action_error(format!("canary of {name}"), format!("build {} has no image", candidate.number))
-    })?;
+    let mut template =
+        rollout::with_build(&spec.template, candidate, container).ok_or_else(|| {
+            action_error(
+                format!("canary of {name}"),
+                format!("build {} has no image", candidate.number),
+            )
+        })?;
     let select = spec.selector.match_labels.clone().unwrap_or_default();
     let mut selector = spec.selector.clone();
     let meta = template.metadata.get_or_insert_with(Default::default);
@@ -219,9 +257,15 @@ fn canary_deployment(
     canary.metadata.name = Some(canary_name(&name));
     canary.metadata.labels = Some(BTreeMap::from([
         (LABEL_ROLE.to_string(), "canary".to_string()),
-        ("app.kubernetes.io/managed-by".to_string(), "guard".to_string()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "guard".to_string(),
+        ),
     ]));
-    canary.metadata.annotations = Some(BTreeMap::from([("guard.ultra-boost.dev/canary-of".to_string(), name)]));
+    canary.metadata.annotations = Some(BTreeMap::from([(
+        "guard.ultra-boost.dev/canary-of".to_string(),
+        name,
+    )]));
     let mut cspec = spec.clone();
     cspec.replicas = Some(replicas);
     cspec.selector = selector;
@@ -234,7 +278,12 @@ async fn apply<K>(api: &Api<K>, name: &str, obj: &K) -> Result<K, kube::Error>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {
-    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj)).await
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
 }
 
 /// Gives the candidate `share` of the traffic (see the module docs).
@@ -249,8 +298,11 @@ pub async fn shift(
     let view = p.view(ns, name).await?;
     let stable = view.deployment.clone();
     let container = p.settings().container.as_deref();
-    let mut state = RolloutState::read(&stable).map_err(|e| action_error("read rollout state", e))?;
-    let in_flight = state.as_ref().is_some_and(|s| s.strategy == Strategy::Canary && s.phase == Phase::Verifying);
+    let mut state =
+        RolloutState::read(&stable).map_err(|e| action_error("read rollout state", e))?;
+    let in_flight = state
+        .as_ref()
+        .is_some_and(|s| s.strategy == Strategy::Canary && s.phase == Phase::Verifying);
     let stable_replicas = state
         .as_ref()
         .filter(|_| in_flight)
@@ -276,8 +328,16 @@ pub async fn shift(
             hash: None,
             revision: None,
         },
-        stable: if in_flight { state.as_ref().and_then(|s| s.stable.clone()) } else { stable_side },
-        started_at: if in_flight { state.as_ref().map(|s| s.started_at).unwrap_or(now) } else { now },
+        stable: if in_flight {
+            state.as_ref().and_then(|s| s.stable.clone())
+        } else {
+            stable_side
+        },
+        started_at: if in_flight {
+            state.as_ref().map(|s| s.started_at).unwrap_or(now)
+        } else {
+            now
+        },
         updated_at: now,
         share,
         stable_replicas: Some(stable_replicas),
@@ -299,20 +359,34 @@ pub async fn shift(
         ensure_canary_service(p, ns, &stable).await?;
     } else {
         // Replica ratio: the stable Deployment gives up what the canary takes.
-        let stable_now = if share >= 1.0 { 0 } else { (stable_replicas - canary_replicas).max(1) };
+        let stable_now = if share >= 1.0 {
+            0
+        } else {
+            (stable_replicas - canary_replicas).max(1)
+        };
         if stable.spec.replicas != Some(stable_now) {
             p.deployments(ns)
-                .patch(name, &PatchParams::default(), &Patch::Merge(&json!({"spec": {"replicas": stable_now}})))
+                .patch(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"spec": {"replicas": stable_now}})),
+                )
                 .await
                 .map_err(|e| action_error(format!("scale {ns}/{name}"), e))?;
         }
     }
-    let cview = p.wait_rolled_out(ns, &canary_name(name), &candidate.number).await?;
+    let cview = p
+        .wait_rolled_out(ns, &canary_name(name), &candidate.number)
+        .await?;
     if let (Some(mut st), Some(rs)) = (state, cview.current())
         && st.candidate.hash.is_none()
     {
         st.candidate = Side::of_replica_set(rs, container);
-        let fresh = p.deployments(ns).get(name).await.map_err(|e| action_error(format!("get {ns}/{name}"), e))?;
+        let fresh = p
+            .deployments(ns)
+            .get(name)
+            .await
+            .map_err(|e| action_error(format!("get {ns}/{name}"), e))?;
         p.write_state(ns, name, fresh.metadata.resource_version.as_deref(), &st)
             .await
             .map_err(|e| action_error(format!("record canary of {ns}/{name}"), e))?;
@@ -324,18 +398,38 @@ pub async fn shift(
     Ok(())
 }
 
-async fn ensure_canary_service(p: &KubernetesPlatform, ns: &str, stable: &Deployment) -> Result<(), PlatformError> {
+async fn ensure_canary_service(
+    p: &KubernetesPlatform,
+    ns: &str,
+    stable: &Deployment,
+) -> Result<(), PlatformError> {
     let services: Api<Service> = Api::namespaced(p.client().clone(), ns);
     let svc_name = service_name(stable);
     match services.get_opt(&format!("{svc_name}-canary")).await {
         Ok(Some(_)) => return Ok(()),
         Ok(None) => {}
-        Err(e) => return Err(action_error(format!("get service {ns}/{svc_name}-canary"), e)),
+        Err(e) => {
+            return Err(action_error(
+                format!("get service {ns}/{svc_name}-canary"),
+                e,
+            ));
+        }
     }
-    let svc = services.get(&svc_name).await.map_err(|e| action_error(format!("get service {ns}/{svc_name}"), e))?;
-    let select = stable.spec.selector.match_labels.clone().unwrap_or_default();
+    let svc = services
+        .get(&svc_name)
+        .await
+        .map_err(|e| action_error(format!("get service {ns}/{svc_name}"), e))?;
+    let select = stable
+        .spec
+        .selector
+        .match_labels
+        .clone()
+        .unwrap_or_default();
     let Some(spec) = svc.spec.as_ref() else {
-        return Err(action_error(format!("service {ns}/{svc_name}"), "service has no spec"));
+        return Err(action_error(
+            format!("service {ns}/{svc_name}"),
+            "service has no spec",
+        ));
     };
     let mut selector = suffix_labels(&spec.selector.clone().unwrap_or_default(), &select);
     selector.insert(LABEL_ROLE.into(), "canary".into());
@@ -343,7 +437,10 @@ async fn ensure_canary_service(p: &KubernetesPlatform, ns: &str, stable: &Deploy
     canary.metadata.name = Some(format!("{svc_name}-canary"));
     canary.metadata.labels = Some(BTreeMap::from([
         (LABEL_ROLE.to_string(), "canary".to_string()),
-        ("app.kubernetes.io/managed-by".to_string(), "guard".to_string()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "guard".to_string(),
+        ),
     ]));
     canary.spec = Some(k8s_openapi::api::core::v1::ServiceSpec {
         selector: Some(selector),
@@ -362,12 +459,21 @@ async fn ensure_canary_service(p: &KubernetesPlatform, ns: &str, stable: &Deploy
     match services.create(&Default::default(), &canary).await {
         Ok(_) => {}
         Err(e) if is_status(&e, 409) => {}
-        Err(e) => return Err(action_error(format!("create service {ns}/{svc_name}-canary"), e)),
+        Err(e) => {
+            return Err(action_error(
+                format!("create service {ns}/{svc_name}-canary"),
+                e,
+            ));
+        }
     }
     Ok(())
 }
 
-async fn remove_canary(p: &KubernetesPlatform, ns: &str, stable: &Deployment) -> Result<(), PlatformError> {
+async fn remove_canary(
+    p: &KubernetesPlatform,
+    ns: &str,
+    stable: &Deployment,
+) -> Result<(), PlatformError> {
     let name = stable.name_any();
     if let Some(route) = find_route(p, ns, stable).await? {
         let svc = service_name(stable);
@@ -379,7 +485,12 @@ async fn remove_canary(p: &KubernetesPlatform, ns: &str, stable: &Deployment) ->
     match p.deployments(ns).delete(&canary_name(&name), &dp).await {
         Ok(_) => {}
         Err(e) if is_status(&e, 404) => {}
-        Err(e) => return Err(action_error(format!("delete deployment {ns}/{}", canary_name(&name)), e)),
+        Err(e) => {
+            return Err(action_error(
+                format!("delete deployment {ns}/{}", canary_name(&name)),
+                e,
+            ));
+        }
     }
     // The `<service>-canary` Service stays: it belongs to the manifests (or
     // was created once by guard) and selects no pods without a canary.
@@ -387,10 +498,19 @@ async fn remove_canary(p: &KubernetesPlatform, ns: &str, stable: &Deployment) ->
 }
 
 /// The canary passed: its template becomes the stable Deployment's.
-pub async fn promote(p: &KubernetesPlatform, ns: &str, name: &str, candidate: &Build) -> Result<(), PlatformError> {
+pub async fn promote(
+    p: &KubernetesPlatform,
+    ns: &str,
+    name: &str,
+    candidate: &Build,
+) -> Result<(), PlatformError> {
     let container = p.settings().container.as_deref();
     for _attempt in 0..5 {
-        let stable = p.deployments(ns).get(name).await.map_err(|e| action_error(format!("get {ns}/{name}"), e))?;
+        let stable = p
+            .deployments(ns)
+            .get(name)
+            .await
+            .map_err(|e| action_error(format!("get {ns}/{name}"), e))?;
         let state = RolloutState::read(&stable).ok().flatten();
         let canary = match p.deployments(ns).get(&canary_name(name)).await {
             Ok(c) => Some(c),
@@ -402,13 +522,24 @@ pub async fn promote(p: &KubernetesPlatform, ns: &str, name: &str, candidate: &B
         let mut template = match canary.as_ref().map(|c| &c.spec) {
             Some(cspec) => cspec.template.clone(),
             None => rollout::with_build(&spec.template, candidate, container).ok_or_else(|| {
-                action_error(format!("promote {ns}/{name}"), format!("build {} has no image", candidate.number))
+                action_error(
+                    format!("promote {ns}/{name}"),
+                    format!("build {} has no image", candidate.number),
+                )
             })?,
         };
         let meta = template.metadata.get_or_insert_with(Default::default);
-        meta.labels = spec.template.metadata.as_ref().and_then(|m| m.labels.clone());
-        let replicas = state.as_ref().and_then(|s| s.stable_replicas).or(spec.replicas);
-        let unchanged = rollout::same_template(&template, &spec.template) && spec.replicas == replicas;
+        meta.labels = spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone());
+        let replicas = state
+            .as_ref()
+            .and_then(|s| s.stable_replicas)
+            .or(spec.replicas);
+        let unchanged =
+            rollout::same_template(&template, &spec.template) && spec.replicas == replicas;
         if !unchanged {
             let mut next = stable.clone();
             next.spec.template = template;
@@ -424,7 +555,11 @@ pub async fn promote(p: &KubernetesPlatform, ns: &str, name: &str, candidate: &B
                     .get_or_insert_with(Default::default)
                     .insert(ANNOTATION_ROLLOUT.into(), st.to_annotation());
             }
-            match p.deployments(ns).replace(name, &Default::default(), &next).await {
+            match p
+                .deployments(ns)
+                .replace(name, &Default::default(), &next)
+                .await
+            {
                 Ok(_) => {}
                 Err(e) if is_status(&e, 409) => continue,
                 Err(e) => return Err(action_error(format!("promote {ns}/{name}"), e)),
@@ -437,17 +572,31 @@ pub async fn promote(p: &KubernetesPlatform, ns: &str, name: &str, candidate: &B
         {
             st.phase = Phase::Promoted;
             st.updated_at = jiff::Timestamp::now();
-            p.write_state(ns, name, None, &st).await.map_err(|e| action_error("record promote", e))?;
+            p.write_state(ns, name, None, &st)
+                .await
+                .map_err(|e| action_error("record promote", e))?;
         }
         tracing::info!(deployment = %format!("{ns}/{name}"), build = %candidate.number, "canary promoted");
         return Ok(());
     }
-    Err(action_error(format!("promote {ns}/{name}"), "the Deployment kept changing under guard"))
+    Err(action_error(
+        format!("promote {ns}/{name}"),
+        "the Deployment kept changing under guard",
+    ))
 }
 
 /// The canary failed: all traffic back to the stable Deployment, canary removed.
-pub async fn abort(p: &KubernetesPlatform, ns: &str, name: &str, reason: &str) -> Result<(), PlatformError> {
-    let stable = p.deployments(ns).get(name).await.map_err(|e| action_error(format!("get {ns}/{name}"), e))?;
+pub async fn abort(
+    p: &KubernetesPlatform,
+    ns: &str,
+    name: &str,
+    reason: &str,
+) -> Result<(), PlatformError> {
+    let stable = p
+        .deployments(ns)
+        .get(name)
+        .await
+        .map_err(|e| action_error(format!("get {ns}/{name}"), e))?;
     let state = RolloutState::read(&stable).ok().flatten();
     // Traffic first, then the canary goes: no request is sent to a deleted backend.
     remove_canary(p, ns, &stable).await?;
@@ -458,8 +607,11 @@ pub async fn abort(p: &KubernetesPlatform, ns: &str, name: &str, reason: &str) -
     }}});
     if let Some(mut st) = state {
         if let Some(to) = st.stable.as_ref() {
-            patch["metadata"]["annotations"][ANNOTATION_REVERTED_TO] =
-                json!(format!("build {} (revision {})", to.build, to.revision.unwrap_or(0)));
+            patch["metadata"]["annotations"][ANNOTATION_REVERTED_TO] = json!(format!(
+                "build {} (revision {})",
+                to.build,
+                to.revision.unwrap_or(0)
+            ));
         }
         if let Some(r) = st.stable_replicas {
             patch["spec"] = json!({"replicas": r});
@@ -480,7 +632,11 @@ pub async fn abort(p: &KubernetesPlatform, ns: &str, name: &str, reason: &str) -
 }
 
 /// What runs while a canary exists; `None` when there is no canary.
-pub async fn observe(p: &KubernetesPlatform, ns: &str, name: &str) -> Result<Option<Observed>, PlatformError> {
+pub async fn observe(
+    p: &KubernetesPlatform,
+    ns: &str,
+    name: &str,
+) -> Result<Option<Observed>, PlatformError> {
     if !exists(p, ns, name).await? {
         return Ok(None);
     }
@@ -492,24 +648,36 @@ pub async fn observe(p: &KubernetesPlatform, ns: &str, name: &str) -> Result<Opt
         let side = Side::of_replica_set(rs, container);
         obs.stable = Some(side.build.clone());
         if let Some(h) = side.hash.as_deref() {
-            obs.endpoints.extend(p.endpoints(ns, h, Role::Stable, &side.build).await?);
+            obs.endpoints
+                .extend(p.endpoints(ns, h, Role::Stable, &side.build).await?);
         }
     }
     if let Some(rs) = canary.current() {
         let side = Side::of_replica_set(rs, container);
         obs.candidate = Some(side.build.clone());
         if let Some(h) = side.hash.as_deref() {
-            obs.endpoints.extend(p.endpoints(ns, h, Role::Candidate, &side.build).await?);
+            obs.endpoints
+                .extend(p.endpoints(ns, h, Role::Candidate, &side.build).await?);
         }
     }
     obs.candidate_share = match find_route(p, ns, &stable.deployment).await? {
         Some(route) => route_weights(&route, &service_name(&stable.deployment))
-            .map(|(s, c)| if s + c > 0 { c as f64 / (s + c) as f64 } else { 0.0 })
+            .map(|(s, c)| {
+                if s + c > 0 {
+                    c as f64 / (s + c) as f64
+                } else {
+                    0.0
+                }
+            })
             .unwrap_or(0.0),
         None => {
             let s = stable.deployment.spec.replicas.unwrap_or(0);
             let c = canary.deployment.spec.replicas.unwrap_or(0);
-            if s + c > 0 { f64::from(c) / f64::from(s + c) } else { 0.0 }
+            if s + c > 0 {
+                f64::from(c) / f64::from(s + c)
+            } else {
+                0.0
+            }
         }
     };
     Ok(Some(obs))
@@ -542,18 +710,27 @@ mod tests {
             back,
             json!([{"backendRefs": [{"name": "web", "port": 80, "weight": 100}, {"name": "web-canary", "port": 80, "weight": 0}]}])
         );
-        assert_eq!(weighted_rules(&r, "web", 0).unwrap(), json!([{"backendRefs": [{"name": "web", "port": 80, "weight": 100}]}]));
+        assert_eq!(
+            weighted_rules(&r, "web", 0).unwrap(),
+            json!([{"backendRefs": [{"name": "web", "port": 80, "weight": 100}]}])
+        );
         assert!(weighted_rules(&r, "other", 10).is_none());
     }
 
     #[test]
     fn suffix_only_touches_selected_keys() {
-        let labels = BTreeMap::from([("app".to_string(), "web".to_string()), ("tier".to_string(), "x".to_string())]);
+        let labels = BTreeMap::from([
+            ("app".to_string(), "web".to_string()),
+            ("tier".to_string(), "x".to_string()),
+        ]);
         let keys = BTreeMap::from([("app".to_string(), "web".to_string())]);
         let out = suffix_labels(&labels, &keys);
         assert_eq!(out["app"], "web-canary");
         assert_eq!(out["tier"], "x");
-        let tracked = BTreeMap::from([("app".to_string(), "web".to_string()), (LABEL_TRACK.to_string(), "stable".to_string())]);
+        let tracked = BTreeMap::from([
+            ("app".to_string(), "web".to_string()),
+            (LABEL_TRACK.to_string(), "stable".to_string()),
+        ]);
         let out = suffix_labels(&tracked, &tracked);
         assert_eq!(out["app"], "web");
         assert_eq!(out[LABEL_TRACK], "canary");

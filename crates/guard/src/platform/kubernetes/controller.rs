@@ -80,12 +80,19 @@ pub struct ControllerSettings {
 
 impl Default for ControllerSettings {
     fn default() -> Self {
-        ControllerSettings { namespace: None, interval: Duration::from_secs(2), verify_deadline: Duration::from_secs(900) }
+        ControllerSettings {
+            namespace: None,
+            interval: Duration::from_secs(2),
+            verify_deadline: Duration::from_secs(900),
+        }
     }
 }
 
 /// What the controller tells the team (handed to notifiers by the caller).
 pub type Events = mpsc::UnboundedSender<notify::Event>;
+
+/// (namespace, Deployment name, candidate `pod-template-hash`).
+type RunKey = (String, String, String);
 
 /// Guards opted-in Deployments; see the module docs.
 pub struct Controller {
@@ -95,7 +102,7 @@ pub struct Controller {
     settings: ControllerSettings,
     events: Option<Events>,
     /// Verifications in flight, by (namespace, name, candidate hash).
-    running: Mutex<HashMap<(String, String, String), Box<dyn Verification>>>,
+    running: Mutex<HashMap<RunKey, Box<dyn Verification>>>,
 }
 
 /// Errors of one reconcile; logged, never fatal to the loop.
@@ -106,7 +113,10 @@ pub enum ReconcileError {
     Platform(#[from] PlatformError),
     /// Writing guard's state annotation failed.
     #[error("write rollout state on {deployment}: {source}")]
-    State { deployment: String, source: kube::Error },
+    State {
+        deployment: String,
+        source: kube::Error,
+    },
 }
 
 impl Controller {
@@ -117,7 +127,14 @@ impl Controller {
         settings: ControllerSettings,
         events: Option<Events>,
     ) -> Self {
-        Controller { platform, signals, verifier, settings, events, running: Mutex::new(HashMap::new()) }
+        Controller {
+            platform,
+            signals,
+            verifier,
+            settings,
+            events,
+            running: Mutex::new(HashMap::new()),
+        }
     }
 
     fn deployments(&self) -> Api<Deployment> {
@@ -134,9 +151,12 @@ impl Controller {
     /// Runs until `shutdown`, acting only while `leading` is true. Deployment
     /// watch events wake the loop early; ticks step verifications.
     pub async fn run(&self, mut leading: watch::Receiver<bool>, shutdown: CancellationToken) {
-        let stream = watcher(self.deployments(), watcher::Config::default().labels(&Self::selector()))
-            .default_backoff()
-            .applied_objects();
+        let stream = watcher(
+            self.deployments(),
+            watcher::Config::default().labels(&Self::selector()),
+        )
+        .default_backoff()
+        .applied_objects();
         let mut stream = std::pin::pin!(stream);
         loop {
             if *leading.borrow() {
@@ -165,7 +185,10 @@ impl Controller {
             .deployments()
             .list(&ListParams::default().labels(&Self::selector()))
             .await
-            .map_err(|e| PlatformError::Action { action: "list guarded deployments".into(), detail: e.to_string() })?;
+            .map_err(|e| PlatformError::Action {
+                action: "list guarded deployments".into(),
+                detail: e.to_string(),
+            })?;
         for d in list.items {
             let (ns, name) = (d.namespace().unwrap_or_default(), d.name_any());
             if let Err(e) = self.reconcile(&ns, &name).await {
@@ -184,7 +207,10 @@ impl Controller {
             .find(|(_, v)| v.as_str() == ns)
             .map(|(k, _)| k.clone())
             .unwrap_or_else(|| ns.to_string());
-        Target { service: name.to_string(), environment }
+        Target {
+            service: name.to_string(),
+            environment,
+        }
     }
 
     fn emit(&self, kind: notify::EventKind, target: &Target, state: &RolloutState, reason: &str) {
@@ -220,7 +246,9 @@ impl Controller {
         };
         let container = self.platform.settings().container.as_deref();
         let current_side = Side::of_replica_set(current, container);
-        let Some(hash) = current_side.hash.clone() else { return Ok(()) };
+        let Some(hash) = current_side.hash.clone() else {
+            return Ok(());
+        };
         let state = match RolloutState::read(&view.deployment) {
             Ok(s) => s,
             Err(e) => {
@@ -231,7 +259,8 @@ impl Controller {
         // Rollouts started by `guard deploy` (the engine) or canaries are verified by the engine.
         if let Some(s) = &state
             && s.phase == Phase::Verifying
-            && (s.strategy == Strategy::Canary || s.by.as_deref().is_some_and(|b| b.starts_with("engine:")))
+            && (s.strategy == Strategy::Canary
+                || s.by.as_deref().is_some_and(|b| b.starts_with("engine:")))
         {
             return Ok(());
         }
@@ -244,20 +273,38 @@ impl Controller {
             Next::Start { stable } => {
                 let owned = rollout::owned_by(&view.deployment, &view.replica_sets);
                 let stable = stable.or_else(|| {
-                    rollout::revert_target(&owned, current, None).map(|rs| Side::of_replica_set(rs, container))
+                    rollout::revert_target(&owned, current, None)
+                        .map(|rs| Side::of_replica_set(rs, container))
                 });
                 let now = jiff::Timestamp::now();
-                let same_as_stable = stable.as_ref().is_some_and(|s| s.hash.as_deref() == Some(hash.as_str()));
+                let same_as_stable = stable
+                    .as_ref()
+                    .is_some_and(|s| s.hash.as_deref() == Some(hash.as_str()));
                 let (phase, reason) = match &stable {
-                    None => (Phase::Baseline, "first template guard saw: accepted as the last good build".to_string()),
-                    Some(_) if same_as_stable => (Phase::Baseline, "back on the last good build".to_string()),
-                    Some(s) => (Phase::Verifying, format!("new rollout: build {} after build {}", current_side.build, s.build)),
+                    None => (
+                        Phase::Baseline,
+                        "first template guard saw: accepted as the last good build".to_string(),
+                    ),
+                    Some(_) if same_as_stable => {
+                        (Phase::Baseline, "back on the last good build".to_string())
+                    }
+                    Some(s) => (
+                        Phase::Verifying,
+                        format!(
+                            "new rollout: build {} after build {}",
+                            current_side.build, s.build
+                        ),
+                    ),
                 };
                 let next = RolloutState {
                     phase,
                     strategy: Strategy::Rolling,
                     candidate: current_side.clone(),
-                    stable: if phase == Phase::Verifying { stable } else { None },
+                    stable: if phase == Phase::Verifying {
+                        stable
+                    } else {
+                        None
+                    },
                     started_at: now,
                     updated_at: now,
                     share: 1.0,
@@ -274,17 +321,27 @@ impl Controller {
             }
             Next::Verify => {
                 let Some(state) = state else { return Ok(()) };
-                self.verify(ns, name, rv.as_deref(), &target, state, &hash).await
+                self.verify(ns, name, rv.as_deref(), &target, state, &hash)
+                    .await
             }
         }
     }
 
-    async fn write(&self, ns: &str, name: &str, rv: Option<&str>, state: &RolloutState) -> Result<(), ReconcileError> {
+    async fn write(
+        &self,
+        ns: &str,
+        name: &str,
+        rv: Option<&str>,
+        state: &RolloutState,
+    ) -> Result<(), ReconcileError> {
         match self.platform.write_state(ns, name, rv, state).await {
             Ok(_) => Ok(()),
             // Someone changed the Deployment since we read it; the next tick re-reads.
             Err(e) if is_status(&e, 409) => Ok(()),
-            Err(e) => Err(ReconcileError::State { deployment: format!("{ns}/{name}"), source: e }),
+            Err(e) => Err(ReconcileError::State {
+                deployment: format!("{ns}/{name}"),
+                source: e,
+            }),
         }
     }
 
@@ -297,11 +354,19 @@ impl Controller {
         mut state: RolloutState,
         hash: &str,
     ) -> Result<(), ReconcileError> {
-        let Some(stable) = state.stable.clone() else { return Ok(()) };
-        let mut endpoints =
-            self.platform.endpoints(ns, hash, Role::Candidate, &state.candidate.build).await?;
+        let Some(stable) = state.stable.clone() else {
+            return Ok(());
+        };
+        let mut endpoints = self
+            .platform
+            .endpoints(ns, hash, Role::Candidate, &state.candidate.build)
+            .await?;
         if let Some(h) = stable.hash.as_deref() {
-            endpoints.extend(self.platform.endpoints(ns, h, Role::Stable, &stable.build).await?);
+            endpoints.extend(
+                self.platform
+                    .endpoints(ns, h, Role::Stable, &stable.build)
+                    .await?,
+            );
         }
         let snapshot = match self.signals.snapshot(target, &endpoints).await {
             Ok(s) => Some(s),
@@ -318,7 +383,9 @@ impl Controller {
         let key = (ns.to_string(), name.to_string(), hash.to_string());
         let decision = {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-            let v = running.entry(key.clone()).or_insert_with(|| self.verifier.start(target, &stable, &state.candidate));
+            let v = running
+                .entry(key.clone())
+                .or_insert_with(|| self.verifier.start(target, &stable, &state.candidate));
             match &snapshot {
                 Some(s) => v.step(s, elapsed),
                 None => Decision::Continue,
@@ -326,7 +393,10 @@ impl Controller {
         };
         let decision = match decision {
             Decision::Continue if elapsed >= self.settings.verify_deadline => Decision::Hold {
-                reason: format!("no verdict within {}", humantime::format_duration(self.settings.verify_deadline)),
+                reason: format!(
+                    "no verdict within {}",
+                    humantime::format_duration(self.settings.verify_deadline)
+                ),
             },
             d => d,
         };
@@ -360,15 +430,22 @@ impl Controller {
                 let base = state.clone();
                 let outcome = self
                     .platform
-                    .undo(ns, name, Some(hash), stable.hash.as_deref(), &reason, |_from, to| {
-                        let mut s = base.clone();
-                        s.phase = Phase::Reverted;
-                        s.stable = Some(to.clone());
-                        s.updated_at = jiff::Timestamp::now();
-                        s.by = Some(identity.clone());
-                        s.reason = Some(reason.clone());
-                        s
-                    })
+                    .undo(
+                        ns,
+                        name,
+                        Some(hash),
+                        stable.hash.as_deref(),
+                        &reason,
+                        |_from, to| {
+                            let mut s = base.clone();
+                            s.phase = Phase::Reverted;
+                            s.stable = Some(to.clone());
+                            s.updated_at = jiff::Timestamp::now();
+                            s.by = Some(identity.clone());
+                            s.reason = Some(reason.clone());
+                            s
+                        },
+                    )
                     .await?;
                 self.forget(&key);
                 match outcome {
@@ -382,9 +459,16 @@ impl Controller {
                     }
                     UndoOutcome::NothingToRevertTo => {
                         state.phase = Phase::Held;
-                        state.reason = Some(format!("{reason}; but no earlier ReplicaSet is left to revert to"));
+                        state.reason = Some(format!(
+                            "{reason}; but no earlier ReplicaSet is left to revert to"
+                        ));
                         self.write(ns, name, None, &state).await?;
-                        self.emit(notify::EventKind::Held, target, &state, state.reason.as_deref().unwrap_or_default());
+                        self.emit(
+                            notify::EventKind::Held,
+                            target,
+                            &state,
+                            state.reason.as_deref().unwrap_or_default(),
+                        );
                     }
                 }
                 Ok(())
@@ -392,7 +476,7 @@ impl Controller {
         }
     }
 
-    fn forget(&self, key: &(String, String, String)) {
+    fn forget(&self, key: &RunKey) {
         if let Ok(mut r) = self.running.lock() {
             r.remove(key);
         }

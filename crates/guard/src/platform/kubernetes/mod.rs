@@ -36,11 +36,12 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use crate::platform::{
-    Build, BoxFuture, Endpoint, Observed, Platform, PlatformError, Role, Strategy, Target,
+    BoxFuture, Build, Endpoint, Observed, Platform, PlatformError, Role, Strategy, Target,
 };
 use rollout::{
-    ANNOTATION_METRICS_PORT, ANNOTATION_REVERTED_AT, ANNOTATION_REVERTED_BY, ANNOTATION_REVERTED_FROM,
-    ANNOTATION_REVERTED_REASON, ANNOTATION_REVERTED_TO, ANNOTATION_ROLLOUT, Phase, RolloutState, Side,
+    ANNOTATION_METRICS_PORT, ANNOTATION_REVERTED_AT, ANNOTATION_REVERTED_BY,
+    ANNOTATION_REVERTED_FROM, ANNOTATION_REVERTED_REASON, ANNOTATION_REVERTED_TO,
+    ANNOTATION_ROLLOUT, Phase, RolloutState, Side,
 };
 
 /// How the platform finds and treats targets.
@@ -74,7 +75,10 @@ impl Default for KubeSettings {
 impl KubeSettings {
     /// The namespace of an environment.
     pub fn namespace_for(&self, environment: &str) -> String {
-        self.namespaces.get(environment).cloned().unwrap_or_else(|| environment.to_string())
+        self.namespaces
+            .get(environment)
+            .cloned()
+            .unwrap_or_else(|| environment.to_string())
     }
 }
 
@@ -96,7 +100,9 @@ impl View {
     pub fn rolled_out(&self) -> bool {
         let generation = self.deployment.metadata.generation.unwrap_or(0);
         let want = self.deployment.spec.replicas.unwrap_or(1);
-        let Some(status) = self.deployment.status.as_ref() else { return false };
+        let Some(status) = self.deployment.status.as_ref() else {
+            return false;
+        };
         status.observed_generation.unwrap_or(0) >= generation
             && status.updated_replicas.unwrap_or(0) >= want
             && status.available_replicas.unwrap_or(0) >= want
@@ -124,8 +130,14 @@ pub struct KubernetesPlatform {
     settings: KubeSettings,
 }
 
-pub(crate) fn action_error(action: impl Into<String>, err: impl std::fmt::Display) -> PlatformError {
-    PlatformError::Action { action: action.into(), detail: err.to_string() }
+pub(crate) fn action_error(
+    action: impl Into<String>,
+    err: impl std::fmt::Display,
+) -> PlatformError {
+    PlatformError::Action {
+        action: action.into(),
+        detail: err.to_string(),
+    }
 }
 
 pub(crate) fn is_status(err: &kube::Error, code: u16) -> bool {
@@ -155,9 +167,17 @@ impl KubernetesPlatform {
         let deployment = match self.deployments(namespace).get(name).await {
             Ok(d) => d,
             Err(e) if is_status(&e, 404) => {
-                return Err(PlatformError::UnknownTarget { service: name.into(), environment: namespace.into() });
+                return Err(PlatformError::UnknownTarget {
+                    service: name.into(),
+                    environment: namespace.into(),
+                });
             }
-            Err(e) => return Err(action_error(format!("get deployment {namespace}/{name}"), e)),
+            Err(e) => {
+                return Err(action_error(
+                    format!("get deployment {namespace}/{name}"),
+                    e,
+                ));
+            }
         };
         let rs_api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), namespace);
         let selector = deployment
@@ -165,7 +185,12 @@ impl KubernetesPlatform {
             .selector
             .match_labels
             .as_ref()
-            .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
             .unwrap_or_default();
         let list = rs_api
             .list(&ListParams::default().labels(&selector))
@@ -182,11 +207,17 @@ impl KubernetesPlatform {
                     .is_some_and(|refs| refs.iter().any(|r| Some(&r.uid) == uid.as_ref()))
             })
             .collect();
-        Ok(View { deployment, replica_sets })
+        Ok(View {
+            deployment,
+            replica_sets,
+        })
     }
 
     fn place(&self, target: &Target) -> (String, String) {
-        (self.settings.namespace_for(&target.environment), target.service.clone())
+        (
+            self.settings.namespace_for(&target.environment),
+            target.service.clone(),
+        )
     }
 
     /// Writes the rollout state annotation, conditional on `resource_version`.
@@ -197,11 +228,14 @@ impl KubernetesPlatform {
         resource_version: Option<&str>,
         state: &RolloutState,
     ) -> Result<Deployment, kube::Error> {
-        let mut patch = json!({"metadata": {"annotations": {ANNOTATION_ROLLOUT: state.to_annotation()}}});
+        let mut patch =
+            json!({"metadata": {"annotations": {ANNOTATION_ROLLOUT: state.to_annotation()}}});
         if let Some(rv) = resource_version {
             patch["metadata"]["resourceVersion"] = json!(rv);
         }
-        self.deployments(namespace).patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await
+        self.deployments(namespace)
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
     }
 
     /// Reverts a Deployment to an earlier ReplicaSet's pod template, as
@@ -231,13 +265,19 @@ impl KubernetesPlatform {
             let template = &view.deployment.spec.template;
             // Already back on the preferred ReplicaSet?
             if let Some(h) = prefer_hash
-                && let Some(rs) = owned.iter().find(|rs| rollout::hash_of(rs).as_deref() == Some(h))
+                && let Some(rs) = owned
+                    .iter()
+                    .find(|rs| rollout::hash_of(rs).as_deref() == Some(h))
                 && rollout::template_of(rs).is_some_and(|t| rollout::same_template(t, template))
             {
-                return Ok(UndoOutcome::AlreadyThere { to: Side::of_replica_set(rs, self.settings.container.as_deref()) });
+                return Ok(UndoOutcome::AlreadyThere {
+                    to: Side::of_replica_set(rs, self.settings.container.as_deref()),
+                });
             }
             if let Some(judged) = judged_hash {
-                let judged_rs = owned.iter().find(|rs| rollout::hash_of(rs).as_deref() == Some(judged));
+                let judged_rs = owned
+                    .iter()
+                    .find(|rs| rollout::hash_of(rs).as_deref() == Some(judged));
                 let still_current = judged_rs
                     .and_then(|rs| rollout::template_of(rs))
                     .is_some_and(|t| rollout::same_template(t, template));
@@ -262,19 +302,35 @@ impl KubernetesPlatform {
             let from = Side::of_replica_set(current, container);
             let mut deployment = view.deployment.clone();
             deployment.spec.template = rollout::strip_hash(target_template);
-            let annotations = deployment.metadata.annotations.get_or_insert_with(Default::default);
-            annotations.insert(ANNOTATION_REVERTED_BY.into(), self.settings.identity.clone());
+            let annotations = deployment
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default);
+            annotations.insert(
+                ANNOTATION_REVERTED_BY.into(),
+                self.settings.identity.clone(),
+            );
             annotations.insert(ANNOTATION_REVERTED_REASON.into(), reason.to_string());
             annotations.insert(
                 ANNOTATION_REVERTED_TO.into(),
                 format!("build {} (revision {})", to.build, to.revision.unwrap_or(0)),
             );
-            annotations.insert(ANNOTATION_REVERTED_FROM.into(), format!("build {}", from.build));
-            annotations.insert(ANNOTATION_REVERTED_AT.into(), jiff::Timestamp::now().to_string());
+            annotations.insert(
+                ANNOTATION_REVERTED_FROM.into(),
+                format!("build {}", from.build),
+            );
+            annotations.insert(
+                ANNOTATION_REVERTED_AT.into(),
+                jiff::Timestamp::now().to_string(),
+            );
             annotations.insert(ANNOTATION_ROLLOUT.into(), state(&from, &to).to_annotation());
             // `replace` carries metadata.resourceVersion: a write computed from a
             // stale read is refused (409) and recomputed on the next attempt.
-            match self.deployments(namespace).replace(name, &PostParams::default(), &deployment).await {
+            match self
+                .deployments(namespace)
+                .replace(name, &PostParams::default(), &deployment)
+                .await
+            {
                 Ok(_) => {
                     tracing::info!(
                         deployment = %format!("{namespace}/{name}"),
@@ -296,7 +352,12 @@ impl KubernetesPlatform {
     }
 
     /// Waits until the Deployment controller has rolled the current template out.
-    pub async fn wait_rolled_out(&self, namespace: &str, name: &str, build: &str) -> Result<View, PlatformError> {
+    pub async fn wait_rolled_out(
+        &self,
+        namespace: &str,
+        name: &str,
+        build: &str,
+    ) -> Result<View, PlatformError> {
         let deadline = tokio::time::Instant::now() + self.settings.ready_timeout;
         loop {
             let view = self.view(namespace, name).await?;
@@ -344,7 +405,10 @@ impl KubernetesPlatform {
                     .and_then(|p| p.parse::<u16>().ok())
                     .or_else(|| {
                         pod.spec.as_ref()?.containers.iter().find_map(|c| {
-                            c.ports.as_ref()?.first().and_then(|p| u16::try_from(p.container_port).ok())
+                            c.ports
+                                .as_ref()?
+                                .first()
+                                .and_then(|p| u16::try_from(p.container_port).ok())
                         })
                     })
                     .unwrap_or(self.settings.default_metrics_port);
@@ -353,8 +417,17 @@ impl KubernetesPlatform {
                     .as_ref()
                     .and_then(|s| s.conditions.as_ref())
                     .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-                let host = if ip.contains(':') { format!("[{ip}]") } else { ip };
-                Some(Endpoint { role, build: build.to_string(), metrics_url: format!("http://{host}:{port}/metrics"), ready })
+                let host = if ip.contains(':') {
+                    format!("[{ip}]")
+                } else {
+                    ip
+                };
+                Some(Endpoint {
+                    role,
+                    build: build.to_string(),
+                    metrics_url: format!("http://{host}:{port}/metrics"),
+                    ready,
+                })
             })
             .collect())
     }
@@ -365,28 +438,37 @@ impl KubernetesPlatform {
             return Ok(obs);
         }
         let view = self.view(&ns, &name).await?;
-        let state = RolloutState::read(&view.deployment).map_err(|e| action_error("read rollout state", e))?;
+        let state = RolloutState::read(&view.deployment)
+            .map_err(|e| action_error("read rollout state", e))?;
         let container = self.settings.container.as_deref();
         let current = view.current().map(|rs| Side::of_replica_set(rs, container));
         let mut observed = Observed::default();
         match (state, current) {
-            (Some(st), Some(cur)) if st.phase == Phase::Verifying && st.candidate.hash == cur.hash => {
+            (Some(st), Some(cur))
+                if st.phase == Phase::Verifying && st.candidate.hash == cur.hash =>
+            {
                 observed.candidate = Some(cur.build.clone());
                 observed.candidate_share = 1.0;
                 if let Some(h) = cur.hash.as_deref() {
-                    observed.endpoints.extend(self.endpoints(&ns, h, Role::Candidate, &cur.build).await?);
+                    observed
+                        .endpoints
+                        .extend(self.endpoints(&ns, h, Role::Candidate, &cur.build).await?);
                 }
                 if let Some(stable) = st.stable {
                     observed.stable = Some(stable.build.clone());
                     if let Some(h) = stable.hash.as_deref() {
-                        observed.endpoints.extend(self.endpoints(&ns, h, Role::Stable, &stable.build).await?);
+                        observed
+                            .endpoints
+                            .extend(self.endpoints(&ns, h, Role::Stable, &stable.build).await?);
                     }
                 }
             }
             (_, Some(cur)) => {
                 observed.stable = Some(cur.build.clone());
                 if let Some(h) = cur.hash.as_deref() {
-                    observed.endpoints.extend(self.endpoints(&ns, h, Role::Stable, &cur.build).await?);
+                    observed
+                        .endpoints
+                        .extend(self.endpoints(&ns, h, Role::Stable, &cur.build).await?);
                 }
             }
             (_, None) => {}
@@ -395,7 +477,12 @@ impl KubernetesPlatform {
     }
 
     /// Rolling shift: the candidate's image in the Deployment's template.
-    async fn shift_rolling(&self, target: &Target, stable: &Build, candidate: &Build) -> Result<(), PlatformError> {
+    async fn shift_rolling(
+        &self,
+        target: &Target,
+        stable: &Build,
+        candidate: &Build,
+    ) -> Result<(), PlatformError> {
         let (ns, name) = self.place(target);
         let container = self.settings.container.as_deref();
         for _attempt in 0..5 {
@@ -404,19 +491,25 @@ impl KubernetesPlatform {
             let Some(template) = rollout::with_build(&spec.template, candidate, container) else {
                 return Err(action_error(
                     format!("shift {ns}/{name}"),
-                    format!("build {} has no image (the kubernetes platform deploys images)", candidate.number),
+                    format!(
+                        "build {} has no image (the kubernetes platform deploys images)",
+                        candidate.number
+                    ),
                 ));
             };
             if rollout::same_template(&template, &spec.template) {
                 break;
             }
-            let stable_side = view.current().map(|rs| Side::of_replica_set(rs, container)).unwrap_or(Side {
-                build: stable.number.clone(),
-                image: stable.image.clone(),
-                commit: stable.commit.clone(),
-                hash: None,
-                revision: None,
-            });
+            let stable_side = view
+                .current()
+                .map(|rs| Side::of_replica_set(rs, container))
+                .unwrap_or(Side {
+                    build: stable.number.clone(),
+                    image: stable.image.clone(),
+                    commit: stable.commit.clone(),
+                    hash: None,
+                    revision: None,
+                });
             let now = jiff::Timestamp::now();
             let state = RolloutState {
                 phase: Phase::Verifying,
@@ -444,7 +537,11 @@ impl KubernetesPlatform {
                 .annotations
                 .get_or_insert_with(Default::default)
                 .insert(ANNOTATION_ROLLOUT.into(), state.to_annotation());
-            match self.deployments(&ns).replace(&name, &PostParams::default(), &deployment).await {
+            match self
+                .deployments(&ns)
+                .replace(&name, &PostParams::default(), &deployment)
+                .await
+            {
                 Ok(_) => break,
                 Err(e) if is_status(&e, 409) => continue,
                 Err(e) => return Err(action_error(format!("shift {ns}/{name}"), e)),
@@ -452,9 +549,10 @@ impl KubernetesPlatform {
         }
         let view = self.wait_rolled_out(&ns, &name, &candidate.number).await?;
         // Record the candidate's ReplicaSet now that it exists.
-        if let (Some(mut state), Some(rs)) =
-            (RolloutState::read(&view.deployment).ok().flatten(), view.current())
-            && state.candidate.hash.is_none()
+        if let (Some(mut state), Some(rs)) = (
+            RolloutState::read(&view.deployment).ok().flatten(),
+            view.current(),
+        ) && state.candidate.hash.is_none()
         {
             state.candidate = Side::of_replica_set(rs, container);
             state.updated_at = jiff::Timestamp::now();
@@ -468,7 +566,12 @@ impl KubernetesPlatform {
         Ok(())
     }
 
-    async fn set_phase(&self, target: &Target, phase: Phase, reason: &str) -> Result<(), PlatformError> {
+    async fn set_phase(
+        &self,
+        target: &Target,
+        phase: Phase,
+        reason: &str,
+    ) -> Result<(), PlatformError> {
         let (ns, name) = self.place(target);
         let view = self.view(&ns, &name).await?;
         if let Ok(Some(mut state)) = RolloutState::read(&view.deployment)
@@ -511,21 +614,40 @@ impl Platform for KubernetesPlatform {
         })
     }
 
-    fn promote<'a>(&'a self, target: &'a Target, candidate: &'a Build) -> BoxFuture<'a, Result<(), PlatformError>> {
+    fn promote<'a>(
+        &'a self,
+        target: &'a Target,
+        candidate: &'a Build,
+    ) -> BoxFuture<'a, Result<(), PlatformError>> {
         Box::pin(async move {
             let (ns, name) = self.place(target);
             if canary::exists(self, &ns, &name).await? {
                 return canary::promote(self, &ns, &name, candidate).await;
             }
-            self.set_phase(target, Phase::Promoted, &format!("build {} promoted", candidate.number)).await
+            self.set_phase(
+                target,
+                Phase::Promoted,
+                &format!("build {} promoted", candidate.number),
+            )
+            .await
         })
     }
 
-    fn revert<'a>(&'a self, target: &'a Target, to: &'a Build) -> BoxFuture<'a, Result<(), PlatformError>> {
+    fn revert<'a>(
+        &'a self,
+        target: &'a Target,
+        to: &'a Build,
+    ) -> BoxFuture<'a, Result<(), PlatformError>> {
         Box::pin(async move {
             let (ns, name) = self.place(target);
             if canary::exists(self, &ns, &name).await? {
-                return canary::abort(self, &ns, &name, &format!("reverted to build {}", to.number)).await;
+                return canary::abort(
+                    self,
+                    &ns,
+                    &name,
+                    &format!("reverted to build {}", to.number),
+                )
+                .await;
             }
             let view = self.view(&ns, &name).await?;
             let state = RolloutState::read(&view.deployment).ok().flatten();
@@ -540,34 +662,49 @@ impl Platform for KubernetesPlatform {
                 })
                 .max_by_key(|rs| rollout::revision_of(**rs))
                 .and_then(|rs| rollout::hash_of(rs));
-            let prefer = by_build.or_else(|| state.as_ref().and_then(|s| s.stable.as_ref()?.hash.clone()));
+            let prefer =
+                by_build.or_else(|| state.as_ref().and_then(|s| s.stable.as_ref()?.hash.clone()));
             let identity = self.settings.identity.clone();
             let reason = format!("guard reverted to build {}", to.number);
             let outcome = self
-                .undo(&ns, &name, None, prefer.as_deref(), &reason, |from, to_side| {
-                    let now = jiff::Timestamp::now();
-                    RolloutState {
-                        phase: Phase::Reverted,
-                        strategy: Strategy::Rolling,
-                        candidate: state.as_ref().map(|s| s.candidate.clone()).unwrap_or_else(|| from.clone()),
-                        stable: Some(to_side.clone()),
-                        started_at: state.as_ref().map(|s| s.started_at).unwrap_or(now),
-                        updated_at: now,
-                        share: 0.0,
-                        stable_replicas: None,
-                        by: Some(identity.clone()),
-                        reason: Some(reason.clone()),
-                    }
-                })
+                .undo(
+                    &ns,
+                    &name,
+                    None,
+                    prefer.as_deref(),
+                    &reason,
+                    |from, to_side| {
+                        let now = jiff::Timestamp::now();
+                        RolloutState {
+                            phase: Phase::Reverted,
+                            strategy: Strategy::Rolling,
+                            candidate: state
+                                .as_ref()
+                                .map(|s| s.candidate.clone())
+                                .unwrap_or_else(|| from.clone()),
+                            stable: Some(to_side.clone()),
+                            started_at: state.as_ref().map(|s| s.started_at).unwrap_or(now),
+                            updated_at: now,
+                            share: 0.0,
+                            stable_replicas: None,
+                            by: Some(identity.clone()),
+                            reason: Some(reason.clone()),
+                        }
+                    },
+                )
                 .await?;
             match outcome {
-                UndoOutcome::Reverted { .. } | UndoOutcome::AlreadyThere { .. } => {
-                    self.wait_rolled_out(&ns, &name, &to.number).await.map(|_| ())
-                }
+                UndoOutcome::Reverted { .. } | UndoOutcome::AlreadyThere { .. } => self
+                    .wait_rolled_out(&ns, &name, &to.number)
+                    .await
+                    .map(|_| ()),
                 UndoOutcome::Superseded => Ok(()),
                 UndoOutcome::NothingToRevertTo => Err(action_error(
                     format!("revert {ns}/{name}"),
-                    format!("no ReplicaSet of build {} (or any earlier revision) is left", to.number),
+                    format!(
+                        "no ReplicaSet of build {} (or any earlier revision) is left",
+                        to.number
+                    ),
                 )),
             }
         })

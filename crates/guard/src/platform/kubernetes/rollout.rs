@@ -168,10 +168,12 @@ impl RolloutState {
     pub fn read(deployment: &Deployment) -> Result<Option<RolloutState>, StateError> {
         match deployment.annotations().get(ANNOTATION_ROLLOUT) {
             None => Ok(None),
-            Some(text) => serde_json::from_str(text).map(Some).map_err(|e| StateError::Malformed {
-                deployment: deployment.name_any(),
-                detail: e.to_string(),
-            }),
+            Some(text) => serde_json::from_str(text)
+                .map(Some)
+                .map_err(|e| StateError::Malformed {
+                    deployment: deployment.name_any(),
+                    detail: e.to_string(),
+                }),
         }
     }
 
@@ -221,7 +223,10 @@ pub fn template_of(rs: &ReplicaSet) -> Option<&PodTemplateSpec> {
 fn container_index(template: &PodTemplateSpec, container: Option<&str>) -> Option<usize> {
     let containers = &template.spec.as_ref()?.containers;
     match container {
-        Some(name) => containers.iter().position(|c| c.name == name).or(if containers.is_empty() { None } else { Some(0) }),
+        Some(name) => containers
+            .iter()
+            .position(|c| c.name == name)
+            .or(if containers.is_empty() { None } else { Some(0) }),
         None if containers.is_empty() => None,
         None => Some(0),
     }
@@ -230,9 +235,16 @@ fn container_index(template: &PodTemplateSpec, container: Option<&str>) -> Optio
 /// The build a pod template runs: [`ANNOTATION_BUILD`], else the image tag,
 /// else the image itself.
 pub fn build_of(template: &PodTemplateSpec, container: Option<&str>) -> Build {
-    let image = container_index(template, container)
-        .and_then(|i| template.spec.as_ref().and_then(|s| s.containers[i].image.clone()));
-    let annotations = template.metadata.as_ref().and_then(|m| m.annotations.as_ref());
+    let image = container_index(template, container).and_then(|i| {
+        template
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers[i].image.clone())
+    });
+    let annotations = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.as_ref());
     let number = annotations
         .and_then(|a| a.get(ANNOTATION_BUILD).cloned())
         .or_else(|| image.as_deref().map(image_tag))
@@ -260,7 +272,11 @@ pub fn image_tag(image: &str) -> String {
 
 /// `template` running `build`: the image of the guarded container replaced,
 /// build and commit annotations set. Errors when the build has no image.
-pub fn with_build(template: &PodTemplateSpec, build: &Build, container: Option<&str>) -> Option<PodTemplateSpec> {
+pub fn with_build(
+    template: &PodTemplateSpec,
+    build: &Build,
+    container: Option<&str>,
+) -> Option<PodTemplateSpec> {
     let image = build.image.clone()?;
     let mut t = strip_hash(template);
     let i = container_index(&t, container)?;
@@ -284,19 +300,25 @@ pub fn owned_by<'a>(deployment: &Deployment, all: &'a [ReplicaSet]) -> Vec<&'a R
     let uid = deployment.metadata.uid.as_deref();
     all.iter()
         .filter(|rs| {
-            rs.metadata
-                .owner_references
-                .as_ref()
-                .is_some_and(|refs| refs.iter().any(|r| r.kind == "Deployment" && Some(r.uid.as_str()) == uid))
+            rs.metadata.owner_references.as_ref().is_some_and(|refs| {
+                refs.iter()
+                    .any(|r| r.kind == "Deployment" && Some(r.uid.as_str()) == uid)
+            })
         })
         .collect()
 }
 
 /// The ReplicaSet running the Deployment's current template, if the
 /// Deployment controller has made it yet.
-pub fn current_replica_set<'a>(deployment: &Deployment, owned: &[&'a ReplicaSet]) -> Option<&'a ReplicaSet> {
+pub fn current_replica_set<'a>(
+    deployment: &Deployment,
+    owned: &[&'a ReplicaSet],
+) -> Option<&'a ReplicaSet> {
     let template = &deployment.spec.template;
-    owned.iter().copied().find(|rs| template_of(rs).is_some_and(|t| same_template(t, template)))
+    owned
+        .iter()
+        .copied()
+        .find(|rs| template_of(rs).is_some_and(|t| same_template(t, template)))
 }
 
 /// The ReplicaSet a revert goes back to, as `kubectl rollout undo` chooses it:
@@ -310,7 +332,10 @@ pub fn revert_target<'a>(
     let current_hash = hash_of(current);
     if let Some(h) = prefer_hash
         && Some(h) != current_hash.as_deref()
-        && let Some(rs) = owned.iter().copied().find(|rs| hash_of(rs).as_deref() == Some(h))
+        && let Some(rs) = owned
+            .iter()
+            .copied()
+            .find(|rs| hash_of(rs).as_deref() == Some(h))
     {
         return Some(rs);
     }
@@ -318,7 +343,9 @@ pub fn revert_target<'a>(
     owned
         .iter()
         .copied()
-        .filter(|rs| hash_of(rs) != current_hash && revision_of(*rs).is_some_and(|r| r < current_rev))
+        .filter(|rs| {
+            hash_of(rs) != current_hash && revision_of(*rs).is_some_and(|r| r < current_rev)
+        })
         .max_by_key(|rs| revision_of(*rs))
 }
 
@@ -337,20 +364,30 @@ pub enum Next {
 
 /// See [`Next`].
 pub fn next_step(state: Option<&RolloutState>, current_hash: &str) -> Next {
-    let Some(state) = state else { return Next::Start { stable: None } };
+    let Some(state) = state else {
+        return Next::Start { stable: None };
+    };
     let candidate_hash = state.candidate.hash.as_deref();
     if candidate_hash == Some(current_hash) {
-        return if state.phase == Phase::Verifying { Next::Verify } else { Next::Nothing };
+        return if state.phase == Phase::Verifying {
+            Next::Verify
+        } else {
+            Next::Nothing
+        };
     }
     // guard's own revert made the previous ReplicaSet current again.
-    if state.phase == Phase::Reverted && state.stable.as_ref().and_then(|s| s.hash.as_deref()) == Some(current_hash) {
+    if state.phase == Phase::Reverted
+        && state.stable.as_ref().and_then(|s| s.hash.as_deref()) == Some(current_hash)
+    {
         return Next::Nothing;
     }
     // A newer template: the last good build is the promoted candidate, or the
     // stable side of an unfinished/failed rollout.
     let stable = match state.phase {
         Phase::Baseline | Phase::Promoted => Some(state.candidate.clone()),
-        Phase::Verifying | Phase::Reverted | Phase::Held | Phase::Superseded => state.stable.clone(),
+        Phase::Verifying | Phase::Reverted | Phase::Held | Phase::Superseded => {
+            state.stable.clone()
+        }
     };
     Next::Start { stable }
 }
@@ -368,9 +405,16 @@ mod tests {
             labels.insert(POD_TEMPLATE_HASH.into(), h.into());
         }
         PodTemplateSpec {
-            metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
+            metadata: Some(ObjectMeta {
+                labels: Some(labels),
+                ..Default::default()
+            }),
             spec: Some(PodSpec {
-                containers: vec![Container { name: "web".into(), image: Some(image.into()), ..Default::default() }],
+                containers: vec![Container {
+                    name: "web".into(),
+                    image: Some(image.into()),
+                    ..Default::default()
+                }],
                 ..Default::default()
             }),
         }
@@ -380,7 +424,10 @@ mod tests {
         ReplicaSet {
             metadata: ObjectMeta {
                 name: Some(format!("web-{hash}")),
-                labels: Some(BTreeMap::from([(POD_TEMPLATE_HASH.to_string(), hash.to_string())])),
+                labels: Some(BTreeMap::from([(
+                    POD_TEMPLATE_HASH.to_string(),
+                    hash.to_string(),
+                )])),
                 annotations: Some(BTreeMap::from([(REVISION.to_string(), rev.to_string())])),
                 owner_references: Some(vec![OwnerReference {
                     kind: "Deployment".into(),
@@ -391,24 +438,38 @@ mod tests {
                 }]),
                 ..Default::default()
             },
-            spec: ReplicaSetSpec { template: Some(template(image, Some(hash))), ..Default::default() },
+            spec: ReplicaSetSpec {
+                template: Some(template(image, Some(hash))),
+                ..Default::default()
+            },
             status: None,
         }
     }
 
     #[test]
     fn same_template_ignores_the_hash_label_only() {
-        assert!(same_template(&template("a:1", Some("x")), &template("a:1", None)));
-        assert!(!same_template(&template("a:1", None), &template("a:2", None)));
-        assert_eq!(strip_hash(&template("a:1", Some("x"))), template("a:1", None));
+        assert!(same_template(
+            &template("a:1", Some("x")),
+            &template("a:1", None)
+        ));
+        assert!(!same_template(
+            &template("a:1", None),
+            &template("a:2", None)
+        ));
+        assert_eq!(
+            strip_hash(&template("a:1", Some("x"))),
+            template("a:1", None)
+        );
     }
 
     #[test]
     fn build_comes_from_annotation_then_tag() {
         let mut t = template("registry.example/ultra-boost:86", None);
         assert_eq!(build_of(&t, None).number, "86");
-        t.metadata.as_mut().unwrap().annotations =
-            Some(BTreeMap::from([(ANNOTATION_BUILD.to_string(), "b-7".to_string())]));
+        t.metadata.as_mut().unwrap().annotations = Some(BTreeMap::from([(
+            ANNOTATION_BUILD.to_string(),
+            "b-7".to_string(),
+        )]));
         assert_eq!(build_of(&t, Some("web")).number, "b-7");
         assert_eq!(image_tag("localhost:5000/ub"), "localhost:5000/ub");
         assert_eq!(image_tag("ub@sha256:abc"), "sha256:abc");
@@ -425,25 +486,46 @@ mod tests {
         };
         let t = with_build(&template("ub:86", Some("h")), &b, Some("web")).unwrap();
         assert_eq!(build_of(&t, None), b);
-        assert!(!t.metadata.unwrap().labels.unwrap().contains_key(POD_TEMPLATE_HASH));
+        assert!(
+            !t.metadata
+                .unwrap()
+                .labels
+                .unwrap()
+                .contains_key(POD_TEMPLATE_HASH)
+        );
         let no_image = Build { image: None, ..b };
         assert!(with_build(&template("ub:86", None), &no_image, None).is_none());
     }
 
     #[test]
     fn revert_target_prefers_recorded_hash_then_previous_revision() {
-        let all = vec![rs("a", 1, "ub:1"), rs("b", 2, "ub:2"), rs("c", 3, "ub:3")];
+        let all = [rs("a", 1, "ub:1"), rs("b", 2, "ub:2"), rs("c", 3, "ub:3")];
         let owned: Vec<&ReplicaSet> = all.iter().collect();
         let current = &all[2];
-        assert_eq!(hash_of(revert_target(&owned, current, None).unwrap()).unwrap(), "b");
-        assert_eq!(hash_of(revert_target(&owned, current, Some("a")).unwrap()).unwrap(), "a");
+        assert_eq!(
+            hash_of(revert_target(&owned, current, None).unwrap()).unwrap(),
+            "b"
+        );
+        assert_eq!(
+            hash_of(revert_target(&owned, current, Some("a")).unwrap()).unwrap(),
+            "a"
+        );
         // A recorded hash that no longer exists falls back to the previous revision.
-        assert_eq!(hash_of(revert_target(&owned, current, Some("gone")).unwrap()).unwrap(), "b");
+        assert_eq!(
+            hash_of(revert_target(&owned, current, Some("gone")).unwrap()).unwrap(),
+            "b"
+        );
         assert!(revert_target(&owned[..1], &all[0], None).is_none());
     }
 
     fn state(phase: Phase, cand: &str, stable: Option<&str>) -> RolloutState {
-        let side = |h: &str| Side { build: h.into(), image: None, commit: None, hash: Some(h.into()), revision: None };
+        let side = |h: &str| Side {
+            build: h.into(),
+            image: None,
+            commit: None,
+            hash: Some(h.into()),
+            revision: None,
+        };
         RolloutState {
             phase,
             strategy: Strategy::Rolling,
@@ -461,14 +543,25 @@ mod tests {
     #[test]
     fn next_step_resumes_ignores_own_revert_and_starts_new_rollouts() {
         assert_eq!(next_step(None, "a"), Next::Start { stable: None });
-        assert_eq!(next_step(Some(&state(Phase::Verifying, "b", Some("a"))), "b"), Next::Verify);
-        assert_eq!(next_step(Some(&state(Phase::Promoted, "b", Some("a"))), "b"), Next::Nothing);
-        assert_eq!(next_step(Some(&state(Phase::Reverted, "b", Some("a"))), "a"), Next::Nothing);
-        let Next::Start { stable } = next_step(Some(&state(Phase::Promoted, "b", Some("a"))), "c") else {
+        assert_eq!(
+            next_step(Some(&state(Phase::Verifying, "b", Some("a"))), "b"),
+            Next::Verify
+        );
+        assert_eq!(
+            next_step(Some(&state(Phase::Promoted, "b", Some("a"))), "b"),
+            Next::Nothing
+        );
+        assert_eq!(
+            next_step(Some(&state(Phase::Reverted, "b", Some("a"))), "a"),
+            Next::Nothing
+        );
+        let Next::Start { stable } = next_step(Some(&state(Phase::Promoted, "b", Some("a"))), "c")
+        else {
             panic!("expected a new rollout")
         };
         assert_eq!(stable.unwrap().hash.as_deref(), Some("b"));
-        let Next::Start { stable } = next_step(Some(&state(Phase::Reverted, "b", Some("a"))), "c") else {
+        let Next::Start { stable } = next_step(Some(&state(Phase::Reverted, "b", Some("a"))), "c")
+        else {
             panic!("expected a new rollout")
         };
         assert_eq!(stable.unwrap().hash.as_deref(), Some("a"));

@@ -27,7 +27,8 @@ struct JudgeVerification {
 impl Verifier for JudgeVerifier {
     fn start(&self, _target: &Target, _stable: &Side, candidate: &Side) -> Box<dyn Verification> {
         Box::new(JudgeVerification {
-            judge: judge::Judge::new(self.policy.clone(), self.slos.clone()).map_err(|e| e.to_string()),
+            judge: judge::Judge::new(self.policy.clone(), self.slos.clone())
+                .map_err(|e| e.to_string()),
             candidate: candidate.build.clone(),
             last: BTreeMap::new(),
             last_elapsed: None,
@@ -40,7 +41,10 @@ fn delta(now: Counts, before: Option<Counts>) -> Counts {
     match before {
         Some(b) if now.total >= b.total && now.good >= b.good => {
             let total = now.total - b.total;
-            Counts { good: (now.good - b.good).min(total), total }
+            Counts {
+                good: (now.good - b.good).min(total),
+                total,
+            }
         }
         _ => now,
     }
@@ -50,13 +54,21 @@ impl Verification for JudgeVerification {
     fn step(&mut self, snapshot: &Snapshot, elapsed: Duration) -> Decision {
         let judge = match &mut self.judge {
             Ok(j) => j,
-            Err(e) => return Decision::Hold { reason: format!("judge configuration: {e}") },
+            Err(e) => {
+                return Decision::Hold {
+                    reason: format!("judge configuration: {e}"),
+                };
+            }
         };
         // Sum cumulative counts per role and SLO (a release may span several builds'
         // entries only if the source splits them; the candidate is matched by build).
         let mut now: BTreeMap<(Role, String), Counts> = BTreeMap::new();
         for r in &snapshot.releases {
-            let role = if r.build == self.candidate { Role::Candidate } else { r.role };
+            let role = if r.build == self.candidate {
+                Role::Candidate
+            } else {
+                r.role
+            };
             for (slo, c) in &r.by_slo {
                 let e = now.entry((role, slo.clone())).or_default();
                 e.good += c.good;
@@ -78,8 +90,14 @@ impl Verification for JudgeVerification {
             .map(|spec| {
                 let key_c = (Role::Candidate, spec.name.clone());
                 let key_b = (Role::Stable, spec.name.clone());
-                let c = delta(now.get(&key_c).copied().unwrap_or_default(), self.last.get(&key_c).copied());
-                let b = delta(now.get(&key_b).copied().unwrap_or_default(), self.last.get(&key_b).copied());
+                let c = delta(
+                    now.get(&key_c).copied().unwrap_or_default(),
+                    self.last.get(&key_c).copied(),
+                );
+                let b = delta(
+                    now.get(&key_b).copied().unwrap_or_default(),
+                    self.last.get(&key_b).copied(),
+                );
                 judge::SloObservation {
                     slo: spec.name.clone(),
                     candidate: judge::Counts::new(c.good, c.total),
@@ -88,7 +106,12 @@ impl Verification for JudgeVerification {
             })
             .collect();
         self.last = now;
-        let interval = judge::Interval { seconds, slos, canary_share: None, source_ok: true };
+        let interval = judge::Interval {
+            seconds,
+            slos,
+            canary_share: None,
+            source_ok: true,
+        };
         match judge.step(&interval) {
             Ok(d) => match d.verdict {
                 judge::Verdict::Continue => Decision::Continue,
@@ -96,7 +119,9 @@ impl Verification for JudgeVerification {
                 judge::Verdict::Revert => Decision::Revert { reason: d.reason },
                 judge::Verdict::Hold => Decision::Hold { reason: d.reason },
             },
-            Err(e) => Decision::Hold { reason: format!("judge refused the counts: {e}") },
+            Err(e) => Decision::Hold {
+                reason: format!("judge refused the counts: {e}"),
+            },
         }
     }
 }
