@@ -55,7 +55,11 @@ async fn main() -> anyhow::Result<()> {
     let platform = LocalPlatform::start(vec![cfg], &mut registry)
         .await
         .context("starting the local platform")?;
-    let mut command = vec![args.bin.display().to_string(), "--log-level".into(), "warn".into()];
+    let mut command = vec![
+        args.bin.display().to_string(),
+        "--log-level".into(),
+        "warn".into(),
+    ];
     command.extend(args.args.iter().cloned());
     let build = Build {
         number: "bench".into(),

@@ -12,7 +12,11 @@ use guard::platform::{Observed, Platform, PlatformError, Role, Strategy};
 use replicas::{Load, build, client, get, platform};
 
 fn builds_of(o: &Observed, role: Role) -> Vec<String> {
-    o.endpoints.iter().filter(|e| e.role == role).map(|e| e.build.clone()).collect()
+    o.endpoints
+        .iter()
+        .filter(|e| e.role == role)
+        .map(|e| e.build.clone())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,7 +28,11 @@ async fn rolling_update_and_promote_under_load_fail_no_request() {
     let o = p.observe(&t).await.unwrap();
     assert_eq!(o.stable.as_deref(), Some("1"));
     assert_eq!(builds_of(&o, Role::Stable), ["1", "1"]);
-    assert!(o.endpoints.iter().all(|e| e.ready && e.metrics_url.starts_with("http://127.0.0.1:")));
+    assert!(
+        o.endpoints
+            .iter()
+            .all(|e| e.ready && e.metrics_url.starts_with("http://127.0.0.1:"))
+    );
 
     let load = Load::start(format!("http://{addr}/"), 4, Duration::from_millis(1));
     load.wait_for(200).await;
@@ -55,8 +63,15 @@ async fn rolling_update_and_promote_under_load_fail_no_request() {
 
     let tally = load.stop().await;
     assert_eq!(tally.router_failures(), 0, "{tally:?}");
-    assert_eq!(tally.by_code.keys().copied().collect::<Vec<_>>(), [200], "{tally:?}");
-    assert!(tally.by_build.contains_key("1") && tally.by_build.contains_key("2"), "{tally:?}");
+    assert_eq!(
+        tally.by_code.keys().copied().collect::<Vec<_>>(),
+        [200],
+        "{tally:?}"
+    );
+    assert!(
+        tally.by_build.contains_key("1") && tally.by_build.contains_key("2"),
+        "{tally:?}"
+    );
     assert_eq!(p.router_totals(&t).unwrap().failures, 0);
     p.shutdown().await;
 }
@@ -72,18 +87,27 @@ async fn canary_steps_then_revert_under_load_fail_no_request() {
     let load = Load::start(format!("http://{addr}/"), 4, Duration::from_millis(1));
     load.wait_for(100).await;
     for share in [0.05, 0.25, 0.5] {
-        p.shift(&t, &b1, &b2, Strategy::Canary, share).await.unwrap();
+        p.shift(&t, &b1, &b2, Strategy::Canary, share)
+            .await
+            .unwrap();
         let o = p.observe(&t).await.unwrap();
         assert_eq!(o.candidate.as_deref(), Some("2"));
         assert_eq!(o.candidate_share, share);
-        assert_eq!(builds_of(&o, Role::Stable), ["1", "1"], "stable keeps its full count");
+        assert_eq!(
+            builds_of(&o, Role::Stable),
+            ["1", "1"],
+            "stable keeps its full count"
+        );
         assert_eq!(builds_of(&o, Role::Candidate), ["2"]);
         load.wait_for(200).await;
     }
     p.revert(&t, &b1).await.unwrap();
     p.revert(&t, &b1).await.unwrap();
     let o = p.observe(&t).await.unwrap();
-    assert_eq!((o.stable.as_deref(), o.candidate.as_deref()), (Some("1"), None));
+    assert_eq!(
+        (o.stable.as_deref(), o.candidate.as_deref()),
+        (Some("1"), None)
+    );
     assert_eq!(builds_of(&o, Role::Stable), ["1", "1"]);
     assert_eq!(o.candidate_share, 0.0);
     let before = load.tally();
@@ -92,7 +116,11 @@ async fn canary_steps_then_revert_under_load_fail_no_request() {
     assert_eq!(tally.router_failures(), 0, "{tally:?}");
     assert_eq!(p.router_totals(&t).unwrap().failures, 0);
     // After the revert only build 1 answers.
-    assert_eq!(tally.by_build.get("2"), before.by_build.get("2"), "{tally:?}");
+    assert_eq!(
+        tally.by_build.get("2"),
+        before.by_build.get("2"),
+        "{tally:?}"
+    );
     p.shutdown().await;
 }
 
@@ -102,13 +130,18 @@ async fn a_build_that_never_gets_ready_stops_the_move_with_the_old_replicas_serv
     let mut cfg = LocalTargetConfig::new(t.clone(), "127.0.0.1:0".parse().unwrap());
     cfg.ready_timeout = Duration::from_secs(2);
     let mut registry = prometheus_client::registry::Registry::default();
-    let p = LocalPlatform::start(vec![cfg], &mut registry).await.unwrap();
+    let p = LocalPlatform::start(vec![cfg], &mut registry)
+        .await
+        .unwrap();
     let addr = p.router_addr(&t).unwrap();
     let b1 = build("1", &[]);
     p.revert(&t, &b1).await.unwrap();
 
     let slow = build("2", &["--startup-delay", "60s"]);
-    let err = p.shift(&t, &b1, &slow, Strategy::Rolling, 0.5).await.unwrap_err();
+    let err = p
+        .shift(&t, &b1, &slow, Strategy::Rolling, 0.5)
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, PlatformError::NotReady { build, .. } if build == "2"),
         "{err}"
@@ -117,20 +150,35 @@ async fn a_build_that_never_gets_ready_stops_the_move_with_the_old_replicas_serv
         command: vec!["/nonexistent/ultra-boost".into()],
         ..build("3", &[])
     };
-    let err = p.shift(&t, &b1, &missing, Strategy::Canary, 0.1).await.unwrap_err();
-    assert!(err.to_string().contains("/nonexistent/ultra-boost"), "{err}");
+    let err = p
+        .shift(&t, &b1, &missing, Strategy::Canary, 0.1)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("/nonexistent/ultra-boost"),
+        "{err}"
+    );
 
     let o = p.observe(&t).await.unwrap();
     assert_eq!(o.endpoints.len(), 2, "{o:?}");
-    assert!(o.endpoints.iter().all(|e| e.build == "1" && e.ready), "{o:?}");
+    assert!(
+        o.endpoints.iter().all(|e| e.build == "1" && e.ready),
+        "{o:?}"
+    );
     let c = client();
     for _ in 0..20 {
-        assert_eq!(get(&c, &format!("http://{addr}/")).await.unwrap(), (200, Some("1".into())));
+        assert_eq!(
+            get(&c, &format!("http://{addr}/")).await.unwrap(),
+            (200, Some("1".into()))
+        );
     }
     // The engine reverts; nothing of build 2 or 3 is left.
     p.revert(&t, &b1).await.unwrap();
     let o = p.observe(&t).await.unwrap();
-    assert_eq!((o.stable.as_deref(), o.candidate.as_deref()), (Some("1"), None));
+    assert_eq!(
+        (o.stable.as_deref(), o.candidate.as_deref()),
+        (Some("1"), None)
+    );
     p.shutdown().await;
 }
 
@@ -146,7 +194,13 @@ async fn unknown_target_and_bad_share_are_errors() {
         Err(PlatformError::UnknownTarget { .. })
     ));
     let err = p
-        .shift(&t, &build("1", &[]), &build("2", &[]), Strategy::Canary, 1.5)
+        .shift(
+            &t,
+            &build("1", &[]),
+            &build("2", &[]),
+            Strategy::Canary,
+            1.5,
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("between 0.0 and 1.0"), "{err}");
@@ -170,7 +224,12 @@ fn gone(pid: u32) -> bool {
     // Dead, or a zombie waiting for a reaper that is not ours to be.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()) == Some("Z"),
+        Ok(stat) => {
+            stat.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                == Some("Z")
+        }
     }
 }
 
@@ -202,9 +261,13 @@ async fn replicas_exit_when_guard_is_killed() {
     assert!(pids.iter().all(|&p| !gone(p)), "replicas run: {line}");
     // SIGKILL: guard gets no chance to clean up; the kernel tells the replicas.
     guard.kill().await.unwrap();
-    replicas::poll(Duration::from_secs(20), "replicas to exit after guard died", || {
-        let pids = pids.clone();
-        async move { pids.iter().all(|&p| gone(p)).then_some(()) }
-    })
+    replicas::poll(
+        Duration::from_secs(20),
+        "replicas to exit after guard died",
+        || {
+            let pids = pids.clone();
+            async move { pids.iter().all(|&p| gone(p)).then_some(()) }
+        },
+    )
     .await;
 }

@@ -52,13 +52,23 @@ fn counts(s: &Snapshot, build: &str, slo: &str) -> Counts {
 
 /// Polls until `slo` of `build` has `total` events and keeps it for 1.5 s
 /// (more than one scrape interval): then the count is final, not in transit.
-async fn settled(src: &ScrapeSource, eps: &[Endpoint], build: &str, slo: &str, total: u64) -> Counts {
+async fn settled(
+    src: &ScrapeSource,
+    eps: &[Endpoint],
+    build: &str,
+    slo: &str,
+    total: u64,
+) -> Counts {
     let t = replicas::target();
-    let c = poll(Duration::from_secs(15), "the scraped total to reach what was sent", || async {
-        let s = src.snapshot(&t, eps).await.unwrap();
-        let c = counts(&s, build, slo);
-        (c.total >= total).then_some(c)
-    })
+    let c = poll(
+        Duration::from_secs(15),
+        "the scraped total to reach what was sent",
+        || async {
+            let s = src.snapshot(&t, eps).await.unwrap();
+            let c = counts(&s, build, slo);
+            (c.total >= total).then_some(c)
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let again = counts(&src.snapshot(&t, eps).await.unwrap(), build, slo);
@@ -72,16 +82,27 @@ async fn counts_equal_what_was_sent_through_the_router() {
     let (p, t, addr) = platform(2).await;
     let b = build(
         "7",
-        &["--fault-error-rate", "0.5", "--fault-seed", "11", "--background-interval", "1s"],
+        &[
+            "--fault-error-rate",
+            "0.5",
+            "--fault-seed",
+            "11",
+            "--background-interval",
+            "1s",
+        ],
     );
     p.revert(&t, &b).await.unwrap();
     let eps = p.observe(&t).await.unwrap().endpoints;
     assert_eq!(eps.len(), 2);
     // Registering the endpoints starts the scrapes; wait for a first one.
-    poll(Duration::from_secs(10), "a first scrape of every replica", || async {
-        let s = src.snapshot(&t, &eps).await.unwrap();
-        s.staleness_seconds.filter(|&st| st < 1.5).map(|_| ())
-    })
+    poll(
+        Duration::from_secs(10),
+        "a first scrape of every replica",
+        || async {
+            let s = src.snapshot(&t, &eps).await.unwrap();
+            s.staleness_seconds.filter(|&st| st < 1.5).map(|_| ())
+        },
+    )
     .await;
 
     let c = client();
@@ -97,7 +118,14 @@ async fn counts_equal_what_was_sent_through_the_router() {
     assert!((65..=135).contains(&errors), "{sent:?}");
 
     let avail = settled(&src, &eps, "7", "availability", 200).await;
-    assert_eq!(avail, Counts { good: ok, total: 200 }, "{sent:?}");
+    assert_eq!(
+        avail,
+        Counts {
+            good: ok,
+            total: 200
+        },
+        "{sent:?}"
+    );
     let latency = settled(&src, &eps, "7", "latency", 200).await;
     assert_eq!(latency.total, 200);
     // No latency fault: every request is far below 200 ms (2 % slack for a
@@ -124,7 +152,11 @@ async fn a_restarted_replica_is_counted_from_zero_not_lost_nor_doubled() {
         ready: true,
     }];
     poll(Duration::from_secs(10), "a first scrape", || async {
-        src.snapshot(&t, &eps).await.unwrap().staleness_seconds.map(|_| ())
+        src.snapshot(&t, &eps)
+            .await
+            .unwrap()
+            .staleness_seconds
+            .map(|_| ())
     })
     .await;
     let c = client();
@@ -144,7 +176,13 @@ async fn a_restarted_replica_is_counted_from_zero_not_lost_nor_doubled() {
         assert_eq!(get(&c, &url).await.unwrap().0, 200);
     }
     let total = settled(&src, &eps, "1", "availability", 80).await;
-    assert_eq!(total, Counts { good: 80, total: 80 });
+    assert_eq!(
+        total,
+        Counts {
+            good: 80,
+            total: 80
+        }
+    );
     drop(r2);
 }
 
@@ -176,12 +214,19 @@ async fn a_replica_that_stops_answering_is_stale_not_idle() {
         s.staleness_seconds.filter(|&st| st > 2.5).map(|_| s)
     })
     .await;
-    assert_eq!(counts(&stale, "1", "availability"), before, "a missed scrape adds nothing");
+    assert_eq!(
+        counts(&stale, "1", "availability"),
+        before,
+        "a missed scrape adds nothing"
+    );
     r.signal("CONT");
     poll(Duration::from_secs(10), "fresh data again", || async {
         let s = src.snapshot(&t, &eps).await.unwrap();
         s.staleness_seconds.filter(|&st| st < 1.5).map(|_| ())
     })
     .await;
-    assert_eq!(counts(&src.snapshot(&t, &eps).await.unwrap(), "1", "availability"), before);
+    assert_eq!(
+        counts(&src.snapshot(&t, &eps).await.unwrap(), "1", "availability"),
+        before
+    );
 }

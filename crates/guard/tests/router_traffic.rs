@@ -71,7 +71,11 @@ async fn weights_split_traffic_between_releases() {
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     let line = text
         .lines()
-        .find(|l| l.starts_with("guard_router_requests_total") && l.contains("build=\"2\"") && l.contains("code=\"200\""))
+        .find(|l| {
+            l.starts_with("guard_router_requests_total")
+                && l.contains("build=\"2\"")
+                && l.contains("code=\"200\"")
+        })
         .unwrap_or_else(|| panic!("no candidate series in\n{text}"));
     assert!(line.contains("role=\"candidate\""), "{line}");
     let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
@@ -103,10 +107,14 @@ async fn no_ready_replica_is_a_counted_503() {
         "{text}"
     );
     // The readiness poller finds it ready.
-    poll(Duration::from_secs(5), "the poller to mark the replica ready", || {
-        let b = b.clone();
-        async move { b.is_ready().then_some(()) }
-    })
+    poll(
+        Duration::from_secs(5),
+        "the poller to mark the replica ready",
+        || {
+            let b = b.clone();
+            async move { b.is_ready().then_some(()) }
+        },
+    )
     .await;
     assert_eq!(get(&c, &url).await.unwrap(), (200, Some("1".to_string())));
     router.shutdown(Duration::from_secs(2)).await;
@@ -126,7 +134,11 @@ async fn a_replica_killed_under_load_costs_no_request() {
         weight: 1.0,
         backends: vec![ba.clone(), ready("1", &b)],
     }]);
-    let load = Load::start(format!("http://{}/", router.local_addr()), 4, Duration::from_millis(1));
+    let load = Load::start(
+        format!("http://{}/", router.local_addr()),
+        4,
+        Duration::from_millis(1),
+    );
     load.wait_for(300).await;
     // No drain, no warning: the process is gone. Requests that were being
     // written to it are retried on the other replica (GET is idempotent).

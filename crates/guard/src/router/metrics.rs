@@ -1,8 +1,8 @@
 //! The router's traffic metrics: requests by release and code, and the failures
 //! the router itself caused (what "zero failed requests" is measured on).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -150,8 +150,16 @@ impl Labels {
         // One statement each: a `get_or_create` guard holds the family's read
         // lock until the end of its statement, and the next call may need the
         // write lock.
-        let stable = l.metrics.duration.get_or_create(&l.route(Role::Stable)).clone();
-        let candidate = l.metrics.duration.get_or_create(&l.route(Role::Candidate)).clone();
+        let stable = l
+            .metrics
+            .duration
+            .get_or_create(&l.route(Role::Stable))
+            .clone();
+        let candidate = l
+            .metrics
+            .duration
+            .get_or_create(&l.route(Role::Candidate))
+            .clone();
         l.durations = [stable, candidate];
         l
     }

@@ -49,7 +49,6 @@ pub use pool::{Backend, GroupSpec};
 use metrics::Labels;
 use pool::{InFlight, Pool};
 
-
 /// Settings of one router (one per service and environment).
 #[derive(Clone, Debug)]
 pub struct RouterConfig {
@@ -73,7 +72,11 @@ pub struct RouterConfig {
 
 impl RouterConfig {
     /// Defaults for `service` in `environment` listening on `listen`.
-    pub fn new(service: impl Into<String>, environment: impl Into<String>, listen: SocketAddr) -> Self {
+    pub fn new(
+        service: impl Into<String>,
+        environment: impl Into<String>,
+        listen: SocketAddr,
+    ) -> Self {
         Self {
             service: service.into(),
             environment: environment.into(),
@@ -133,11 +136,14 @@ impl Router {
     /// Binds the listen address and starts serving (with an empty pool: 503
     /// until [`Router::set_pool`] adds ready replicas) and polling readiness.
     pub async fn start(config: RouterConfig, metrics: RouterMetrics) -> Result<Self, RouterError> {
-        let listener = TcpListener::bind(config.listen).await.map_err(|source| RouterError::Bind {
-            service: config.service.clone(),
-            addr: config.listen,
-            source,
-        })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| RouterError::Bind {
+                    service: config.service.clone(),
+                    addr: config.listen,
+                    source,
+                })?;
         let local_addr = listener.local_addr().map_err(|source| RouterError::Bind {
             service: config.service.clone(),
             addr: config.listen,
@@ -194,7 +200,11 @@ impl Router {
 
     /// The releases and backends of the current set.
     pub fn groups(&self) -> Vec<GroupSpec> {
-        self.current_pool().groups.iter().map(|g| g.spec.clone()).collect()
+        self.current_pool()
+            .groups
+            .iter()
+            .map(|g| g.spec.clone())
+            .collect()
     }
 
     fn current_pool(&self) -> Arc<Pool> {
@@ -211,7 +221,10 @@ impl Router {
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.cancel.cancel();
         self.tasks.close();
-        if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(service = %self.inner.config.service, "router connections still open after the grace period");
         }
     }
@@ -233,10 +246,13 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
             },
         };
         let _ = stream.set_nodelay(true);
+        // Made once per connection, not per request.
+        let forwarded_for = HeaderValue::from_str(&peer.ip().to_string()).ok();
         let inner2 = Arc::clone(&inner);
         let svc = service_fn(move |req| {
             let inner = Arc::clone(&inner2);
-            async move { Ok::<_, Infallible>(handle(inner, req, peer).await) }
+            let forwarded_for = forwarded_for.clone();
+            async move { Ok::<_, Infallible>(handle(inner, req, forwarded_for).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -250,7 +266,10 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
         });
     }
     drop(listener);
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("router gave up waiting for client connections to close");
     }
 }
@@ -280,7 +299,11 @@ async fn ready_loop(inner: Arc<Inner>) {
 }
 
 /// `GET /-/ready` answered 200 within `timeout`.
-pub(crate) async fn probe_ready(client: &UpstreamClient, addr: SocketAddr, timeout: Duration) -> bool {
+pub(crate) async fn probe_ready(
+    client: &UpstreamClient,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> bool {
     let Ok(uri) = Uri::builder()
         .scheme("http")
         .authority(addr.to_string())
@@ -306,7 +329,10 @@ pub(crate) async fn probe_ready(client: &UpstreamClient, addr: SocketAddr, timeo
 /// The router's response body: a replica's streamed body (holding the
 /// backend's in-flight mark until it ends) or a body the router made.
 pub enum RouterBody {
-    Upstream { body: Incoming, _in_flight: InFlightMark },
+    Upstream {
+        body: Incoming,
+        _in_flight: InFlightMark,
+    },
     Local(Full<Bytes>),
     Empty,
 }
@@ -318,7 +344,10 @@ impl Body for RouterBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RouterBody::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
             RouterBody::Local(full) => match Pin::new(full).poll_frame(cx) {
@@ -349,10 +378,14 @@ impl Body for RouterBody {
 }
 
 fn local_response(status: StatusCode, msg: &'static str) -> Response<RouterBody> {
-    let mut resp = Response::new(RouterBody::Local(Full::new(Bytes::from_static(msg.as_bytes()))));
+    let mut resp = Response::new(RouterBody::Local(Full::new(Bytes::from_static(
+        msg.as_bytes(),
+    ))));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
@@ -391,20 +424,32 @@ fn idempotent(method: &Method) -> bool {
 /// The response header naming the build that answered (for people and tests).
 pub const BUILD_HEADER: &str = "x-guard-build";
 
-async fn handle(inner: Arc<Inner>, req: Request<Incoming>, peer: SocketAddr) -> Response<RouterBody> {
+async fn handle(
+    inner: Arc<Inner>,
+    req: Request<Incoming>,
+    forwarded_for: Option<HeaderValue>,
+) -> Response<RouterBody> {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
     // Buffer the body so a retry can resend it; GETs have none and this is one poll.
     let body = if body.is_end_stream() {
         Bytes::new()
     } else {
-        match Limited::new(body, inner.config.max_body_bytes).collect().await {
+        match Limited::new(body, inner.config.max_body_bytes)
+            .collect()
+            .await
+        {
             Ok(c) => c.to_bytes(),
             Err(err) => {
-                let too_large = err.downcast_ref::<http_body_util::LengthLimitError>().is_some();
+                let too_large = err
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some();
                 inner.labels.failure("bad_request");
                 return if too_large {
-                    local_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large for guard's router\n")
+                    local_response(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request body too large for guard's router\n",
+                    )
                 } else {
                     local_response(StatusCode::BAD_REQUEST, "request body could not be read\n")
                 };
@@ -412,20 +457,22 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>, peer: SocketAddr) -> 
         }
     };
     strip_hop_by_hop(&mut parts.headers);
-    let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).ok();
-    if let Some(ip) = peer_ip {
-        parts.headers.append(HeaderName::from_static("x-forwarded-for"), ip);
+    if let Some(ip) = forwarded_for {
+        parts
+            .headers
+            .append(HeaderName::from_static("x-forwarded-for"), ip);
     }
     let path = parts
         .uri
         .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".to_string());
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
 
     let seq = inner.seq.fetch_add(1, Ordering::Relaxed);
-    let mut tried: Vec<u64> = Vec::new();
-    let pool = Arc::clone(&inner.pool.read().unwrap_or_else(|e| e.into_inner()));
     let attempts = inner.config.max_attempts.max(1);
+    // Backends already tried for this request (max_attempts is small).
+    let mut tried: Vec<u64> = Vec::with_capacity(attempts);
+    let pool = Arc::clone(&inner.pool.read().unwrap_or_else(|e| e.into_inner()));
     for attempt in 0..attempts {
         let Some(pick) = pool.pick(seq.wrapping_add(attempt as u64), &tried) else {
             break;
@@ -433,14 +480,16 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>, peer: SocketAddr) -> 
         let backend = pick.backend;
         tried.push(backend.id());
         let role = pool.groups[pick.group].spec.role;
-        let Ok(uri) = Uri::builder()
-            .scheme("http")
-            .authority(backend.addr().to_string())
-            .path_and_query(path.as_str())
-            .build()
-        else {
+        let mut uri_parts = http::uri::Parts::default();
+        uri_parts.scheme = Some(http::uri::Scheme::HTTP);
+        uri_parts.authority = Some(backend.authority().clone());
+        uri_parts.path_and_query = Some(path.clone());
+        let Ok(uri) = Uri::from_parts(uri_parts) else {
             inner.labels.failure("bad_request");
-            return local_response(StatusCode::BAD_REQUEST, "request target could not be forwarded\n");
+            return local_response(
+                StatusCode::BAD_REQUEST,
+                "request target could not be forwarded\n",
+            );
         };
         let mut out = Request::new(Full::new(body.clone()));
         *out.method_mut() = parts.method.clone();
@@ -448,15 +497,25 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>, peer: SocketAddr) -> 
         *out.version_mut() = http::Version::HTTP_11;
         *out.headers_mut() = parts.headers.clone();
         let in_flight = backend.begin();
-        let result = tokio::time::timeout(inner.config.upstream_timeout, inner.client.request(out)).await;
+        let result =
+            tokio::time::timeout(inner.config.upstream_timeout, inner.client.request(out)).await;
         match result {
             Ok(Ok(resp)) => {
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
-                if let Ok(v) = HeaderValue::from_str(backend.build()) {
-                    rparts.headers.insert(HeaderName::from_static(BUILD_HEADER), v);
+                if let Some(v) = backend.build_header() {
+                    rparts
+                        .headers
+                        .insert(HeaderName::from_static(BUILD_HEADER), v.clone());
                 }
-                record(&inner, &pool, pick.group, &backend, rparts.status.as_u16(), started);
+                record(
+                    &inner,
+                    &pool,
+                    pick.group,
+                    &backend,
+                    rparts.status.as_u16(),
+                    started,
+                );
                 let body = RouterBody::Upstream {
                     body: rbody,
                     _in_flight: InFlightMark(in_flight),
@@ -485,7 +544,10 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>, peer: SocketAddr) -> 
                 drop(in_flight);
                 tracing::warn!(build = %backend.build(), addr = %backend.addr(), "replica did not answer in time");
                 inner.labels.failure("upstream");
-                return local_response(StatusCode::GATEWAY_TIMEOUT, "the replica did not answer in time\n");
+                return local_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the replica did not answer in time\n",
+                );
             }
         }
     }
@@ -499,12 +561,21 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>, peer: SocketAddr) -> 
     }
 }
 
-fn record(inner: &Inner, pool: &Pool, group: usize, backend: &Backend, code: u16, started: Instant) {
+fn record(
+    inner: &Inner,
+    pool: &Pool,
+    group: usize,
+    backend: &Backend,
+    code: u16,
+    started: Instant,
+) {
     let labels = &inner.labels;
     labels.totals.requests.fetch_add(1, Ordering::Relaxed);
     let g = &pool.groups[group];
     let role = g.spec.role;
-    labels.duration(role).observe(started.elapsed().as_secs_f64());
+    labels
+        .duration(role)
+        .observe(started.elapsed().as_secs_f64());
     let cached = g
         .by_code
         .read()

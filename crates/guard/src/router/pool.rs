@@ -20,6 +20,10 @@ pub struct Backend {
     id: u64,
     build: String,
     addr: SocketAddr,
+    /// `addr` as a URI authority and the build as a header value, made once
+    /// rather than per request.
+    authority: http::uri::Authority,
+    build_header: Option<http::HeaderValue>,
     ready: AtomicBool,
     in_flight: AtomicU64,
 }
@@ -31,10 +35,15 @@ impl Backend {
     /// **not ready**: whoever adds it to a pool either waited for readiness and
     /// calls [`Backend::set_ready`], or lets the router's poller find out.
     pub fn new(build: impl Into<String>, addr: SocketAddr) -> Arc<Self> {
+        let build = build.into();
+        let authority = http::uri::Authority::try_from(addr.to_string().as_str())
+            .unwrap_or_else(|_| http::uri::Authority::from_static("127.0.0.1"));
         Arc::new(Self {
             id: NEXT_BACKEND_ID.fetch_add(1, Ordering::Relaxed),
-            build: build.into(),
+            build_header: http::HeaderValue::from_str(&build).ok(),
+            build,
             addr,
+            authority,
             ready: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
         })
@@ -51,6 +60,14 @@ impl Backend {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    pub(crate) fn authority(&self) -> &http::uri::Authority {
+        &self.authority
+    }
+
+    pub(crate) fn build_header(&self) -> Option<&http::HeaderValue> {
+        self.build_header.as_ref()
     }
 
     pub fn is_ready(&self) -> bool {
@@ -179,7 +196,9 @@ impl Pool {
             // Rounding can leave x == total: the last weighted group takes it.
             chosen.unwrap_or(last)
         } else {
-            let usable_groups: Vec<usize> = (0..self.groups.len()).filter(|&i| usable(&self.groups[i])).collect();
+            let usable_groups: Vec<usize> = (0..self.groups.len())
+                .filter(|&i| usable(&self.groups[i]))
+                .collect();
             usable_groups[(seq as usize) % usable_groups.len()]
         };
         let g = &self.groups[group];
@@ -214,7 +233,12 @@ mod tests {
 
     fn share_of(pool: &Pool, build: &str, n: u64) -> f64 {
         let hits = (0..n)
-            .filter(|&s| pool.pick(s, &[]).map(|p| p.backend.build().to_string()).as_deref() == Some(build))
+            .filter(|&s| {
+                pool.pick(s, &[])
+                    .map(|p| p.backend.build().to_string())
+                    .as_deref()
+                    == Some(build)
+            })
             .count();
         hits as f64 / n as f64
     }

@@ -63,7 +63,9 @@ pub async fn platform(replicas: usize) -> (LocalPlatform, Target, SocketAddr) {
     cfg.ready_timeout = Duration::from_secs(20);
     cfg.drain_timeout = Duration::from_secs(10);
     let mut registry = prometheus_client::registry::Registry::default();
-    let p = LocalPlatform::start(vec![cfg], &mut registry).await.expect("platform starts");
+    let p = LocalPlatform::start(vec![cfg], &mut registry)
+        .await
+        .expect("platform starts");
     let addr = p.router_addr(&t).unwrap();
     (p, t, addr)
 }
@@ -76,7 +78,9 @@ pub fn client() -> HttpClient {
 
 /// One GET; returns the status and the build that answered (router header).
 pub async fn get(client: &HttpClient, url: &str) -> Result<(u16, Option<String>), String> {
-    let req = http::Request::get(url).body(Empty::new()).map_err(|e| e.to_string())?;
+    let req = http::Request::get(url)
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
     let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
         .await
         .map_err(|_| "timeout".to_string())?
@@ -87,7 +91,10 @@ pub async fn get(client: &HttpClient, url: &str) -> Result<(u16, Option<String>)
         .get(guard::router::BUILD_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(String::from);
-    resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?;
+    resp.into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?;
     Ok((status, build))
 }
 
@@ -107,7 +114,11 @@ impl Tally {
 
     /// Connection errors plus the router's own failure codes.
     pub fn router_failures(&self) -> u64 {
-        self.errors + [502u16, 503, 504].iter().map(|c| self.by_code.get(c).copied().unwrap_or(0)).sum::<u64>()
+        self.errors
+            + [502u16, 503, 504]
+                .iter()
+                .map(|c| self.by_code.get(c).copied().unwrap_or(0))
+                .sum::<u64>()
     }
 }
 
@@ -166,7 +177,11 @@ impl Load {
         let start = self.tally().total();
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.tally().total() < start + n {
-            assert!(Instant::now() < deadline, "load made no progress: {:?}", self.tally());
+            assert!(
+                Instant::now() < deadline,
+                "load made no progress: {:?}",
+                self.tally()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -176,8 +191,7 @@ impl Load {
         for t in self.tasks {
             let _ = t.await;
         }
-        let t = self.tally.lock().unwrap().clone();
-        t
+        self.tally.lock().unwrap().clone()
     }
 }
 
@@ -192,7 +206,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -235,7 +252,11 @@ impl Replica {
             async move { matches!(get(&c, &url).await, Ok((200, _))).then_some(()) }
         })
         .await;
-        Self { child, addr, _dir: dir }
+        Self {
+            child,
+            addr,
+            _dir: dir,
+        }
     }
 
     pub fn pid(&self) -> u32 {

@@ -45,7 +45,9 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
 
-use super::{BoxFuture, Build, Endpoint, Observed, Platform, PlatformError, Role, Strategy, Target};
+use super::{
+    BoxFuture, Build, Endpoint, Observed, Platform, PlatformError, Role, Strategy, Target,
+};
 use crate::router::{GroupSpec, Router, RouterConfig, RouterError, RouterMetrics, TotalsSnapshot};
 use replica::Replica;
 
@@ -141,7 +143,10 @@ static PLATFORM_SEQ: AtomicU64 = AtomicU64::new(0);
 impl LocalPlatform {
     /// Starts a router for every target; router metrics are registered into
     /// `registry` (`guard_router_*`).
-    pub async fn start(targets: Vec<LocalTargetConfig>, registry: &mut Registry) -> Result<Self, PlatformError> {
+    pub async fn start(
+        targets: Vec<LocalTargetConfig>,
+        registry: &mut Registry,
+    ) -> Result<Self, PlatformError> {
         Self::start_with_metrics(targets, RouterMetrics::register(registry)).await
     }
 
@@ -177,12 +182,15 @@ impl LocalPlatform {
     /// Adds a target (e.g. a review environment) and starts its router; a
     /// target that exists already is left as it is.
     pub async fn add_target(&self, config: LocalTargetConfig) -> Result<SocketAddr, PlatformError> {
-        if let Some(rt) = self.runtime(&config.target).ok() {
+        if let Ok(rt) = self.runtime(&config.target) {
             return Ok(rt.router.local_addr());
         }
         if config.replicas == 0 {
             return Err(PlatformError::Action {
-                action: format!("configuring {}/{}", config.target.service, config.target.environment),
+                action: format!(
+                    "configuring {}/{}",
+                    config.target.service, config.target.environment
+                ),
                 detail: "replicas must be at least 1".into(),
             });
         }
@@ -295,13 +303,21 @@ impl LocalPlatform {
                 st.roles.insert(c.number.clone(), Role::Candidate);
             }
             let running: Vec<String> = st.replicas.iter().map(|r| r.build.clone()).collect();
-            st.roles.retain(|b, _| running.contains(b) || *b == desired.stable.number || desired.candidate.as_ref().is_some_and(|c| c.number == *b));
+            st.roles.retain(|b, _| {
+                running.contains(b)
+                    || *b == desired.stable.number
+                    || desired.candidate.as_ref().is_some_and(|c| c.number == *b)
+            });
             publish(&rt, &st);
         }
         let want = |build: &str| -> usize {
             if build == desired.stable.number {
                 desired.stable_count
-            } else if desired.candidate.as_ref().is_some_and(|c| c.number == build) {
+            } else if desired
+                .candidate
+                .as_ref()
+                .is_some_and(|c| c.number == build)
+            {
                 desired.candidate_count
             } else {
                 0
@@ -366,7 +382,14 @@ impl LocalPlatform {
                 service = %target.service, environment = %target.environment,
                 build = %build.number, "starting a replica (surge)"
             );
-            let r = replica::start(&build, &self.inner.dir, id, rt.config.ready_timeout, &self.inner.client).await?;
+            let r = replica::start(
+                &build,
+                &self.inner.dir,
+                id,
+                rt.config.ready_timeout,
+                &self.inner.client,
+            )
+            .await?;
             let mut st = rt.state.lock().unwrap_or_else(|e| e.into_inner());
             st.replicas.push(r);
             publish(&rt, &st);
@@ -464,9 +487,14 @@ impl Platform for LocalPlatform {
                     ready: r.alive() && r.backend.is_ready(),
                 })
                 .collect::<Vec<_>>();
-            let candidate_replicas = endpoints.iter().filter(|e| e.role == Role::Candidate).count();
+            let candidate_replicas = endpoints
+                .iter()
+                .filter(|e| e.role == Role::Candidate)
+                .count();
             let candidate_share = match st.split {
-                Split::PerReplica if !endpoints.is_empty() => candidate_replicas as f64 / endpoints.len() as f64,
+                Split::PerReplica if !endpoints.is_empty() => {
+                    candidate_replicas as f64 / endpoints.len() as f64
+                }
                 Split::PerReplica => 0.0,
                 Split::Canary(w) if candidate_replicas > 0 => w,
                 Split::Canary(_) => 0.0,
@@ -509,7 +537,11 @@ impl Platform for LocalPlatform {
                     stable: stable.clone(),
                     candidate: Some(candidate.clone()),
                     stable_count: n,
-                    candidate_count: if share > 0.0 { ceil_share(share, n).max(1) } else { 0 },
+                    candidate_count: if share > 0.0 {
+                        ceil_share(share, n).max(1)
+                    } else {
+                        0
+                    },
                     split: Split::Canary(share),
                 },
             };
@@ -517,7 +549,11 @@ impl Platform for LocalPlatform {
         })
     }
 
-    fn promote<'a>(&'a self, target: &'a Target, candidate: &'a Build) -> BoxFuture<'a, Result<(), PlatformError>> {
+    fn promote<'a>(
+        &'a self,
+        target: &'a Target,
+        candidate: &'a Build,
+    ) -> BoxFuture<'a, Result<(), PlatformError>> {
         Box::pin(async move {
             let n = self.runtime(target)?.config.replicas;
             self.converge(
@@ -534,7 +570,11 @@ impl Platform for LocalPlatform {
         })
     }
 
-    fn revert<'a>(&'a self, target: &'a Target, to: &'a Build) -> BoxFuture<'a, Result<(), PlatformError>> {
+    fn revert<'a>(
+        &'a self,
+        target: &'a Target,
+        to: &'a Build,
+    ) -> BoxFuture<'a, Result<(), PlatformError>> {
         Box::pin(async move {
             let n = self.runtime(target)?.config.replicas;
             self.converge(

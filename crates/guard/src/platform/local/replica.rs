@@ -64,7 +64,9 @@ impl Process {
     /// Waits until the process exits or `timeout` passes; true when it exited.
     pub(crate) async fn wait_exit(&self, timeout: Duration) -> bool {
         let mut rx = self.exit.clone();
-        tokio::time::timeout(timeout, rx.wait_for(|e| e.is_some())).await.is_ok()
+        tokio::time::timeout(timeout, rx.wait_for(|e| e.is_some()))
+            .await
+            .is_ok()
     }
 
     fn tail(&self) -> String {
@@ -106,14 +108,24 @@ pub(crate) fn arguments(build: &Build, address_file: &Path) -> Vec<String> {
     let file = address_file.display().to_string();
     let listen = "127.0.0.1:0";
     let args: Vec<String> = build.command.iter().skip(1).cloned().collect();
-    let templated = args.iter().any(|a| a.contains("{listen}") || a.contains("{address_file}"));
+    let templated = args
+        .iter()
+        .any(|a| a.contains("{listen}") || a.contains("{address_file}"));
     if templated {
         args.into_iter()
-            .map(|a| a.replace("{listen}", listen).replace("{address_file}", &file))
+            .map(|a| {
+                a.replace("{listen}", listen)
+                    .replace("{address_file}", &file)
+            })
             .collect()
     } else {
         let mut args = args;
-        args.extend(["--listen".to_string(), listen.to_string(), "--address-file".to_string(), file]);
+        args.extend([
+            "--listen".to_string(),
+            listen.to_string(),
+            "--address-file".to_string(),
+            file,
+        ]);
         args
     }
 }
@@ -131,7 +143,8 @@ pub(crate) async fn start(
     let Some(program) = build.command.first() else {
         return Err(PlatformError::Action {
             action: format!("starting build {}", build.number),
-            detail: "the build has an empty command; the local platform needs a program to run".into(),
+            detail: "the build has an empty command; the local platform needs a program to run"
+                .into(),
         });
     };
     let address_file = dir.join(format!("replica-{id}.addr"));
@@ -157,10 +170,20 @@ pub(crate) async fn start(
     let pid = child.id().unwrap_or(0);
     let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(forward_output(out, build.number.clone(), pid, Arc::clone(&tail)));
+        tokio::spawn(forward_output(
+            out,
+            build.number.clone(),
+            pid,
+            Arc::clone(&tail),
+        ));
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(forward_output(err, build.number.clone(), pid, Arc::clone(&tail)));
+        tokio::spawn(forward_output(
+            err,
+            build.number.clone(),
+            pid,
+            Arc::clone(&tail),
+        ));
     }
     let (tx, exit) = watch::channel(None);
     let number = build.number.clone();
@@ -243,7 +266,9 @@ async fn wait_ready(
 }
 
 async fn probe(client: &ProbeClient, addr: SocketAddr) -> bool {
-    let Ok(req) = http::Request::get(format!("http://{addr}/-/ready")).body(Full::new(Bytes::new())) else {
+    let Ok(req) =
+        http::Request::get(format!("http://{addr}/-/ready")).body(Full::new(Bytes::new()))
+    else {
         return false;
     };
     match tokio::time::timeout(Duration::from_secs(1), client.request(req)).await {

@@ -7,7 +7,8 @@ use std::io;
 /// Sends `signal` to the process group led by `pid` (every replica is started
 /// as the leader of its own group, so helpers it forks get the signal too).
 pub(crate) fn signal_group(pid: u32, signal: libc::c_int) -> io::Result<()> {
-    let pgid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other(format!("pid {pid} out of range")))?;
+    let pgid = libc::pid_t::try_from(pid)
+        .map_err(|_| io::Error::other(format!("pid {pid} out of range")))?;
     // SAFETY: kill(2) has no memory-safety preconditions; a negative pid names a
     // process group. pgid > 0 because it is a child's pid.
     let rc = unsafe { libc::kill(-pgid, signal) };
@@ -42,7 +43,14 @@ pub(crate) fn die_with_parent(cmd: &mut tokio::process::Command) {
     // async-signal-safe functions (prctl, getppid); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGTERM as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(io::Error::last_os_error());
             }
             // guard may have died between fork and prctl: then the death signal

@@ -93,19 +93,27 @@ fn default_bad_codes() -> Vec<String> {
 }
 
 fn default_excluded_routes() -> Vec<String> {
-    ["/metrics", "/-/ready", "/-/healthy"].map(String::from).to_vec()
+    ["/metrics", "/-/ready", "/-/healthy"]
+        .map(String::from)
+        .to_vec()
 }
 
 impl ScrapeSli {
     /// Checks values serde cannot; the message names the field and what to use.
     pub fn validate(&self) -> Result<(), String> {
         match self {
-            ScrapeSli::Availability { metric, bad_codes, .. } => {
+            ScrapeSli::Availability {
+                metric, bad_codes, ..
+            } => {
                 if metric.is_empty() {
-                    return Err("availability.metric is empty; e.g. ultra_boost_http_requests_total".into());
+                    return Err(
+                        "availability.metric is empty; e.g. ultra_boost_http_requests_total".into(),
+                    );
                 }
                 if bad_codes.is_empty() || bad_codes.iter().any(|c| c.is_empty()) {
-                    return Err("availability.bad_codes needs non-empty code prefixes, e.g. [\"5\"]".into());
+                    return Err(
+                        "availability.bad_codes needs non-empty code prefixes, e.g. [\"5\"]".into(),
+                    );
                 }
             }
             ScrapeSli::Latency { histogram, le, .. } => {
@@ -113,17 +121,24 @@ impl ScrapeSli {
                     return Err("latency.histogram is empty; e.g. ultra_boost_http_request_duration_seconds".into());
                 }
                 if !(le.is_finite() && *le > 0.0) {
-                    return Err(format!("latency.le must be a positive bucket bound like 0.2, got {le}"));
+                    return Err(format!(
+                        "latency.le must be a positive bucket bound like 0.2, got {le}"
+                    ));
                 }
             }
-            ScrapeSli::Freshness { gauge, max_age_seconds } => {
+            ScrapeSli::Freshness {
+                gauge,
+                max_age_seconds,
+            } => {
                 if gauge.is_empty() {
                     return Err(
                         "freshness.gauge is empty; e.g. ultra_boost_background_last_success_timestamp_seconds".into(),
                     );
                 }
                 if !(max_age_seconds.is_finite() && *max_age_seconds > 0.0) {
-                    return Err(format!("freshness.max_age_seconds must be positive, got {max_age_seconds}"));
+                    return Err(format!(
+                        "freshness.max_age_seconds must be positive, got {max_age_seconds}"
+                    ));
                 }
             }
         }
@@ -261,7 +276,11 @@ impl ScrapeSource {
                     state: Mutex::new(EndpointState::default()),
                 });
                 watch.live.insert(ep.metrics_url.clone(), Arc::clone(&ew));
-                tokio::spawn(scrape_loop(Arc::downgrade(&self.shared), target.clone(), ew));
+                tokio::spawn(scrape_loop(
+                    Arc::downgrade(&self.shared),
+                    target.clone(),
+                    ew,
+                ));
             }
         }
         // Retire endpoints no longer asked about (their task scrapes once more,
@@ -276,7 +295,9 @@ impl ScrapeSource {
         let mut any_success = false;
         let mut releases: Vec<ReleaseSignals> = Vec::new();
         for ep in endpoints {
-            let Some(ew) = watch.live.get(&ep.metrics_url) else { continue };
+            let Some(ew) = watch.live.get(&ep.metrics_url) else {
+                continue;
+            };
             let st = ew.state.lock().unwrap_or_else(|e| e.into_inner());
             if st.last_success.is_some() {
                 any_success = true;
@@ -296,8 +317,12 @@ impl ScrapeSource {
             if !watch.seen.contains_key(&rel.build) {
                 continue;
             }
-            let mut by_slo: BTreeMap<String, Counts> =
-                shared.config.slos.keys().map(|k| (k.clone(), Counts::default())).collect();
+            let mut by_slo: BTreeMap<String, Counts> = shared
+                .config
+                .slos
+                .keys()
+                .map(|k| (k.clone(), Counts::default()))
+                .collect();
             let mut add = |counts: &BTreeMap<String, Counts>| {
                 for (slo, c) in counts {
                     let e = by_slo.entry(slo.clone()).or_default();
@@ -357,7 +382,13 @@ async fn scrape_once(shared: &Shared, target: &Target, ew: &EndpointWatch) {
         Ok(samples) => {
             let now_unix = unix_now();
             let mut st = ew.state.lock().unwrap_or_else(|e| e.into_inner());
-            apply(&shared.config, shared.created_unix, now_unix, &mut st, &samples);
+            apply(
+                &shared.config,
+                shared.created_unix,
+                now_unix,
+                &mut st,
+                &samples,
+            );
             st.last_success = Some(Instant::now());
             st.last_error = None;
             drop(st);
@@ -388,22 +419,32 @@ async fn fetch(shared: &Shared, url: &str) -> Result<Vec<Sample>, String> {
     if resp.status() != http::StatusCode::OK {
         return Err(format!("status {}", resp.status()));
     }
-    let body = tokio::time::timeout(shared.config.timeout, Limited::new(resp.into_body(), 32 << 20).collect())
-        .await
-        .map_err(|_| "body not read in time".to_string())?
-        .map_err(|e| format!("reading the body: {e}"))?
-        .to_bytes();
+    let body = tokio::time::timeout(
+        shared.config.timeout,
+        Limited::new(resp.into_body(), 32 << 20).collect(),
+    )
+    .await
+    .map_err(|_| "body not read in time".to_string())?
+    .map_err(|e| format!("reading the body: {e}"))?
+    .to_bytes();
     let text = std::str::from_utf8(&body).map_err(|_| "metrics are not UTF-8".to_string())?;
     text::parse(text).map_err(|e| format!("unparseable metrics: {e}"))
 }
 
 /// Folds one scrape into a replica's counts.
-fn apply(config: &ScrapeConfig, created_unix: f64, now_unix: f64, st: &mut EndpointState, samples: &[Sample]) {
+fn apply(
+    config: &ScrapeConfig,
+    created_unix: f64,
+    now_unix: f64,
+    st: &mut EndpointState,
+    samples: &[Sample],
+) {
     let start_time = samples
         .iter()
         .find(|s| s.name == "process_start_time_seconds" && s.labels.is_empty())
         .map(|s| s.value);
-    let restarted = matches!((st.start_time, start_time), (Some(a), Some(b)) if (a - b).abs() > 0.5);
+    let restarted =
+        matches!((st.start_time, start_time), (Some(a), Some(b)) if (a - b).abs() > 0.5);
     if restarted {
         tracing::info!(old = ?st.start_time, new = ?start_time, "replica restarted; counting its counters from 0");
         st.last.clear();
@@ -427,14 +468,19 @@ fn apply(config: &ScrapeConfig, created_unix: f64, now_unix: f64, st: &mut Endpo
                 exclude_routes,
             } => {
                 let with_total = format!("{metric}_total");
-                for s in samples.iter().filter(|s| s.name == *metric || s.name == with_total) {
+                for s in samples
+                    .iter()
+                    .filter(|s| s.name == *metric || s.name == with_total)
+                {
                     if !route_matches(s, route, exclude_routes) {
                         continue;
                     }
                     let key = format!("{slo}\u{0}a\u{0}{}", s.series_key(&[]));
                     let d = delta(&mut st.last, key, s.value, baseline_only);
                     total_delta += d;
-                    let bad = s.label("code").is_some_and(|c| bad_codes.iter().any(|p| c.starts_with(p.as_str())));
+                    let bad = s
+                        .label("code")
+                        .is_some_and(|c| bad_codes.iter().any(|p| c.starts_with(p.as_str())));
                     if !bad {
                         good_delta += d;
                     }
@@ -454,7 +500,9 @@ fn apply(config: &ScrapeConfig, created_unix: f64, now_unix: f64, st: &mut Endpo
                     let Some(bound) = s.label("le").and_then(|v| v.parse::<f64>().ok()) else {
                         continue;
                     };
-                    if (bound - le).abs() > 1e-9 * le.abs().max(1.0) || !route_matches(s, route, exclude_routes) {
+                    if (bound - le).abs() > 1e-9 * le.abs().max(1.0)
+                        || !route_matches(s, route, exclude_routes)
+                    {
                         continue;
                     }
                     let series = s.series_key(&["le"]);
@@ -478,12 +526,17 @@ fn apply(config: &ScrapeConfig, created_unix: f64, now_unix: f64, st: &mut Endpo
                     good_delta += goods.get(&series).copied().unwrap_or(0).min(t);
                 }
             }
-            ScrapeSli::Freshness { gauge, max_age_seconds } => {
+            ScrapeSli::Freshness {
+                gauge,
+                max_age_seconds,
+            } => {
                 let last_success = samples
                     .iter()
                     .filter(|s| s.name == *gauge)
                     .map(|s| s.value)
-                    .fold(None, |acc: Option<f64>, v| Some(acc.map_or(v, |a| a.max(v))));
+                    .fold(None, |acc: Option<f64>, v| {
+                        Some(acc.map_or(v, |a| a.max(v)))
+                    });
                 if let Some(ts) = last_success {
                     if ts > 0.0 {
                         total_delta = 1;
@@ -586,11 +639,23 @@ ultra_boost_background_last_success_timestamp_seconds {fresh}\n"
     fn young_replica_counts_from_zero_and_deltas_add_up() {
         let c = cfg();
         let mut st = EndpointState::default();
-        apply(&c, 1000.0, 1010.0, &mut st, &exposition(1005.0, 10, 2, 11, 12, 1009.0));
+        apply(
+            &c,
+            1000.0,
+            1010.0,
+            &mut st,
+            &exposition(1005.0, 10, 2, 11, 12, 1009.0),
+        );
         assert_eq!(counts(&st, "availability"), (10, 12));
         assert_eq!(counts(&st, "latency"), (11, 12));
         assert_eq!(counts(&st, "freshness"), (1, 1));
-        apply(&c, 1000.0, 1011.0, &mut st, &exposition(1005.0, 15, 5, 14, 20, 900.0));
+        apply(
+            &c,
+            1000.0,
+            1011.0,
+            &mut st,
+            &exposition(1005.0, 15, 5, 14, 20, 900.0),
+        );
         assert_eq!(counts(&st, "availability"), (15, 20));
         assert_eq!(counts(&st, "latency"), (14, 20));
         // 1011 - 900 > 60 s: stale background job.
@@ -601,9 +666,21 @@ ultra_boost_background_last_success_timestamp_seconds {fresh}\n"
     fn old_replica_first_scrape_is_a_baseline() {
         let c = cfg();
         let mut st = EndpointState::default();
-        apply(&c, 1000.0, 1010.0, &mut st, &exposition(500.0, 100, 50, 100, 150, 1009.0));
+        apply(
+            &c,
+            1000.0,
+            1010.0,
+            &mut st,
+            &exposition(500.0, 100, 50, 100, 150, 1009.0),
+        );
         assert_eq!(counts(&st, "availability"), (0, 0));
-        apply(&c, 1000.0, 1011.0, &mut st, &exposition(500.0, 101, 50, 101, 151, 1009.0));
+        apply(
+            &c,
+            1000.0,
+            1011.0,
+            &mut st,
+            &exposition(500.0, 101, 50, 101, 151, 1009.0),
+        );
         assert_eq!(counts(&st, "availability"), (1, 1));
     }
 
@@ -611,13 +688,31 @@ ultra_boost_background_last_success_timestamp_seconds {fresh}\n"
     fn counter_going_down_or_restart_counts_from_zero() {
         let c = cfg();
         let mut st = EndpointState::default();
-        apply(&c, 1000.0, 1010.0, &mut st, &exposition(1005.0, 10, 0, 10, 10, 1009.0));
+        apply(
+            &c,
+            1000.0,
+            1010.0,
+            &mut st,
+            &exposition(1005.0, 10, 0, 10, 10, 1009.0),
+        );
         // Restarted (new start time) and already served more than before.
-        apply(&c, 1000.0, 1020.0, &mut st, &exposition(1015.0, 30, 1, 31, 31, 1019.0));
+        apply(
+            &c,
+            1000.0,
+            1020.0,
+            &mut st,
+            &exposition(1015.0, 30, 1, 31, 31, 1019.0),
+        );
         assert_eq!(counts(&st, "availability"), (40, 41));
         assert_eq!(counts(&st, "latency"), (41, 41));
         // Went down without a start time change: still a reset.
-        apply(&c, 1000.0, 1021.0, &mut st, &exposition(1015.0, 3, 0, 3, 3, 1019.0));
+        apply(
+            &c,
+            1000.0,
+            1021.0,
+            &mut st,
+            &exposition(1015.0, 3, 0, 3, 3, 1019.0),
+        );
         assert_eq!(counts(&st, "availability"), (43, 44));
     }
 
@@ -625,9 +720,21 @@ ultra_boost_background_last_success_timestamp_seconds {fresh}\n"
     fn never_succeeded_freshness_is_bad_only_when_old() {
         let c = cfg();
         let mut st = EndpointState::default();
-        apply(&c, 1000.0, 1010.0, &mut st, &exposition(1005.0, 0, 0, 0, 0, 0.0));
+        apply(
+            &c,
+            1000.0,
+            1010.0,
+            &mut st,
+            &exposition(1005.0, 0, 0, 0, 0, 0.0),
+        );
         assert_eq!(counts(&st, "freshness"), (0, 0));
-        apply(&c, 1000.0, 1100.0, &mut st, &exposition(1005.0, 0, 0, 0, 0, 0.0));
+        apply(
+            &c,
+            1000.0,
+            1100.0,
+            &mut st,
+            &exposition(1005.0, 0, 0, 0, 0, 0.0),
+        );
         assert_eq!(counts(&st, "freshness"), (0, 1));
     }
 
@@ -644,8 +751,12 @@ ultra_boost_background_last_success_timestamp_seconds {fresh}\n"
                 exclude_routes: default_excluded_routes(),
             }
         );
-        let bad: ScrapeSli = serde_saphyr::from_str("latency:\n  histogram: h\n  le: -1\n").unwrap();
+        let bad: ScrapeSli =
+            serde_saphyr::from_str("latency:\n  histogram: h\n  le: -1\n").unwrap();
         assert!(bad.validate().unwrap_err().contains("latency.le"));
-        assert!(serde_saphyr::from_str::<ScrapeSli>("latency:\n  histogram: h\n  le: 0.2\n  typo: 1\n").is_err());
+        assert!(
+            serde_saphyr::from_str::<ScrapeSli>("latency:\n  histogram: h\n  le: 0.2\n  typo: 1\n")
+                .is_err()
+        );
     }
 }

@@ -17,12 +17,19 @@ pub struct Sample {
 impl Sample {
     /// The value of label `name`, if present.
     pub fn label(&self, name: &str) -> Option<&str> {
-        self.labels.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.labels
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// A stable key of the label set without the labels named in `skip`.
     pub fn series_key(&self, skip: &[&str]) -> String {
-        let mut pairs: Vec<&(String, String)> = self.labels.iter().filter(|(k, _)| !skip.contains(&k.as_str())).collect();
+        let mut pairs: Vec<&(String, String)> = self
+            .labels
+            .iter()
+            .filter(|(k, _)| !skip.contains(&k.as_str()))
+            .collect();
         pairs.sort();
         let mut key = String::new();
         for (k, v) in pairs {
@@ -48,7 +55,9 @@ pub struct ParseError {
 pub fn parse(body: &str) -> Result<Vec<Sample>, ParseError> {
     let mut out = Vec::new();
     for (i, raw) in body.lines().enumerate() {
-        let line = raw.trim_start_matches([' ', '\t']).trim_end_matches(['\r', ' ', '\t']);
+        let line = raw
+            .trim_start_matches([' ', '\t'])
+            .trim_end_matches(['\r', ' ', '\t']);
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
@@ -112,24 +121,34 @@ fn parse_sample(line: &str) -> Result<Sample, &'static str> {
     if fields.next().is_some() {
         return Err("unexpected text after the timestamp");
     }
-    Ok(Sample { name, labels, value })
+    Ok(Sample {
+        name,
+        labels,
+        value,
+    })
 }
 
+type Labels = Vec<(String, String)>;
+
 /// Parses `name="value",...}` and returns the labels and the text after `}`.
-fn parse_labels(mut s: &str) -> Result<(Vec<(String, String)>, &str), &'static str> {
+fn parse_labels(mut s: &str) -> Result<(Labels, &str), &'static str> {
     let mut labels = Vec::new();
     loop {
         s = s.trim_start_matches([' ', '\t']);
         if let Some(rest) = s.strip_prefix('}') {
             return Ok((labels, rest));
         }
-        let end = s.find(|c: char| !is_name_char(c)).ok_or("unterminated label set")?;
+        let end = s
+            .find(|c: char| !is_name_char(c))
+            .ok_or("unterminated label set")?;
         if end == 0 || !s.starts_with(is_name_start) {
             return Err("expected a label name");
         }
         let key = s[..end].to_string();
         s = s[end..].trim_start_matches([' ', '\t']);
-        s = s.strip_prefix('=').ok_or("expected '=' after a label name")?;
+        s = s
+            .strip_prefix('=')
+            .ok_or("expected '=' after a label name")?;
         s = s.trim_start_matches([' ', '\t']);
         s = s.strip_prefix('"').ok_or("a label value must be quoted")?;
         let mut value = String::new();
@@ -205,7 +224,8 @@ g -1.5e3\n";
 
     #[test]
     fn unescapes_label_values() {
-        let s = parse("m{path=\"a\\\\b\",q=\"say \\\"hi\\\"\",nl=\"x\\ny\",other=\"\\t\"} 1\n").unwrap();
+        let s = parse("m{path=\"a\\\\b\",q=\"say \\\"hi\\\"\",nl=\"x\\ny\",other=\"\\t\"} 1\n")
+            .unwrap();
         assert_eq!(s[0].label("path"), Some("a\\b"));
         assert_eq!(s[0].label("q"), Some("say \"hi\""));
         assert_eq!(s[0].label("nl"), Some("x\ny"));
