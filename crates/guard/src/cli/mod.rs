@@ -49,7 +49,7 @@ pub enum Command {
     /// The whole flow on this machine: good, erroring and slow builds under load.
     Demo(demo::Args),
     /// Run as a Kubernetes controller: guard labelled Deployments, leader election, review apps.
-    Controller(controller::Args),
+    Controller(Box<controller::Args>),
     /// Validate Sloth SLO specs and generate Prometheus rules from them.
     Slo(slo::Args),
     /// Benchmarks and simulations.
@@ -69,7 +69,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Pause(args) => status::command("pause", args).await,
         Command::Resume(args) => status::command("resume", args).await,
         Command::Demo(args) => demo::run(args).await,
-        Command::Controller(args) => controller::run(args).await,
+        Command::Controller(args) => controller::run(*args).await,
         Command::Slo(args) => slo::run(args),
         Command::Bench(args) => bench::run(args),
     }
