@@ -10,7 +10,8 @@
 # goals of issue 2: CPU/request <= 1.5x, throughput >= 90 %, ready < 5 ms,
 # idle RSS < 7 MB.
 #
-# Usage: bench/service/run.sh [-d SECONDS] [-c CONNECTIONS] [-t WRK_THREADS] [-r ROUNDS]
+# Usage: bench/service/run.sh [-d SECONDS] [-c CONNECTIONS] [-t WRK_THREADS] [-r ROUNDS] [-n]
+#   -n  skip `cargo build --release` and use the binaries already in target/release
 # Needs: cargo, wrk, curl (scripts/install-test-deps.sh installs wrk).
 # The machine is shared: each round loads both servers back to back and the
 # best round per server is reported, with every round printed.
@@ -22,13 +23,15 @@ connections=32
 wrk_threads=1
 rounds=2
 starts=10
-while getopts "d:c:t:r:" opt; do
+build=1
+while getopts "d:c:t:r:n" opt; do
   case $opt in
     d) duration=$OPTARG ;;
     c) connections=$OPTARG ;;
     t) wrk_threads=$OPTARG ;;
     r) rounds=$OPTARG ;;
-    *) echo "usage: $0 [-d SECONDS] [-c CONNECTIONS] [-t WRK_THREADS] [-r ROUNDS]" >&2; exit 2 ;;
+    n) build=0 ;;
+    *) echo "usage: $0 [-d SECONDS] [-c CONNECTIONS] [-t WRK_THREADS] [-r ROUNDS] [-n]" >&2; exit 2 ;;
   esac
 done
 
@@ -36,8 +39,10 @@ for tool in wrk curl cargo; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing (run scripts/install-test-deps.sh)" >&2; exit 1; }
 done
 
-echo "== building release binaries" >&2
-cargo build --release --quiet -p ultra-boost --bin ultra-boost --example bare_hyper --example startup_probe
+if [ "$build" = 1 ]; then
+  echo "== building release binaries" >&2
+  cargo build --release --quiet -p ultra-boost --bin ultra-boost --example bare_hyper --example startup_probe
+fi
 ub=target/release/ultra-boost
 bare=target/release/examples/bare_hyper
 probe=target/release/examples/startup_probe
