@@ -186,6 +186,36 @@ fn readiness_goes_starting_ready_draining_then_exit_0() {
     for msg in ["\"listening\"", "\"ready\"", "draining", "stopped cleanly"] {
         assert!(log.contains(msg), "log lacks {msg}:\n{log}");
     }
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("--log-format json wrote a non-JSON line ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn second_signal_ends_the_drain_delay_early() {
+    let mut svc = Service::start(&["--drain-delay", "60s"]);
+    svc.wait_ready();
+    let signalled = Instant::now();
+    svc.signal("TERM");
+    poll(
+        Duration::from_secs(2),
+        "readiness 503 after SIGTERM",
+        || {
+            request(svc.addr, "GET", "/-/ready", &[])
+                .ok()
+                .filter(|r| r.status == 503)
+        },
+    );
+    svc.signal("TERM");
+    let status = svc.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "log:\n{}", svc.log());
+    assert!(signalled.elapsed() < Duration::from_secs(30));
+    assert!(svc.log().contains("second signal"));
 }
 
 #[test]
