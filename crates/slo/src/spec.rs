@@ -220,6 +220,7 @@ pub(crate) enum Field {
     TotalQuery,
     RawQuery,
     AlertName,
+    Alerting,
     PageAlert,
     TicketAlert,
 }
@@ -445,15 +446,33 @@ impl DocCtx {
         Some((l.line() + self.line_offset, l.column()))
     }
 
-    /// A YAML parser error, with its position moved into the whole file.
-    fn yaml_error(&self, e: &serde_saphyr::Error) -> SpecError {
-        let pos = e
-            .location()
-            .filter(|l| l.line() > 0)
-            .map(|l| (l.line() + self.line_offset, l.column()));
+    /// A YAML parser error, with its position moved into the whole file and
+    /// the key on that line named as the field (the parser gives no path).
+    fn yaml_error(&self, e: &serde_saphyr::Error, text: &str) -> SpecError {
+        let loc = e.location().filter(|l| l.line() > 0);
+        let pos = loc.map(|l| (l.line() + self.line_offset, l.column()));
+        let field = loc.and_then(|l| {
+            let line = text
+                .lines()
+                .nth(usize::try_from(l.line()).ok()?.checked_sub(1)?)?;
+            key_on_line(line)
+        });
         let msg = yaml_message(e);
-        self.error(None, pos, SpecErrorKind::Yaml(msg))
+        self.error(field.as_deref(), pos, SpecErrorKind::Yaml(msg))
     }
+}
+
+/// The mapping key a YAML line sets (`  - name: x` gives `name`), if any.
+fn key_on_line(line: &str) -> Option<String> {
+    let t = line.trim_start();
+    let t = t.strip_prefix("- ").unwrap_or(t).trim_start();
+    let (key, _) = t.split_once(':')?;
+    let key = key.trim().trim_matches(['"', '\'']);
+    let ok = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+    ok.then(|| key.to_string())
 }
 
 /// The parser's message without its source snippet or position (we print the
@@ -505,7 +524,7 @@ fn as_text(v: &Option<serde_json::Value>) -> Option<String> {
 
 fn parse_document(ctx: &DocCtx, text: &str) -> Result<SpecDocument, Vec<SpecError>> {
     let probe: Probe = serde_saphyr::from_str(text).map_err(|e| {
-        let mut err = ctx.yaml_error(&e);
+        let mut err = ctx.yaml_error(&e, text);
         if let SpecErrorKind::Yaml(m) = &mut err.kind {
             *m = format!("not an SLO spec document (a YAML mapping is expected): {m}");
         }
@@ -912,6 +931,7 @@ fn sloth_slos(
             format!("{p}.alerting.name"),
             v.alert_name.1,
         );
+        fields.set(Field::Alerting, format!("{p}.alerting"), v.alert_name.1);
         fields.set(
             Field::PageAlert,
             format!("{p}.alerting.{}", casing.page_alert),
@@ -961,7 +981,8 @@ fn sloth_slos(
 }
 
 fn parse_prometheus(ctx: &DocCtx, text: &str) -> Result<SpecDocument, Vec<SpecError>> {
-    let spec: PromSpec = serde_saphyr::from_str(text).map_err(|e| vec![ctx.yaml_error(&e)])?;
+    let spec: PromSpec =
+        serde_saphyr::from_str(text).map_err(|e| vec![ctx.yaml_error(&e, text)])?;
     let mut errors = Vec::new();
     if spec
         .slo_plugins
@@ -1020,7 +1041,7 @@ fn parse_prometheus(ctx: &DocCtx, text: &str) -> Result<SpecDocument, Vec<SpecEr
 }
 
 fn parse_k8s(ctx: &DocCtx, text: &str) -> Result<SpecDocument, Vec<SpecError>> {
-    let spec: K8sSpec = serde_saphyr::from_str(text).map_err(|e| vec![ctx.yaml_error(&e)])?;
+    let spec: K8sSpec = serde_saphyr::from_str(text).map_err(|e| vec![ctx.yaml_error(&e, text)])?;
     let mut errors = Vec::new();
     let (body, body_pos) = match spec.spec {
         Some(s) => {
@@ -1162,7 +1183,8 @@ struct OpenSloTimeWindow {
 }
 
 fn parse_openslo(ctx: &DocCtx, text: &str) -> Result<SpecDocument, Vec<SpecError>> {
-    let spec: OpenSloSpec = serde_saphyr::from_str(text).map_err(|e| vec![ctx.yaml_error(&e)])?;
+    let spec: OpenSloSpec =
+        serde_saphyr::from_str(text).map_err(|e| vec![ctx.yaml_error(&e, text)])?;
     let (metadata_name, name_pos) = opt_string(ctx, spec.metadata.name);
     let metadata_name = metadata_name.unwrap_or_default();
     let (body, body_pos) = match spec.spec {

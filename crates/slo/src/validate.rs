@@ -134,13 +134,24 @@ pub fn validate_slo(
             ),
         );
     }
-    for (field, which, alert) in [
-        (Field::PageAlert, "page", &slo.page_alert),
-        (Field::TicketAlert, "ticket", &slo.ticket_alert),
-    ] {
-        for (f, reason) in check_alert(which, field, alert) {
-            fail(f, reason);
-        }
+    // The alerting-level labels reach both alerts: report a problem once,
+    // saying which alerts it affects.
+    let page = check_alert(&slo.page_alert);
+    let ticket = check_alert(&slo.ticket_alert);
+    for reason in &page {
+        let both = ticket.contains(reason);
+        let (field, which) = if both {
+            (Field::Alerting, "page and ticket alerts")
+        } else {
+            (Field::PageAlert, "page alert")
+        };
+        fail(field, format!("invalid {which}: {reason}"));
+    }
+    for reason in ticket.iter().filter(|r| !page.contains(r)) {
+        fail(
+            Field::TicketAlert,
+            format!("invalid ticket alert: {reason}"),
+        );
     }
     errors
 }
@@ -171,27 +182,22 @@ fn check_query(q: &str) -> Result<(), String> {
     check_promql(q)
 }
 
-fn check_alert(which: &str, field: Field, alert: &AlertMeta) -> Vec<(Field, String)> {
+/// Problems with an enabled alert's labels and annotations.
+fn check_alert(alert: &AlertMeta) -> Vec<String> {
     let mut out = Vec::new();
     if alert.disable {
         return out;
     }
     for (k, v) in &alert.labels {
         if let Err(reason) = check_label(k, v) {
-            out.push((field, format!("invalid {which} alert label: {reason}")));
+            out.push(format!("label: {reason}"));
         }
     }
     for (k, v) in &alert.annotations {
         if k.is_empty() {
-            out.push((
-                field,
-                format!("invalid {which} alert annotation: a key is empty"),
-            ));
+            out.push("annotation: a key is empty".to_string());
         } else if v.is_empty() {
-            out.push((
-                field,
-                format!("invalid {which} alert annotation: the value of {k:?} is empty"),
-            ));
+            out.push(format!("annotation: the value of {k:?} is empty"));
         }
     }
     out
