@@ -13,10 +13,13 @@ use std::time::{Duration, Instant};
 use guard::lease::{LeaderElector, LeaseSettings};
 use guard::platform::kubernetes::controller::{Controller, ControllerSettings};
 use guard::platform::kubernetes::rollout::{self, Phase, RolloutState};
+use guard::platform::kubernetes::verify::JudgeVerifier;
 use guard::platform::kubernetes::{KubeSettings, KubernetesPlatform};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, PostParams};
-use kube_env::{SyntheticSignals, TestCluster, deployment, eventually, roll_to, test_verifier};
+use kube_env::{
+    SyntheticSignals, TestCluster, deployment, eventually, roll_to, slow_verifier, test_verifier,
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -98,7 +101,7 @@ struct Replica {
 }
 
 impl Replica {
-    fn start(cluster: &TestCluster, identity: &str) -> Replica {
+    fn start(cluster: &TestCluster, identity: &str, verifier: JudgeVerifier) -> Replica {
         let (tx, rx) = watch::channel(false);
         let stop = CancellationToken::new();
         let elector = LeaderElector::new(cluster.client.clone(), settings(cluster, identity))
@@ -112,7 +115,7 @@ impl Replica {
                 },
             ),
             Arc::new(SyntheticSignals::new(2000.0, 0.2)),
-            Arc::new(test_verifier()),
+            Arc::new(verifier),
             ControllerSettings {
                 namespace: Some(cluster.namespace.clone()),
                 interval: Duration::from_millis(200),
@@ -149,12 +152,14 @@ async fn kube_leader_failover_mid_rollout_resumes_and_reverts() {
         .create(&PostParams::default(), &deployment("web", "1", 2))
         .await
         .expect("create");
-    let a = Replica::start(&cluster, "guard-a");
+    // guard-a judges slowly, so it is surely still verifying when it is killed,
+    // however loaded the machine; guard-b judges at the normal pace.
+    let a = Replica::start(&cluster, "guard-a", slow_verifier());
     eventually(WAIT, "guard-a to lead", || async {
         (lease(&cluster).await.0.as_deref() == Some("guard-a")).then_some(())
     })
     .await;
-    let b = Replica::start(&cluster, "guard-b");
+    let b = Replica::start(&cluster, "guard-b", test_verifier());
     eventually(WAIT, "baseline recorded by guard-a", || async {
         state(&cluster)
             .await

@@ -19,7 +19,9 @@ use guard::platform::kubernetes::{KubeSettings, KubernetesPlatform, UndoOutcome}
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
-use kube_env::{SyntheticSignals, TestCluster, deployment, eventually, roll_to, test_verifier};
+use kube_env::{
+    SyntheticSignals, TestCluster, deployment, eventually, next_event, roll_to, test_verifier,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -137,12 +139,12 @@ async fn kube_new_rollout_is_noticed_and_a_good_release_promoted() {
             .contains_key(rollout::ANNOTATION_REVERTED_BY)
     );
 
-    let started = running.events.recv().await.expect("started event");
+    let started = next_event(&mut running.events, "started event").await;
     assert_eq!(
         (started.kind, started.build.as_deref()),
         (notify::EventKind::Started, Some("2"))
     );
-    let done = running.events.recv().await.expect("promoted event");
+    let done = next_event(&mut running.events, "promoted event").await;
     assert_eq!(
         (done.kind, done.previous_build.as_deref()),
         (notify::EventKind::Promoted, Some("1"))
@@ -210,9 +212,9 @@ async fn kube_bad_release_is_reverted_to_the_previous_replicaset_template() {
         "the same ReplicaSet, not a new one"
     );
 
-    let started = running.events.recv().await.expect("started");
+    let started = next_event(&mut running.events, "started").await;
     assert_eq!(started.kind, notify::EventKind::Started);
-    let ev = running.events.recv().await.expect("reverted event");
+    let ev = next_event(&mut running.events, "reverted event").await;
     assert_eq!(
         (ev.kind, ev.build.as_deref(), ev.previous_build.as_deref()),
         (notify::EventKind::Reverted, Some("2-bad"), Some("1"))

@@ -30,7 +30,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube_env::{TestCluster, eventually};
+use kube_env::{TestCluster, eventually, next_event};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -269,7 +269,7 @@ async fn review_environment_created_and_deleted_from_signed_webhooks() {
             "service {s}"
         );
     }
-    let ev = server.events.recv().await.expect("deployment event");
+    let ev = next_event(&mut server.events, "deployment event").await;
     assert_eq!(
         (
             ev.kind,
@@ -302,13 +302,13 @@ async fn review_environment_created_and_deleted_from_signed_webhooks() {
             .map(String::as_str),
         Some("sha256:bbb")
     );
-    let ev = server.events.recv().await.expect("second deployment event");
+    let ev = next_event(&mut server.events, "second deployment event").await;
     assert_eq!(ev.commit.as_deref(), Some("2222222"));
 
     let (code, body) = signed(&server.url, "closed", 42, "2222222").await;
     assert_eq!(code, 200, "{body}");
     gone(&cluster, ns).await;
-    let ev = server.events.recv().await.expect("closed event");
+    let ev = next_event(&mut server.events, "closed event").await;
     assert_eq!(
         (ev.kind, ev.transient, ev.reason.as_str()),
         (notify::EventKind::RolledBack, true, "pull request merged")

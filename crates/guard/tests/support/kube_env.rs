@@ -151,6 +151,18 @@ where
     }
 }
 
+/// The next event, or a panic after 30 s (tests stay bounded in time).
+pub async fn next_event(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<notify::Event>,
+    what: &str,
+) -> notify::Event {
+    match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
+        Ok(Some(ev)) => ev,
+        Ok(None) => panic!("event channel closed before {what}"),
+        Err(_) => panic!("timed out after 30 s waiting for the {what} event"),
+    }
+}
+
 /// A signal source double: every build seen in the endpoints serves `rps`
 /// requests per second from the moment it is first seen; builds whose name
 /// contains `bad` fail `bad_ratio` of them, others none. Counts are a pure
@@ -221,4 +233,13 @@ pub fn test_verifier() -> guard::platform::kubernetes::verify::JudgeVerifier {
         },
         slos: vec![judge::SloSpec::availability("availability", 0.999)],
     }
+}
+
+/// The same judge, but one that needs many seconds of evidence to revert
+/// (a tenth of the default evidence cap per second): for a replica that must
+/// still be verifying when the test kills it.
+pub fn slow_verifier() -> guard::platform::kubernetes::verify::JudgeVerifier {
+    let mut v = test_verifier();
+    v.policy.evidence_cap_per_second /= 10.0;
+    v
 }
