@@ -1007,6 +1007,23 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/guard.yaml");
+        let c = load(&path).expect("examples/guard.yaml is valid");
+        let s = &c.services[0];
+        assert_eq!(s.environments.len(), 2);
+        assert_eq!(s.canary_steps, vec![0.05, 0.25, 0.5]);
+        assert_eq!(s.slos.len(), 3);
+        assert!(
+            s.slos[1]
+                .prometheus
+                .as_ref()
+                .is_some_and(|q| !q.query_is_bad)
+        );
+        assert_eq!(c.policy, judge::Policy::default());
+    }
+
+    #[test]
     fn unknown_fields_and_bad_types_name_the_line() {
         let err = parse(
             "services:\n  - name: s\n    replicaz: 2\n",
