@@ -7,10 +7,12 @@
 mod serve_harness;
 
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use serve_harness::{Guard, Load, anonymous, config, router, wait_state};
+use serve_harness::{Guard, Load, anonymous, client, config, router, wait_state};
 
 const TOKEN_VALUE: &str = "s3cret-token";
 
@@ -74,7 +76,37 @@ async fn api_auth_validation_metrics_and_the_cli_flow() {
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::write(dir.path().join("guard.yaml"), config("2s")).expect("config");
     let _ = serve_harness::TOKEN.set(TOKEN_VALUE.to_string());
-    let g = Guard::start(dir.path(), &[("GUARD_API_TOKEN", TOKEN_VALUE)]);
+    // A webhook receiver on loopback: guard's signed JSON webhook is our own
+    // protocol, so this is the real receiving side, not a double.
+    let received = Arc::new(AtomicU64::new(0));
+    let hook = {
+        let received = received.clone();
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: String| {
+                let received = received.clone();
+                async move {
+                    if body.contains("\"kind\"") {
+                        received.fetch_add(1, Ordering::SeqCst);
+                    }
+                    "ok"
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hook_url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, hook).await });
+    let g = Guard::start(
+        dir.path(),
+        &[
+            ("GUARD_API_TOKEN", TOKEN_VALUE),
+            ("GUARD_WEBHOOK_URL", &hook_url),
+            ("GUARD_WEBHOOK_SECRET", "whsec"),
+        ],
+    );
     let api = g.api.clone();
     let c = anonymous();
     // No token, wrong token: 401. Probes and /metrics need none.
@@ -241,4 +273,36 @@ async fn api_auth_validation_metrics_and_the_cli_flow() {
         "{metrics}"
     );
     assert!(metrics.contains("guard_router_requests_total"), "{metrics}");
+
+    // Notifications went out off the decision path and are recorded in history.
+    assert!(
+        received.load(Ordering::SeqCst) >= 2,
+        "the webhook got {} events",
+        received.load(Ordering::SeqCst)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let d: Value = client()
+            .get(format!("{api}/api/v1/rollouts/2"))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        let delivered = d["deliveries"].as_array().map(|a| {
+            a.iter()
+                .filter(|x| x["ok"] == true && x["notifier"] == "webhook")
+                .count()
+        });
+        if delivered.unwrap_or(0) >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "deliveries not recorded: {}",
+            d["deliveries"]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
