@@ -910,6 +910,7 @@ services:
   - name: ultra-boost
     replicas: 2
     strategy: rolling
+    canary_steps: [25, 50]
     watch: 5s
     build:
       command: ["{ultra_boost}", "--drain-delay", "1s", "--background-interval", "1s"]
