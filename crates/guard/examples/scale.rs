@@ -23,12 +23,13 @@ use guard::platform::{Build, Strategy, Target};
 use guard::store::Store;
 
 fn cpu_seconds() -> f64 {
-    // SAFETY-free: getrusage through libc with a zeroed struct we own.
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a `rusage` into memory we own and sized for it.
     let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
     if rc != 0 {
         return f64::NAN;
     }
+    // SAFETY: getrusage returned 0, so it filled the struct (zeroed before anyway).
     let u = unsafe { usage.assume_init() };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(u.ru_utime) + tv(u.ru_stime)
