@@ -40,29 +40,31 @@ fn ultra_boost() -> PathBuf {
 fn replica(dir: &Path, name: &str, listen: &str, error_rate: &str) -> (Proc, String) {
     let addr_file = dir.join(format!("{name}.addr"));
     let _ = std::fs::remove_file(&addr_file);
-    let child = Command::new(ultra_boost())
-        .args(["--listen", listen, "--address-file"])
-        .arg(&addr_file)
-        .args([
-            "--log-level",
-            "warn",
-            "--drain-delay",
-            "0s",
-            "--fault-error-rate",
-            error_rate,
-            "--fault-seed",
-            "11",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ultra-boost");
+    let child = Proc(
+        Command::new(ultra_boost())
+            .args(["--listen", listen, "--address-file"])
+            .arg(&addr_file)
+            .args([
+                "--log-level",
+                "warn",
+                "--drain-delay",
+                "0s",
+                "--fault-error-rate",
+                error_rate,
+                "--fault-seed",
+                "11",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ultra-boost"),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(a) = std::fs::read_to_string(&addr_file)
             && !a.trim().is_empty()
         {
-            return (Proc(child), a.trim().to_string());
+            return (child, a.trim().to_string());
         }
         assert!(
             Instant::now() < deadline,
