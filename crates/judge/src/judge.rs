@@ -275,7 +275,10 @@ impl Judge {
             );
         }
         let all_pass = evidence.iter().all(|e| e.status == SloStatus::Passing);
-        if all_pass && self.missing_run == 0.0 && self.elapsed >= self.policy.min_verify_seconds {
+        if all_pass
+            && self.missing_run == 0.0
+            && self.elapsed + BLOCK_EPSILON >= self.policy.min_verify_seconds
+        {
             let worst = evidence
                 .iter()
                 .map(|e| e.pass_statistic)
@@ -310,7 +313,7 @@ impl Judge {
             .iter()
             .filter(|e| e.status != SloStatus::Passing)
             .collect();
-        if self.elapsed >= self.policy.max_verify_seconds {
+        if self.elapsed + BLOCK_EPSILON >= self.policy.max_verify_seconds {
             let detail: Vec<String> = waiting
                 .iter()
                 .map(|e| format!("{} ({} events, {} bad)", e.slo, e.events, e.bad))
@@ -583,4 +586,447 @@ fn validate_policy(p: &Policy) -> Result<(), JudgeError> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SloObservation;
+    use proptest::prelude::*;
+
+    fn interval(candidate: (u64, u64), baseline: (u64, u64), share: Option<f64>) -> Interval {
+        Interval {
+            seconds: 1.0,
+            slos: vec![SloObservation {
+                slo: "availability".into(),
+                candidate: Counts::new(candidate.1 - candidate.0, candidate.1),
+                baseline: Counts::new(baseline.1 - baseline.0, baseline.1),
+            }],
+            canary_share: share,
+            source_ok: true,
+        }
+    }
+
+    fn judge(policy: Policy) -> Judge {
+        Judge::new(policy, vec![SloSpec::availability("availability", 0.999)]).unwrap()
+    }
+
+    #[test]
+    fn policy_errors_name_the_field() {
+        let bad = Policy {
+            multiples: vec![0.5],
+            ..Policy::default()
+        };
+        let err = Judge::new(bad, vec![SloSpec::availability("a", 0.999)]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                JudgeError::Policy {
+                    field: "multiples",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = Judge::new(Policy::default(), vec![]).unwrap_err();
+        assert_eq!(err, JudgeError::NoSlos);
+        let err = Judge::new(Policy::default(), vec![SloSpec::availability("a", 1.0)]).unwrap_err();
+        assert!(err.to_string().contains("SLO `a`"), "{err}");
+    }
+
+    #[test]
+    fn malformed_intervals_are_refused_and_change_nothing() {
+        let mut j = judge(Policy::default());
+        let before = j.clone();
+        let mut i = interval((0, 10), (0, 0), None);
+        i.slos[0].candidate.good = 11;
+        assert!(j.step(&i).is_err());
+        let mut i = interval((0, 10), (0, 0), None);
+        i.slos[0].slo = "latency".into();
+        assert!(
+            j.step(&i)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown SLO `latency`")
+        );
+        let mut i = interval((0, 10), (0, 0), Some(1.5));
+        assert!(j.step(&i).is_err());
+        i.canary_share = None;
+        i.seconds = f64::NAN;
+        assert!(j.step(&i).is_err());
+        assert_eq!(j, before);
+    }
+
+    #[test]
+    fn statistic_matches_hand_computation() {
+        let policy = Policy {
+            multiples: vec![2.0, 14.4],
+            evidence_cap_per_second: 1e9,
+            ..Policy::default()
+        };
+        let mut j = judge(policy);
+        let d = j.step(&interval((3, 1000), (0, 0), None)).unwrap();
+        let l2 = 3.0 * 2f64.ln() + 997.0 * (0.998f64 / 0.999).ln();
+        let l14 = 3.0 * 14.4f64.ln() + 997.0 * (0.9856f64 / 0.999).ln();
+        let mixture = ((l2.exp() + l14.exp()) / 2.0).ln();
+        let e = &d.evidence[0];
+        assert!(
+            (e.statistic - mixture).abs() < 1e-9,
+            "{} vs {mixture}",
+            e.statistic
+        );
+        assert!((e.pass_statistic - l2.max(l14)).abs() < 1e-9);
+        assert!((e.upper_bound - 99f64.ln()).abs() < 1e-12);
+        assert_eq!((e.events, e.bad), (1000, 3));
+        // Budget: 3 bad of 1000 in 1 s; N_T = 1000 · 2 592 000; no baseline,
+        // so every error is the release's: 3 / (0.001 · 2.592e9) = 1.157e-6.
+        assert!((e.budget_burned_pct - 100.0 * 3.0 / 2.592e6).abs() < 1e-9);
+        assert_eq!(d.verdict, Verdict::Continue);
+    }
+
+    #[test]
+    fn a_burst_needs_two_blocks_to_revert() {
+        let mut j = judge(Policy::default());
+        let d = j.step(&interval((50, 1000), (0, 0), None)).unwrap();
+        assert_eq!(d.verdict, Verdict::Continue, "{}", d.reason);
+        let d = j.step(&interval((50, 1000), (0, 0), None)).unwrap();
+        assert_eq!(d.verdict, Verdict::Revert, "{}", d.reason);
+        assert!(
+            d.reason.contains("burning the error budget at 50.0×"),
+            "{}",
+            d.reason
+        );
+        // Latched: a clean interval afterwards does not undo it.
+        let d = j.step(&interval((0, 1000), (0, 0), None)).unwrap();
+        assert_eq!(d.verdict, Verdict::Revert);
+    }
+
+    #[test]
+    fn one_burst_in_clean_traffic_does_not_revert() {
+        let mut j = judge(Policy::default());
+        for s in 0..200 {
+            let bad = if s == 20 { 40 } else { 0 };
+            let d = j.step(&interval((bad, 1000), (0, 0), None)).unwrap();
+            assert_ne!(d.verdict, Verdict::Revert, "second {s}: {}", d.reason);
+        }
+        assert!(j.decision().evidence[0].dispersion > 10.0);
+    }
+
+    #[test]
+    fn clean_traffic_promotes_after_min_verify_and_not_before() {
+        let mut j = judge(Policy::default());
+        let mut promoted_at = None;
+        for s in 1..=100 {
+            let d = j.step(&interval((1, 1000), (0, 0), None)).unwrap();
+            if d.verdict == Verdict::Promote {
+                promoted_at = Some(s);
+                assert!(d.reason.starts_with("all 1 SLO(s) pass"), "{}", d.reason);
+                break;
+            }
+            assert_eq!(d.verdict, Verdict::Continue);
+        }
+        // 1 error per 1000 is exactly the objective: the 2× alternative is
+        // rejected after ln(99)/KL(0.001‖0.002) ≈ 15 k events (≈ 15 s); the
+        // minimum verification time is 30 s.
+        assert_eq!(promoted_at, Some(30));
+    }
+
+    #[test]
+    fn missing_data_never_promotes_and_holds_after_tolerance() {
+        let mut j = judge(Policy::default());
+        for _ in 0..25 {
+            j.step(&interval((0, 1000), (0, 0), None)).unwrap();
+        }
+        let mut down = interval((0, 1000), (0, 0), None);
+        down.source_ok = false;
+        for s in 1..=31 {
+            let d = j.step(&down).unwrap();
+            assert_ne!(d.verdict, Verdict::Promote);
+            if s <= 30 {
+                assert_eq!(d.verdict, Verdict::Continue, "{}", d.reason);
+            } else {
+                assert_eq!(d.verdict, Verdict::Hold);
+                assert!(
+                    d.reason.contains("signal source unavailable"),
+                    "{}",
+                    d.reason
+                );
+            }
+        }
+        // Data again: promote (the counts while down were ignored).
+        let d = j.step(&interval((0, 1000), (0, 0), None)).unwrap();
+        assert_eq!(d.verdict, Verdict::Promote, "{}", d.reason);
+        assert_eq!(d.evidence[0].events, 26_000);
+    }
+
+    #[test]
+    fn too_little_traffic_holds_at_the_deadline() {
+        let policy = Policy {
+            max_verify_seconds: 120.0,
+            ..Policy::default()
+        };
+        let mut j = judge(policy);
+        let mut last = None;
+        for _ in 0..120 {
+            last = Some(j.step(&interval((0, 1), (0, 0), None)).unwrap());
+        }
+        let d = last.unwrap();
+        assert_eq!(d.verdict, Verdict::Hold);
+        assert!(d.reason.contains("too little traffic"), "{}", d.reason);
+    }
+
+    #[test]
+    fn several_slos_revert_on_any_and_promote_on_all() {
+        let slos = vec![
+            SloSpec::availability("availability", 0.999),
+            SloSpec {
+                name: "latency".into(),
+                objective: 0.99,
+                period_seconds: 30.0 * 86_400.0,
+                kind: SliKind::Latency {
+                    threshold_seconds: 0.2,
+                },
+            },
+        ];
+        let obs = |a: u64, l: u64, n: u64| Interval {
+            seconds: 1.0,
+            slos: vec![
+                SloObservation {
+                    slo: "availability".into(),
+                    candidate: Counts::new(n - a, n),
+                    baseline: Counts::default(),
+                },
+                SloObservation {
+                    slo: "latency".into(),
+                    candidate: Counts::new(n - l, n),
+                    baseline: Counts::default(),
+                },
+            ],
+            canary_share: None,
+            source_ok: true,
+        };
+        // Latency burns (20 % slow against a 1 % budget), availability is clean.
+        let mut j = Judge::new(Policy::default(), slos.clone()).unwrap();
+        let d = j.step(&obs(0, 200, 1000)).unwrap();
+        let d = if d.verdict == Verdict::Continue {
+            j.step(&obs(0, 200, 1000)).unwrap()
+        } else {
+            d
+        };
+        assert_eq!(d.verdict, Verdict::Revert);
+        assert!(d.reason.starts_with("latency:"), "{}", d.reason);
+        assert!(d.reason.contains("slower than 0.2s"), "{}", d.reason);
+        // Availability passes fast; latency has to pass too before a promote.
+        let mut j = Judge::new(Policy::default(), slos).unwrap();
+        let mut verdicts = Vec::new();
+        for _ in 0..60 {
+            verdicts.push(j.step(&obs(0, 10, 1000)).unwrap());
+        }
+        let first = verdicts
+            .iter()
+            .position(|d| d.verdict == Verdict::Promote)
+            .unwrap();
+        assert!(verdicts[first - 1].evidence[1].status != SloStatus::Passing || first == 29);
+        assert!(
+            verdicts[first]
+                .evidence
+                .iter()
+                .all(|e| e.status == SloStatus::Passing)
+        );
+    }
+
+    #[test]
+    fn shared_outage_holds_and_never_reverts() {
+        for share in [0.05, 0.5] {
+            let mut j = judge(Policy::default());
+            for s in 0..120 {
+                let nc = (1000.0 * share) as u64;
+                let nb = 1000 - nc;
+                // Both at 20× the budget.
+                let d = j
+                    .step(&interval((nc / 50, nc), (nb / 50, nb), Some(share)))
+                    .unwrap();
+                assert_ne!(
+                    d.verdict,
+                    Verdict::Revert,
+                    "share {share} second {s}: {}",
+                    d.reason
+                );
+                if s >= 5 {
+                    assert_eq!(
+                        d.verdict,
+                        Verdict::Hold,
+                        "share {share} second {s}: {}",
+                        d.reason
+                    );
+                    assert!(d.reason.contains("not the release's fault"), "{}", d.reason);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_canary_with_healthy_baseline_reverts() {
+        let mut j = judge(Policy::default());
+        let mut verdict = Verdict::Continue;
+        for _ in 0..10 {
+            // Canary at 20×, baseline at 1×, 50 % share.
+            verdict = j
+                .step(&interval((10, 500), (1, 500), Some(0.5)))
+                .unwrap()
+                .verdict;
+            if verdict != Verdict::Continue {
+                break;
+            }
+        }
+        assert_eq!(verdict, Verdict::Revert);
+    }
+
+    #[test]
+    fn attributable_burn_reverts_after_promote() {
+        let policy = Policy {
+            max_budget_share: 0.000_02, // small, so the test is short
+            ..Policy::default()
+        };
+        let mut j = judge(policy);
+        for _ in 0..30 {
+            j.step(&interval((0, 1000), (0, 0), None)).unwrap();
+        }
+        let d = j.decision();
+        assert_eq!(d.verdict, Verdict::Promote);
+        assert!(d.watching);
+        // Now at 1.5×: too little to cross the mixture bound quickly, but the
+        // attributable burn grows: 1.5 bad/s against a budget of
+        // 0.001 · 1000 · 2 592 000 = 2.592e6 → 2e-5 after ≈ 35 s of 1.5/s
+        // (counted over all 30 + t seconds of traffic).
+        let mut reverted = None;
+        for s in 1..=200 {
+            let bad = if s % 2 == 0 { 2 } else { 1 };
+            let d = j.step(&interval((bad, 1000), (0, 0), None)).unwrap();
+            if d.verdict == Verdict::Revert {
+                assert!(d.reason.contains("beyond its baseline"), "{}", d.reason);
+                reverted = Some(s);
+                break;
+            }
+            assert_eq!(d.verdict, Verdict::Promote, "{}", d.reason);
+        }
+        let s = reverted.expect("reverted during the watch");
+        assert!((25..=45).contains(&s), "{s}");
+    }
+
+    #[test]
+    fn baseline_history_raises_the_null() {
+        let j = judge(Policy::default())
+            .with_baseline_history("availability", Counts::new(99_700, 100_000))
+            .unwrap();
+        let e = &j.decision().evidence[0];
+        assert!((e.null_ratio - 0.003).abs() < 1e-12);
+        assert_eq!(e.baseline_events, 100_000);
+        assert!(
+            judge(Policy::default())
+                .with_baseline_history("nope", Counts::new(1, 1))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn state_survives_serialisation() {
+        let mut j = judge(Policy::default());
+        for _ in 0..10 {
+            j.step(&interval((2, 500), (0, 0), None)).unwrap();
+        }
+        let json = serde_json::to_string(&j).unwrap();
+        let mut back: Judge = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, j);
+        let a = j.step(&interval((5, 500), (0, 0), None)).unwrap();
+        let b = back.step(&interval((5, 500), (0, 0), None)).unwrap();
+        assert_eq!(a, b);
+    }
+
+    /// A block's worth of (bad, total) counts.
+    fn blocks() -> impl Strategy<Value = Vec<(u64, u64)>> {
+        prop::collection::vec(
+            (0u64..400).prop_flat_map(|n| (0..=n.min(20), Just(n))),
+            1..60,
+        )
+    }
+
+    fn verdicts(seq: &[(u64, u64)]) -> Vec<Verdict> {
+        let policy = Policy {
+            min_verify_seconds: 5.0,
+            min_events: 10,
+            ..Policy::default()
+        };
+        let mut j = judge(policy);
+        seq.iter()
+            .map(|&(k, n)| j.step(&interval((k, n), (0, 0), None)).unwrap().verdict)
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 256,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x4a55),
+            ..ProptestConfig::default()
+        })]
+
+        /// More errors never make a promote more likely: adding bad events to
+        /// one block never turns a non-promote into a promote at any step.
+        #[test]
+        fn more_errors_never_help_a_promote(
+            seq in blocks(),
+            at in any::<prop::sample::Index>(),
+            extra in 1u64..20,
+        ) {
+            let i = at.index(seq.len());
+            let mut worse = seq.clone();
+            worse[i].0 = (worse[i].0 + extra).min(worse[i].1);
+            let a = verdicts(&seq);
+            let b = verdicts(&worse);
+            for (t, (va, vb)) in a.iter().zip(&b).enumerate() {
+                if *vb == Verdict::Promote {
+                    prop_assert_eq!(*va, Verdict::Promote, "step {}", t);
+                }
+            }
+        }
+
+        /// The same counts in smaller batches give the same verdicts: each
+        /// one-second interval split into 1–4 sub-intervals (counts split
+        /// arbitrarily) yields the same decision at every second's end.
+        #[test]
+        fn smaller_batches_same_verdict(
+            seq in blocks(),
+            splits in prop::collection::vec((1usize..=4, any::<u64>()), 60),
+        ) {
+            let policy = Policy { min_verify_seconds: 5.0, min_events: 10, ..Policy::default() };
+            let mut whole = judge(policy.clone());
+            let mut parts = judge(policy);
+            for (s, &(k, n)) in seq.iter().enumerate() {
+                let expected = whole.step(&interval((k, n), (0, 0), None)).unwrap();
+                let (pieces, salt) = splits[s];
+                let mut left = (k, n);
+                let mut last = None;
+                for p in 0..pieces {
+                    let (pk, pn) = if p + 1 == pieces {
+                        left
+                    } else {
+                        let pn = (salt >> (p * 16)) % (left.1 + 1);
+                        // Bad events in this piece: at least what the
+                        // remaining good events cannot cover.
+                        let lo = pn.saturating_sub(left.1 - left.0);
+                        let hi = left.0.min(pn);
+                        let pk = lo + (salt >> (p * 16 + 8)) % (hi - lo + 1);
+                        (pk, pn)
+                    };
+                    left = (left.0 - pk, left.1 - pn);
+                    let mut i = interval((pk, pn), (0, 0), None);
+                    i.seconds = 1.0 / pieces as f64;
+                    last = Some(parts.step(&i).unwrap());
+                }
+                let got = last.unwrap();
+                prop_assert_eq!(got.verdict, expected.verdict, "second {}", s);
+                prop_assert!((got.evidence[0].statistic - expected.evidence[0].statistic).abs() < 1e-9);
+            }
+        }
+    }
 }

@@ -49,6 +49,7 @@
 #![forbid(unsafe_code)]
 
 mod judge;
+pub mod sim;
 pub mod stats;
 
 pub use judge::Judge;

@@ -1,0 +1,486 @@
+//! Detection simulator: seeded traffic for a release of known badness, fed
+//! second by second to a [`Judge`], to measure how often and how fast it
+//! promotes, reverts or holds, next to two yardsticks:
+//!
+//! - `oracle_seconds`: Wald's expected sample size of an SPRT that knows the
+//!   true burn multiple (the physical limit at those error rates), in seconds
+//!   of the *release's* traffic (the canary's share of it during a canary);
+//! - `threshold_check_seconds`: a Flagger-style check (success rate ≥ 99 %
+//!   per 1-minute interval, rollback after 5 failed intervals), on the same
+//!   traffic model.
+//!
+//! Deterministic per seed: each scenario draws from its own `StdRng` seeded
+//! from the run's seed and the scenario's label, so a scenario's figures do
+//! not depend on which other scenarios run.
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Binomial, Distribution, Geometric, Poisson};
+use serde::{Deserialize, Serialize};
+
+use crate::stats;
+use crate::{Counts, Interval, Judge, JudgeError, Policy, SloObservation, SloSpec, Verdict};
+
+/// How the release's errors arrive.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum ErrorModel {
+    /// Each request fails independently.
+    Independent,
+    /// `clustered_share` of the errors come in clusters that hit consecutive
+    /// requests within the same second (a connection pool reset, a GC pause),
+    /// cluster sizes geometric with mean `mean_cluster`; the rest are
+    /// independent. The average error ratio is unchanged.
+    Bursty {
+        /// Share of the errors that come in clusters, in `[0, 1]`.
+        clustered_share: f64,
+        /// Mean cluster size (`>= 1`).
+        mean_cluster: f64,
+    },
+}
+
+/// One simulated situation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Scenario {
+    /// `release` (the new build takes all traffic), `canary`,
+    /// `shared-outage` or `bursty`.
+    pub name: String,
+    /// SLO objective as a ratio (`0.999`).
+    pub objective: f64,
+    /// The release's true (average) error ratio ÷ `(1 − objective)`.
+    pub multiple: f64,
+    /// The live baseline's error ratio ÷ `(1 − objective)` during a canary.
+    pub baseline_multiple: f64,
+    /// Requests per second to the whole service.
+    pub rps: f64,
+    /// The canary's share of the traffic, `None` without a canary.
+    pub canary_share: Option<f64>,
+    /// How the release's errors arrive.
+    pub errors: ErrorModel,
+}
+
+impl Scenario {
+    /// A short label, also the seed's salt.
+    pub fn label(&self) -> String {
+        format!(
+            "{} o={} x={} base={} rps={} share={}",
+            self.name,
+            self.objective,
+            self.multiple,
+            self.baseline_multiple,
+            self.rps,
+            self.canary_share.map_or("none".into(), |w| w.to_string())
+        )
+    }
+}
+
+/// The grid of issue 4: objective 99.9 %; multiples 0.5, 1, 2, 6, 14.4, 50;
+/// 10, 100 and 1000 rps; no canary, canary at 5 % and 50 %; then
+/// `shared-outage` (baseline and canary both at 20× during a canary) and
+/// `bursty` (a good release, 0.8× on average, 70 % of its errors in clusters
+/// of mean 10).
+pub fn grid() -> Vec<Scenario> {
+    let objective = 0.999;
+    let rpss = [10.0, 100.0, 1000.0];
+    let mut out = Vec::new();
+    for share in [None, Some(0.05), Some(0.5)] {
+        for &rps in &rpss {
+            for multiple in [0.5, 1.0, 2.0, 6.0, 14.4, 50.0] {
+                out.push(Scenario {
+                    name: if share.is_some() { "canary" } else { "release" }.into(),
+                    objective,
+                    multiple,
+                    baseline_multiple: 1.0,
+                    rps,
+                    canary_share: share,
+                    errors: ErrorModel::Independent,
+                });
+            }
+        }
+    }
+    for share in [0.05, 0.5] {
+        for &rps in &rpss {
+            out.push(Scenario {
+                name: "shared-outage".into(),
+                objective,
+                multiple: 20.0,
+                baseline_multiple: 20.0,
+                rps,
+                canary_share: Some(share),
+                errors: ErrorModel::Independent,
+            });
+        }
+    }
+    for &rps in &rpss {
+        out.push(bursty(objective, rps));
+    }
+    out
+}
+
+/// The `bursty` scenario at `rps`: a good release (0.8× on average) whose
+/// errors mostly (70 %) come in clusters of mean size 10.
+pub fn bursty(objective: f64, rps: f64) -> Scenario {
+    Scenario {
+        name: "bursty".into(),
+        objective,
+        multiple: 0.8,
+        baseline_multiple: 1.0,
+        rps,
+        canary_share: None,
+        errors: ErrorModel::Bursty {
+            clustered_share: 0.7,
+            mean_cluster: 10.0,
+        },
+    }
+}
+
+/// Figures for one scenario; the field names are the JSON keys of
+/// `guard bench detection --json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScenarioResult {
+    /// [`Scenario::name`].
+    pub scenario: String,
+    /// SLO objective as a ratio.
+    pub slo_objective: f64,
+    /// True error ratio ÷ `(1 − objective)`.
+    pub multiple: f64,
+    /// Requests per second to the whole service.
+    pub rps: f64,
+    /// Canary share, `null` without a canary.
+    pub canary_share: Option<f64>,
+    /// Trials run.
+    pub trials: u64,
+    /// Share of trials that ended in `revert`.
+    pub revert_rate: f64,
+    /// Share of trials that ended in `promote`.
+    pub promote_rate: f64,
+    /// Share of trials that ended in `hold`.
+    pub hold_rate: f64,
+    /// Median seconds to the verdict (whatever it was).
+    pub median_seconds: f64,
+    /// 95th percentile of seconds to the verdict.
+    pub p95_seconds: f64,
+    /// Wald's expected sample size for an SPRT that knows the true multiple
+    /// (`H1` = the truth when it is above 1, otherwise the smallest policy
+    /// multiple), in seconds of the release's own traffic.
+    pub oracle_seconds: f64,
+    /// Median share (%) of the 30 d budget (at `rps`) that the release's
+    /// errors burned before the verdict.
+    pub budget_burned_pct_median: f64,
+    /// Median seconds a Flagger-style threshold check needs to roll back;
+    /// `null` when it fires in fewer than half the trials within the
+    /// verification deadline.
+    pub threshold_check_seconds: Option<f64>,
+}
+
+/// One trial's outcome.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Trial {
+    /// The first verdict other than `continue`.
+    pub verdict: Verdict,
+    /// Seconds until it.
+    pub seconds: f64,
+    /// The release's bad events until it.
+    pub release_bad: u64,
+}
+
+/// Runs `trials` trials of `scenario` under `policy` with `seed`.
+pub fn run(
+    scenario: &Scenario,
+    policy: &Policy,
+    trials: u64,
+    seed: u64,
+) -> Result<ScenarioResult, JudgeError> {
+    let mut rng = StdRng::seed_from_u64(seed ^ fnv1a(scenario.label().as_bytes()));
+    let slo = SloSpec::availability("availability", scenario.objective);
+    let p0 = 1.0 - scenario.objective;
+    let mut outcomes = Vec::with_capacity(trials as usize);
+    for _ in 0..trials {
+        outcomes.push(run_trial(scenario, policy, &slo, &mut rng)?);
+    }
+    let count = |v: Verdict| outcomes.iter().filter(|t| t.verdict == v).count() as f64;
+    let n = trials.max(1) as f64;
+    let mut seconds: Vec<f64> = outcomes.iter().map(|t| t.seconds).collect();
+    let period_budget = p0 * scenario.rps * slo.period_seconds;
+    let mut burned: Vec<f64> = outcomes
+        .iter()
+        .map(|t| 100.0 * t.release_bad as f64 / period_budget)
+        .collect();
+    let release_rps = scenario.rps * scenario.canary_share.unwrap_or(1.0);
+    let mut flagger: Vec<f64> = (0..trials)
+        .map(|_| threshold_check(scenario, release_rps, policy.max_verify_seconds, &mut rng))
+        .collect();
+    let flagger_median = quantile(&mut flagger, 0.5);
+    Ok(ScenarioResult {
+        scenario: scenario.name.clone(),
+        slo_objective: scenario.objective,
+        multiple: scenario.multiple,
+        rps: scenario.rps,
+        canary_share: scenario.canary_share,
+        trials,
+        revert_rate: count(Verdict::Revert) / n,
+        promote_rate: count(Verdict::Promote) / n,
+        hold_rate: count(Verdict::Hold) / n,
+        median_seconds: quantile(&mut seconds, 0.5),
+        p95_seconds: quantile(&mut seconds, 0.95),
+        oracle_seconds: oracle_seconds(scenario, policy, release_rps),
+        budget_burned_pct_median: quantile(&mut burned, 0.5),
+        threshold_check_seconds: flagger_median.is_finite().then_some(flagger_median),
+    })
+}
+
+/// Wald's expected sample size, in seconds at `release_rps`, of the SPRT that
+/// knows the truth: `H0: p0` against `H1: multiple·p0` when the multiple is
+/// above 1 (a bad release, to be caught), else against the smallest policy
+/// multiple (a good release, to be passed).
+pub fn oracle_seconds(scenario: &Scenario, policy: &Policy, release_rps: f64) -> f64 {
+    let p0 = 1.0 - scenario.objective;
+    let p = scenario.multiple * p0;
+    let smallest = policy
+        .multiples
+        .iter()
+        .copied()
+        .fold(f64::INFINITY, f64::min);
+    let p1 = if scenario.multiple > 1.0 {
+        p
+    } else {
+        smallest * p0
+    };
+    stats::wald_expected_trials(p0, p1, p, policy.alpha, policy.beta) / release_rps
+}
+
+/// Feeds one trial's traffic to a fresh judge, one-second intervals, until a
+/// verdict other than `continue` (the deadline guarantees one).
+pub fn run_trial(
+    scenario: &Scenario,
+    policy: &Policy,
+    slo: &SloSpec,
+    rng: &mut StdRng,
+) -> Result<Trial, JudgeError> {
+    let mut judge = Judge::new(policy.clone(), vec![slo.clone()])?;
+    let p0 = 1.0 - scenario.objective;
+    let p_release = (scenario.multiple * p0).min(1.0);
+    let p_base = (scenario.baseline_multiple * p0).min(1.0);
+    let mut interval = Interval {
+        seconds: 1.0,
+        slos: vec![SloObservation {
+            slo: slo.name.clone(),
+            candidate: Counts::default(),
+            baseline: Counts::default(),
+        }],
+        canary_share: scenario.canary_share,
+        source_ok: true,
+    };
+    // Whole requests per second; fractional rates carry over.
+    let mut carry = 0.0;
+    let mut release_bad = 0u64;
+    let limit = (policy.max_verify_seconds / interval.seconds).ceil() as u64 + 2;
+    for second in 1..=limit {
+        let want = scenario.rps + carry;
+        let requests = want.floor() as u64;
+        carry = want - requests as f64;
+        let (n_release, n_base) = match scenario.canary_share {
+            Some(w) => {
+                let c = sample_binomial(rng, requests, w);
+                (c, requests - c)
+            }
+            None => (requests, 0),
+        };
+        let bad_release = sample_bad(rng, n_release, p_release, scenario.errors);
+        let bad_base = sample_binomial(rng, n_base, p_base);
+        release_bad += bad_release;
+        interval.slos[0].candidate = Counts::new(n_release - bad_release, n_release);
+        interval.slos[0].baseline = Counts::new(n_base - bad_base, n_base);
+        let decision = judge.step(&interval)?;
+        if decision.verdict != Verdict::Continue {
+            return Ok(Trial {
+                verdict: decision.verdict,
+                seconds: second as f64 * interval.seconds,
+                release_bad,
+            });
+        }
+    }
+    // Unreachable with a valid policy (the deadline holds), but never panic.
+    Ok(Trial {
+        verdict: Verdict::Hold,
+        seconds: limit as f64 * interval.seconds,
+        release_bad,
+    })
+}
+
+fn sample_binomial(rng: &mut StdRng, n: u64, p: f64) -> u64 {
+    if n == 0 || p <= 0.0 {
+        return 0;
+    }
+    if p >= 1.0 {
+        return n;
+    }
+    match Binomial::new(n, p) {
+        Ok(d) => d.sample(rng),
+        Err(_) => 0,
+    }
+}
+
+fn sample_bad(rng: &mut StdRng, n: u64, p: f64, model: ErrorModel) -> u64 {
+    match model {
+        ErrorModel::Independent => sample_binomial(rng, n, p),
+        ErrorModel::Bursty {
+            clustered_share,
+            mean_cluster,
+        } => {
+            let independent = sample_binomial(rng, n, p * (1.0 - clustered_share));
+            let rate = p * clustered_share * n as f64 / mean_cluster;
+            let clusters = if rate > 0.0 {
+                Poisson::new(rate).map_or(0.0, |d| d.sample(rng)) as u64
+            } else {
+                0
+            };
+            let mut clustered = 0u64;
+            if clusters > 0
+                && let Ok(size) = Geometric::new(1.0 / mean_cluster)
+            {
+                for _ in 0..clusters {
+                    clustered += 1 + size.sample(rng);
+                }
+            }
+            (independent + clustered).min(n)
+        }
+    }
+}
+
+/// Seconds until a Flagger-style check (success rate ≥ 99 % per 1-minute
+/// interval; roll back after 5 failed intervals) fires, or `∞` if it does
+/// not within `horizon` seconds.
+fn threshold_check(scenario: &Scenario, release_rps: f64, horizon: f64, rng: &mut StdRng) -> f64 {
+    const INTERVAL: f64 = 60.0;
+    const THRESHOLD: f64 = 0.99;
+    const FAILURES: u32 = 5;
+    let p = (scenario.multiple * (1.0 - scenario.objective)).min(1.0);
+    let per_minute = release_rps * INTERVAL;
+    let mut carry = 0.0;
+    let mut failed = 0;
+    let minutes = (horizon / INTERVAL).floor() as u64;
+    for minute in 1..=minutes {
+        let want = per_minute + carry;
+        let n = want.floor() as u64;
+        carry = want - n as f64;
+        if n == 0 {
+            // No traffic: Flagger's query returns no value and the check
+            // neither passes nor fails.
+            continue;
+        }
+        let bad = sample_bad(rng, n, p, scenario.errors);
+        if (n - bad) as f64 / (n as f64) < THRESHOLD {
+            failed += 1;
+            if failed >= FAILURES {
+                return minute as f64 * INTERVAL;
+            }
+        }
+    }
+    f64::INFINITY
+}
+
+/// The `q` quantile (nearest rank) of `xs`, sorting it; `NaN` when empty.
+pub fn quantile(xs: &mut [f64], q: f64) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    xs.sort_by(f64::total_cmp);
+    let rank = ((q * xs.len() as f64).ceil() as usize).clamp(1, xs.len());
+    xs[rank - 1]
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// One goal of issue 4 checked against one scenario's figures.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GoalCheck {
+    /// The goal, in words.
+    pub goal: &'static str,
+    /// Which row it was checked on.
+    pub scenario: String,
+    /// Whether the figures meet it.
+    pub met: bool,
+    /// The figure against its bound.
+    pub detail: String,
+}
+
+/// Checks the goals of issue 4 against benchmark rows:
+/// false revert ≤ 1 % at multiples ≤ 1 and in `bursty`; revert ≥ 99 % at
+/// multiples ≥ 6; median time ≤ max(1.5 × oracle, 2 s) at multiples ≥ 6;
+/// 2× releases reverted (≥ 99 %) with a median budget burn below 2 %; no
+/// revert in `shared-outage`.
+pub fn check_goals(rows: &[ScenarioResult]) -> Vec<GoalCheck> {
+    let mut out = Vec::new();
+    for r in rows {
+        let label = format!(
+            "{} x={} rps={} share={}",
+            r.scenario,
+            r.multiple,
+            r.rps,
+            r.canary_share.map_or("none".into(), |w| w.to_string())
+        );
+        let mut check = |goal: &'static str, met: bool, detail: String| {
+            out.push(GoalCheck {
+                goal,
+                scenario: label.clone(),
+                met,
+                detail,
+            })
+        };
+        let independent = r.scenario == "release" || r.scenario == "canary";
+        if (independent && r.multiple <= 1.0) || r.scenario == "bursty" {
+            check(
+                "false revert <= 1%",
+                r.revert_rate <= 0.01,
+                format!("revert rate {:.2}%", r.revert_rate * 100.0),
+            );
+        }
+        if independent && r.multiple >= 6.0 {
+            check(
+                "revert >= 99%",
+                r.revert_rate >= 0.99,
+                format!("revert rate {:.2}%", r.revert_rate * 100.0),
+            );
+            let bound = (1.5 * r.oracle_seconds).max(2.0);
+            check(
+                "median time <= max(1.5 x oracle, 2 s)",
+                r.median_seconds <= bound,
+                format!(
+                    "median {:.1}s vs bound {:.1}s (oracle {:.1}s)",
+                    r.median_seconds, bound, r.oracle_seconds
+                ),
+            );
+        }
+        if independent && r.multiple == 2.0 {
+            check(
+                "2x reverted before 2% of budget",
+                r.revert_rate >= 0.99 && r.budget_burned_pct_median < 2.0,
+                format!(
+                    "revert rate {:.2}%, median budget burned {:.4}%",
+                    r.revert_rate * 100.0,
+                    r.budget_burned_pct_median
+                ),
+            );
+        }
+        if r.scenario == "shared-outage" {
+            check(
+                "no revert in shared-outage",
+                r.revert_rate == 0.0,
+                format!(
+                    "revert rate {:.2}%, hold rate {:.2}%",
+                    r.revert_rate * 100.0,
+                    r.hold_rate * 100.0
+                ),
+            );
+        }
+    }
+    out
+}
