@@ -564,7 +564,7 @@ fn validate_policy(p: &Policy) -> Result<(), JudgeError> {
             ),
         );
     }
-    if !(p.evidence_cap_per_second > 0.0) {
+    if !(p.evidence_cap_per_second > 0.0 && p.evidence_cap_per_second.is_finite()) {
         return err(
             "evidence_cap_per_second",
             format!("must be > 0; got {}", p.evidence_cap_per_second),
@@ -579,7 +579,7 @@ fn validate_policy(p: &Policy) -> Result<(), JudgeError> {
             ),
         );
     }
-    if !(p.max_missing_seconds >= 0.0) {
+    if !(p.max_missing_seconds >= 0.0 && p.max_missing_seconds.is_finite()) {
         return err(
             "max_missing_seconds",
             format!("must be >= 0; got {}", p.max_missing_seconds),

@@ -484,3 +484,35 @@ pub fn check_goals(rows: &[ScenarioResult]) -> Vec<GoalCheck> {
     }
     out
 }
+
+/// The policy of a plain, single SPRT tuned to one alternative (`multiple`,
+/// e.g. the fast-burn 14.4×) with no burst guard: the comparison the issue
+/// asks for ("a single SPRT against 14.4× promotes about a third of 6×
+/// releases").
+pub fn single_sprt_policy(multiple: f64) -> Policy {
+    Policy {
+        multiples: vec![multiple],
+        evidence_cap_per_second: f64::MAX,
+        // A classical SPRT stops at its first boundary.
+        min_verify_seconds: 0.0,
+        min_events: 0,
+        ..Policy::default()
+    }
+}
+
+/// Scenarios for the single-SPRT comparison: releases at 6× with no canary
+/// at 10, 100 and 1000 rps, named `release-single-sprt-14.4`.
+pub fn single_sprt_grid() -> Vec<Scenario> {
+    [10.0, 100.0, 1000.0]
+        .into_iter()
+        .map(|rps| Scenario {
+            name: "release-single-sprt-14.4".into(),
+            objective: 0.999,
+            multiple: 6.0,
+            baseline_multiple: 1.0,
+            rps,
+            canary_share: None,
+            errors: ErrorModel::Independent,
+        })
+        .collect()
+}

@@ -1,0 +1,105 @@
+//! A quick version of the detection benchmark (issue 4) with fixed seeds and
+//! tolerant bounds: the cheap scenarios (1000 rps, where verdicts come in
+//! seconds of simulated time), 100 trials each. The full grid is
+//! `guard bench detection`.
+
+use judge::Policy;
+use judge::sim::{self, ErrorModel, Scenario, ScenarioResult};
+
+const TRIALS: u64 = 100;
+const SEED: u64 = 4;
+
+fn release(multiple: f64) -> Scenario {
+    Scenario {
+        name: "release".into(),
+        objective: 0.999,
+        multiple,
+        baseline_multiple: 1.0,
+        rps: 1000.0,
+        canary_share: None,
+        errors: ErrorModel::Independent,
+    }
+}
+
+fn run(s: &Scenario, policy: &Policy) -> ScenarioResult {
+    sim::run(s, policy, TRIALS, SEED).expect("valid scenario")
+}
+
+#[test]
+fn good_releases_are_not_reverted_and_bad_ones_are_fast() {
+    let policy = Policy::default();
+    let good = run(&release(1.0), &policy);
+    // α = 1 %: 5 or more reverts in 100 has probability < 0.5 %.
+    assert!(good.revert_rate <= 0.05, "{good:?}");
+    assert!(good.promote_rate >= 0.9, "{good:?}");
+
+    let six = run(&release(6.0), &policy);
+    assert!(six.revert_rate >= 0.95, "{six:?}");
+    assert!(
+        six.median_seconds <= (1.5 * six.oracle_seconds).max(2.0),
+        "{six:?}"
+    );
+
+    let fifty = run(&release(50.0), &policy);
+    assert_eq!(fifty.revert_rate, 1.0, "{fifty:?}");
+    assert!(fifty.median_seconds <= 2.0, "{fifty:?}");
+    // The Flagger-style check needs 5 failed minutes.
+    assert_eq!(fifty.threshold_check_seconds, Some(300.0));
+    // 6× is under a 99 % success threshold: the check never fires.
+    assert_eq!(six.threshold_check_seconds, None);
+}
+
+#[test]
+fn single_sprt_at_fast_burn_promotes_many_six_times_releases_the_mixture_does_not() {
+    let s = release(6.0);
+    let single = run(&s, &sim::single_sprt_policy(14.4));
+    // About a third in theory (Wald's OC at 6× for H1 = 14.4×); tolerant bounds.
+    assert!(
+        (0.15..=0.6).contains(&single.promote_rate),
+        "single SPRT promote rate {}",
+        single.promote_rate
+    );
+    let mixture = run(&s, &Policy::default());
+    assert!(
+        mixture.promote_rate <= 0.02,
+        "mixture promote rate {}",
+        mixture.promote_rate
+    );
+}
+
+#[test]
+fn shared_outage_holds_and_bursts_do_not_revert() {
+    let policy = Policy::default();
+    for share in [0.05, 0.5] {
+        let shared = Scenario {
+            name: "shared-outage".into(),
+            objective: 0.999,
+            multiple: 20.0,
+            baseline_multiple: 20.0,
+            rps: 1000.0,
+            canary_share: Some(share),
+            errors: ErrorModel::Independent,
+        };
+        let r = run(&shared, &policy);
+        assert_eq!(r.revert_rate, 0.0, "{r:?}");
+        assert!(r.hold_rate >= 0.95, "{r:?}");
+    }
+    let bursty = run(&sim::bursty(0.999, 1000.0), &policy);
+    assert!(bursty.revert_rate <= 0.05, "{bursty:?}");
+}
+
+#[test]
+fn same_seed_same_figures() {
+    let s = release(6.0);
+    let policy = Policy::default();
+    let a = sim::run(&s, &policy, 20, 9).unwrap();
+    let b = sim::run(&s, &policy, 20, 9).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn oracle_matches_wald_for_fast_burn() {
+    // DESIGN.md: ≈ 180 requests to catch 14.4× at 99.9 %; at 1000 rps 0.18 s.
+    let o = sim::oracle_seconds(&release(14.4), &Policy::default(), 1000.0);
+    assert!((0.17..=0.19).contains(&o), "{o}");
+}
