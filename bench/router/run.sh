@@ -10,7 +10,8 @@
 # round is printed), throughput ratio router/direct and p99 added by the router,
 # against the goals of issue 5: >= 70 % of direct throughput, < 1 ms added p99.
 #
-# Usage: bench/router/run.sh [-d SECONDS] [-c CONNECTIONS] [-t WRK_THREADS] [-r ROUNDS] [-n REPLICAS]
+# Usage: bench/router/run.sh [-d SECONDS] [-c CONNECTIONS] [-t WRK_THREADS] [-r ROUNDS] [-n REPLICAS] [-s]
+# -s skips the release build and uses the binaries already in target/release.
 # With -n 2 the router balances over 2 replicas while "direct" still hits one.
 # Needs: cargo, wrk, curl (scripts/install-test-deps.sh installs wrk).
 set -euo pipefail
@@ -21,14 +22,16 @@ connections=32
 wrk_threads=1
 rounds=3
 replicas=1
-while getopts "d:c:t:r:n:" opt; do
+skip_build=0
+while getopts "d:c:t:r:n:s" opt; do
   case $opt in
     d) duration=$OPTARG ;;
     c) connections=$OPTARG ;;
     t) wrk_threads=$OPTARG ;;
     r) rounds=$OPTARG ;;
     n) replicas=$OPTARG ;;
-    *) echo "usage: $0 [-d SECONDS] [-c CONNECTIONS] [-t WRK_THREADS] [-r ROUNDS] [-n REPLICAS]" >&2; exit 2 ;;
+    s) skip_build=1 ;;
+    *) echo "usage: $0 [-d SECONDS] [-c CONNECTIONS] [-t WRK_THREADS] [-r ROUNDS] [-n REPLICAS] [-s]" >&2; exit 2 ;;
   esac
 done
 
@@ -36,11 +39,16 @@ for tool in wrk curl cargo; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing (run scripts/install-test-deps.sh)" >&2; exit 1; }
 done
 
-echo "== building release binaries" >&2
-cargo build --release --quiet -p ultra-boost --bin ultra-boost
-cargo build --release --quiet -p guard --example router_bench
 ub=target/release/ultra-boost
 rb=target/release/examples/router_bench
+if [ "$skip_build" = 0 ]; then
+  echo "== building release binaries" >&2
+  cargo build --release --quiet -p ultra-boost --bin ultra-boost
+  cargo build --release --quiet -p guard --example router_bench
+fi
+for b in "$ub" "$rb"; do
+  [ -x "$b" ] || { echo "bench: $b is missing (run without -s)" >&2; exit 1; }
+done
 
 tmp=$(mktemp -d)
 rb_pid=""
