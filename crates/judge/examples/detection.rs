@@ -14,6 +14,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("{}", serde_json::to_string(&row)?);
         rows.push(row);
     }
+    let single = judge::sim::single_sprt_policy(14.4);
+    for scenario in judge::sim::single_sprt_grid() {
+        let row = judge::sim::run(&scenario, &single, trials, seed)?;
+        println!("{}", serde_json::to_string(&row)?);
+    }
     for c in judge::sim::check_goals(&rows).iter().filter(|c| !c.met) {
         println!("MISSED {}: {} ({})", c.goal, c.scenario, c.detail);
     }
