@@ -152,7 +152,7 @@ pub fn generate_document(doc: &SpecDocument, opts: &Options) -> Result<Generated
         if !opts.disable_recordings {
             groups.push(RuleGroup {
                 name: format!("sloth-slo-sli-recordings-{}", slo.id),
-                rules: sli_rules(slo, *period, windows).map_err(fail)?,
+                rules: sli_rules(slo, &id_filter(slo), *period, windows).map_err(fail)?,
             });
             groups.push(RuleGroup {
                 name: format!("sloth-slo-meta-recordings-{}", slo.id),
@@ -179,7 +179,12 @@ pub fn generate_document(doc: &SpecDocument, opts: &Options) -> Result<Generated
 /// One SLI error-ratio recording rule per alert window, then one for the
 /// whole period computed from the shortest window's rule (Sloth's
 /// "optimized" period rule: a ratio of sums, not an average of averages).
-fn sli_rules(slo: &SloSpec, period: PromDuration, w: &Windows) -> Result<Vec<Rule>, String> {
+fn sli_rules(
+    slo: &SloSpec,
+    filter: &str,
+    period: PromDuration,
+    w: &Windows,
+) -> Result<Vec<Rule>, String> {
     let mut windows = w.alert_windows();
     windows.push(period);
     let base = id_labels(slo);
@@ -194,7 +199,6 @@ fn sli_rules(slo: &SloSpec, period: PromDuration, w: &Windows) -> Result<Vec<Rul
                 ));
             }
             let metric = sli_metric(short);
-            let filter = id_filter(slo);
             format!(
                 "sum_over_time({metric}{filter}[{window_str}])\n/ ignoring ({WINDOW_LABEL})\ncount_over_time({metric}{filter}[{window_str}])\n"
             )

@@ -6,6 +6,7 @@
 //! and lists. Multi-line strings become literal blocks (`|`), strings that
 //! YAML would read as something else (numbers, booleans, `#…`) are quoted.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -80,9 +81,12 @@ pub fn render(generated: &Generated, out: &mut String) -> Result<(), OutputError
 /// A group as a list item at `indent`; Kubernetes objects sort rule keys
 /// alphabetically (they go through JSON), rules files use Prometheus's order.
 fn write_group(out: &mut String, g: &RuleGroup, indent: usize, k8s: bool) {
-    let pad = " ".repeat(indent);
-    let _ = writeln!(out, "{pad}- name: {}", scalar_inline(&g.name));
-    let _ = writeln!(out, "{pad}  rules:");
+    pad(out, indent);
+    out.push_str("- name: ");
+    out.push_str(&scalar_inline(&g.name));
+    out.push('\n');
+    pad(out, indent);
+    out.push_str("  rules:\n");
     for r in &g.rules {
         write_rule(out, r, indent + 2, k8s);
     }
@@ -111,7 +115,8 @@ fn write_rule(out: &mut String, r: &Rule, indent: usize, k8s: bool) {
     }
     for (i, (name, value)) in fields.into_iter().enumerate() {
         let at = if i == 0 {
-            let _ = write!(out, "{}- ", " ".repeat(indent));
+            pad(out, indent);
+            out.push_str("- ");
             0
         } else {
             inner
@@ -119,7 +124,9 @@ fn write_rule(out: &mut String, r: &Rule, indent: usize, k8s: bool) {
         match value {
             FieldValue::Str(s) => write_kv_at(out, at, inner, name, s),
             FieldValue::Map(m) => {
-                let _ = writeln!(out, "{}{name}:", " ".repeat(at));
+                pad(out, at);
+                out.push_str(name);
+                out.push_str(":\n");
                 write_map(out, m, inner + 2);
             }
         }
@@ -144,16 +151,19 @@ fn write_kv(out: &mut String, indent: usize, key: &str, value: &str) {
 /// Writes `key: value` with the key at column `first` (already positioned
 /// when `first == 0` after a list dash) and block content under `indent`.
 fn write_kv_at(out: &mut String, first: usize, indent: usize, key: &str, value: &str) {
-    let _ = write!(out, "{}{}:", " ".repeat(first), scalar_inline(key));
+    pad(out, first);
+    out.push_str(&scalar_inline(key));
+    out.push(':');
     if let Some(chomp) = literal_style(value) {
         let _ = writeln!(out, " |{chomp}");
-        let pad = " ".repeat(indent + 2);
         let body = value.trim_end_matches('\n');
         for line in body.split('\n') {
             if line.is_empty() {
                 out.push('\n');
             } else {
-                let _ = writeln!(out, "{pad}{line}");
+                pad(out, indent + 2);
+                out.push_str(line);
+                out.push('\n');
             }
         }
         // `|+` keeps the extra trailing newlines: write them as empty lines.
@@ -162,7 +172,9 @@ fn write_kv_at(out: &mut String, first: usize, indent: usize, key: &str, value: 
             out.push('\n');
         }
     } else {
-        let _ = writeln!(out, " {}", scalar_inline(value));
+        out.push(' ');
+        out.push_str(&scalar_inline(value));
+        out.push('\n');
     }
 }
 
@@ -190,11 +202,22 @@ fn literal_style(s: &str) -> Option<&'static str> {
 
 /// A scalar on one line: plain when YAML reads it back as the same string,
 /// double-quoted otherwise.
-pub fn scalar_inline(s: &str) -> String {
+pub fn scalar_inline(s: &str) -> Cow<'_, str> {
     if is_plain_safe(s) {
-        s.to_string()
+        Cow::Borrowed(s)
     } else {
-        double_quoted(s)
+        Cow::Owned(double_quoted(s))
+    }
+}
+
+/// Appends `n` spaces.
+fn pad(out: &mut String, n: usize) {
+    const SPACES: &str = "                                ";
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(SPACES.len());
+        out.push_str(&SPACES[..k]);
+        left -= k;
     }
 }
 

@@ -522,7 +522,55 @@ fn as_text(v: &Option<serde_json::Value>) -> Option<String> {
     }
 }
 
+/// The spec formats, told apart by their top-level keys.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Prometheus,
+    Kubernetes,
+    OpenSlo,
+}
+
+/// Recognises the format from unindented `version:`, `apiVersion:` and
+/// `kind:` lines, as Sloth does (with regular expressions on the text), which
+/// spares a full YAML parse of large specs. `None` when the lines do not say
+/// (flow-style mappings, unknown versions): the YAML probe decides then.
+fn sniff_kind(text: &str) -> Option<Kind> {
+    let (mut version, mut api_version, mut kind) = (None, None, None);
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        if key.starts_with([' ', '\t']) {
+            continue;
+        }
+        let value = value
+            .split(" #")
+            .next()
+            .unwrap_or("")
+            .trim()
+            .trim_matches(['"', '\'']);
+        match key {
+            "version" => version = Some(value),
+            "apiVersion" => api_version = Some(value),
+            "kind" => kind = Some(value),
+            _ => {}
+        }
+    }
+    match (version, api_version, kind) {
+        (Some("prometheus/v1"), _, _) => Some(Kind::Prometheus),
+        (_, Some("sloth.slok.dev/v1"), Some("PrometheusServiceLevel")) => Some(Kind::Kubernetes),
+        (_, Some("openslo/v1alpha"), Some("SLO")) => Some(Kind::OpenSlo),
+        _ => None,
+    }
+}
+
 fn parse_document(ctx: &DocCtx, text: &str) -> Result<SpecDocument, Vec<SpecError>> {
+    match sniff_kind(text) {
+        Some(Kind::Prometheus) => return parse_prometheus(ctx, text),
+        Some(Kind::Kubernetes) => return parse_k8s(ctx, text),
+        Some(Kind::OpenSlo) => return parse_openslo(ctx, text),
+        None => {}
+    }
     let probe: Probe = serde_saphyr::from_str(text).map_err(|e| {
         let mut err = ctx.yaml_error(&e, text);
         if let SpecErrorKind::Yaml(m) = &mut err.kind {
