@@ -21,10 +21,9 @@ fn repo_root() -> PathBuf {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| {
+    cmd.output().unwrap_or_else(|e| {
         panic!("cannot run {cmd:?}: {e} (is the Debian prometheus package installed?)")
-    });
-    out
+    })
 }
 
 fn describe(what: &str, out: &Output) -> String {
