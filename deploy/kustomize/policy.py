@@ -11,8 +11,11 @@ requests and limits; an HPA on the Deployment with minReplicas >= replicas; a
 restricted security context; a ServiceMonitor that reaches the pods; the guard
 opt-in label; a restricted Pod Security namespace. Review: the namespace
 ultra-boost-pr-<N>, everything in it. guard: 2 replicas, the Lease
-guard-leader and RBAC granting what guard needs and no wildcard. One line per
-violation, exit 1 if any.
+guard-leader; the Deployment runs `guard controller` with guard.yaml and the
+review template from its ConfigMap, the GitHub webhook secret from a Secret,
+probes on /-/ready and /-/healthy of a declared port; RBAC granting exactly
+the verbs guard uses (every kind of the review overlay included) and no
+wildcard. One line per violation, exit 1 if any.
 """
 import re
 import sys
@@ -172,17 +175,91 @@ def check_review(objs, pr):
         fail(f"{w}: the review namespace must be labelled app.kubernetes.io/managed-by: guard (guard deletes only those)")
 
 
-NEEDED = {  # (apiGroup, resource) -> verbs guard uses (see TEAM.md / issue 8)
+# (apiGroup, resource) -> exactly the verbs guard's kubernetes code uses (the
+# kube-rs calls in crates/guard/src/platform/kubernetes, lease.rs, review/).
+# The ClusterRole must grant these and nothing more: a verb missing breaks
+# guard, a verb extra is privilege nobody uses.
+NEEDED = {
+    # watcher (list, watch) and list of opted-in Deployments; get; merge patch
+    # of the rollout annotation and replicas; replace (update) of the template
+    # to revert and promote; the -canary Deployment server-side applied
+    # (patch, create) and deleted.
     ("apps", "deployments"): {"get", "list", "watch", "patch", "update", "create", "delete"},
-    ("apps", "replicasets"): {"get", "list", "watch"},
-    ("", "pods"): {"get", "list", "watch"},
+    # The previous ReplicaSet (last good build): listed by the selector.
+    ("apps", "replicasets"): {"list"},
+    # The pods of a release (pod-template-hash), scraped directly.
+    ("", "pods"): {"list"},
+    # Review namespaces: read, applied server-side, listed by the TTL sweeper,
+    # deleted when the pull request closes.
     ("", "namespaces"): {"get", "list", "create", "delete", "patch"},
-    ("gateway.networking.k8s.io", "httproutes"): {"get", "list", "watch", "patch", "create"},
-    ("", "events"): {"create"},
+    # Review overlay Services (applied) and the <service>-canary Service guard
+    # creates when it is missing (get, create).
+    ("", "services"): {"get", "create", "patch"},
+    # Canary weights: read the route, patch its backendRefs.
+    ("gateway.networking.k8s.io", "httproutes"): {"get", "patch"},
 }
+# Leader election, in guard's namespace (Role): get, create, replace the Lease.
+NEEDED_LEASE = {"get", "create", "update"}
+# guard applies every object of the review overlay server-side: patch, and
+# create when the object does not exist yet.
+REVIEW_APPLY = {"create", "patch"}
 
 
-def check_guard(objs):
+def plural(kind):
+    # The rule of guard's review/mod.rs (api_resource): lower case + s, y -> ies.
+    k = kind.lower()
+    return k[:-1] + "ies" if k.endswith("y") else k + "s"
+
+
+def needed_verbs(review_objs):
+    needed = {k: set(v) for k, v in NEEDED.items()}
+    for o in review_objs:
+        group = o["apiVersion"].rsplit("/", 1)[0] if "/" in o["apiVersion"] else ""
+        needed.setdefault((group, plural(o["kind"])), set()).update(REVIEW_APPLY)
+    return needed
+
+
+def check_guard_pod(w, objs, pod):
+    c = next((c for c in pod["containers"] if c["name"] == "guard"), None)
+    if not c:
+        fail(f"{w}: no container named guard")
+        return
+    args = c.get("args", [])
+    if args[:1] != ["controller"]:
+        fail(f"{w}: guard must run `controller` in the cluster, runs {args[:1]}")
+    def flag(name):
+        return args[args.index(name) + 1] if name in args[:-1] else None
+    # Each file flag must name a file of a mounted ConfigMap.
+    mounts = {m["name"]: m["mountPath"].rstrip("/") for m in c.get("volumeMounts", [])}
+    files = {}
+    for v in pod.get("volumes", []):
+        if "configMap" in v and v["name"] in mounts:
+            cm = one(objs, "ConfigMap", v["configMap"]["name"], w)
+            for key in (cm or {}).get("data", {}):
+                files[f"{mounts[v['name']]}/{key}"] = key
+    for name in ("--config", "--review-template"):
+        path = flag(name)
+        if path is None:
+            fail(f"{w}: guard controller runs without {name}")
+        elif path not in files:
+            fail(f"{w}: {name} {path} is no file of a mounted ConfigMap ({', '.join(sorted(files)) or 'none'})")
+    env = {e["name"]: e for e in c.get("env", [])}
+    secret = env.get("GUARD_GITHUB_WEBHOOK_SECRET")
+    if flag("--github-webhook-secret-file") is None:
+        if not secret:
+            fail(f"{w}: no GUARD_GITHUB_WEBHOOK_SECRET: guard controller refuses --review-template without it")
+        elif "value" in secret or "secretKeyRef" not in secret.get("valueFrom", {}):
+            fail(f"{w}: GUARD_GITHUB_WEBHOOK_SECRET must come from a Secret (valueFrom.secretKeyRef), never a literal")
+    ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+    for probe, path in (("readinessProbe", "/-/ready"), ("livenessProbe", "/-/healthy")):
+        get = c.get(probe, {}).get("httpGet", {})
+        if get.get("path") != path:
+            fail(f"{w}: {probe} must be GET {path} (guard controller's endpoint), is {get.get('path')}")
+        if get.get("port") not in ports and get.get("port") not in ports.values():
+            fail(f"{w}: {probe} port {get.get('port')} is not a port the container declares ({ports})")
+
+
+def check_guard(objs, review_objs):
     w = "guard"
     check_namespace(objs, "guard-system", w)
     d = one(objs, "Deployment", "guard", w)
@@ -190,6 +267,7 @@ def check_guard(objs):
         if d["spec"].get("replicas") != 2:
             fail(f"{w}: guard runs {d['spec'].get('replicas')} replicas, want 2 (leader election)")
         check_pod_security(w, d["spec"]["template"]["spec"])
+        check_guard_pod(w, objs, d["spec"]["template"]["spec"])
     one(objs, "Lease", "guard-leader", w)
     granted = {}
     for kind in ("ClusterRole", "Role"):
@@ -203,12 +281,23 @@ def check_guard(objs):
                 for g in rule.get("apiGroups", []):
                     for res in rule.get("resources", []):
                         granted.setdefault((kind, g, res), set()).update(rule.get("verbs", []))
-    for (g, res), verbs in NEEDED.items():
+    needed = needed_verbs(review_objs)
+    for (g, res), verbs in sorted(needed.items()):
         missing = verbs - granted.get(("ClusterRole", g, res), set())
         if missing:
             fail(f"{w}: ClusterRole lacks {sorted(missing)} on {g or 'core'}/{res}")
-    if not {"get", "create", "update"} <= granted.get(("Role", "coordination.k8s.io", "leases"), set()):
-        fail(f"{w}: the leader-election Role must grant get, create, update on leases")
+    for (kind, g, res), verbs in sorted(granted.items()):
+        if kind != "ClusterRole":
+            continue
+        extra = verbs - needed.get((g, res), set())
+        if extra:
+            fail(f"{w}: ClusterRole grants {sorted(extra)} on {g or 'core'}/{res}, which guard does not use (least privilege)")
+    lease_verbs = granted.get(("Role", "coordination.k8s.io", "leases"), set())
+    if lease_verbs != NEEDED_LEASE:
+        fail(f"{w}: the leader-election Role must grant exactly {sorted(NEEDED_LEASE)} on leases, grants {sorted(lease_verbs)}")
+    for (kind, g, res) in granted:
+        if kind == "Role" and (g, res) != ("coordination.k8s.io", "leases"):
+            fail(f"{w}: the leader-election Role grants {g or 'core'}/{res}; it is for the Lease only")
     if ("ClusterRole", "coordination.k8s.io", "leases") in granted:
         fail(f"{w}: leases must be granted in guard's namespace only (Role), not cluster-wide")
     bindings = [o for o in objs if o["kind"] in ("ClusterRoleBinding", "RoleBinding")]
@@ -223,8 +312,9 @@ def main(argv):
         print(__doc__, file=sys.stderr)
         return 2
     check_production(load(argv[1]))
-    check_review(load(argv[2]), argv[4])
-    check_guard(load(argv[3]))
+    review = load(argv[2])
+    check_review(review, argv[4])
+    check_guard(load(argv[3]), review)
     for e in errors:
         print(f"ERROR {e}", file=sys.stderr)
     print(f"  policy: production, review (PR {argv[4]}) and guard manifests: {len(errors)} violation(s)")
