@@ -2,7 +2,9 @@
 # Checks the delivery assets with the real tools, as CI runs them:
 #
 #   Dockerfile        hadolint; BuildKit targets, cache mounts, non-root finals
-#   guard config      the real guard binary serves with the guard.yaml its manifests mount
+#   guard config      the real guard binary serves with the guard.yaml its manifests mount,
+#                     and runs the guard Deployment's `controller` command with its
+#                     ConfigMap (guard.yaml, review template): probes, webhook HMAC
 #   Kubernetes        kubectl kustomize on base, overlays and guard; rendered with a
 #                     build (render.sh), validated: built-in kinds by
 #                     kubernetes-validate --strict, CRDs (HTTPRoute, ServiceMonitor)
@@ -183,6 +185,16 @@ render() {
     echo "ERROR render.sh accepted --build latest"; return 1
   fi
   echo "render.sh refuses a missing build and 'latest': ok"
+  # guard controller reads the review overlay from a committed rendering
+  # (ConfigMap guard-config); it must be the overlay as it is now.
+  local tpl=deploy/kustomize/guard/review-template.yaml
+  if ! diff -u "$tpl" "$work/raw-review.yaml" > "$work/review-template.diff"; then
+    head -40 "$work/review-template.diff"
+    echo "ERROR $tpl is stale: regenerate it with"
+    echo "  kubectl kustomize deploy/kustomize/overlays/review > $tpl"
+    return 1
+  fi
+  echo "$tpl = kubectl kustomize deploy/kustomize/overlays/review: ok"
 }
 
 validate_manifests() {
@@ -230,6 +242,36 @@ mutate("policy-root", kind("Deployment", lambda d: pod(d)["containers"][0]["secu
 mutate("policy-no-limits", kind("Deployment", lambda d: pod(d)["containers"][0]["resources"].pop("limits")))
 mutate("policy-pdb-selector", kind("PodDisruptionBudget", lambda d: d["spec"]["selector"]["matchLabels"].update(app="other")))
 EOF
+  # guard's manifests: RBAC exactly as the code needs it, the controller wired up.
+  python3 - "$work/manifests/guard.yaml" "$bad" <<'EOF'
+import copy, sys, yaml
+src, out = sys.argv[1], sys.argv[2]
+docs = [d for d in yaml.safe_load_all(open(src)) if d]
+def mutate(name, fn):
+    ds = copy.deepcopy(docs)
+    for d in ds:
+        fn(d)
+    with open(f"{out}/{name}.yaml", "w") as f:
+        yaml.safe_dump_all(ds, f)
+def kind(k, fn):
+    return lambda d: fn(d) if d["kind"] == k else None
+def guard(d):
+    return d["spec"]["template"]["spec"]["containers"][0]
+def rules(d, group, resource):
+    return [r for r in d["rules"] if group in r["apiGroups"] and resource in r["resources"]]
+def env(d, name):
+    return next(e for e in guard(d)["env"] if e["name"] == name)
+mutate("guard-extra-verb", kind("ClusterRole", lambda d: rules(d, "apps", "replicasets")[0]["verbs"].append("watch")))
+mutate("guard-missing-verb", kind("ClusterRole", lambda d: rules(d, "apps", "deployments")[0]["verbs"].remove("update")))
+mutate("guard-review-kind", kind("ClusterRole", lambda d: rules(d, "policy", "poddisruptionbudgets")[0]["verbs"].remove("create")))
+mutate("guard-events", kind("ClusterRole", lambda d: d["rules"].append({"apiGroups": [""], "resources": ["events"], "verbs": ["create"]})))
+mutate("guard-lease-list", kind("Role", lambda d: d["rules"][0]["verbs"].append("list")))
+mutate("guard-serve", kind("Deployment", lambda d: guard(d).update(args=["serve", "--config", "/etc/guard/guard.yaml"])))
+mutate("guard-no-template", kind("Deployment", lambda d: guard(d).update(args=["controller", "--config", "/etc/guard/guard.yaml",
+                                                                              "--review-template", "/etc/guard/missing.yaml"])))
+mutate("guard-literal-secret", kind("Deployment", lambda d: env(d, "GUARD_GITHUB_WEBHOOK_SECRET").update(value="s3cret")))
+mutate("guard-probe", kind("Deployment", lambda d: guard(d)["livenessProbe"]["httpGet"].update(path="/healthz")))
+EOF
   local f n=0 bad_ok=()
   for f in deployment-unknown-field httproute-weight httproute-no-port servicemonitor-unknown-field image-latest unknown-crd; do
     n=$((n + 1))
@@ -239,11 +281,15 @@ EOF
     n=$((n + 1))
     if deploy/kustomize/policy.py "$bad/$f.yaml" "$work/manifests/review.yaml" "$work/manifests/guard.yaml" 42 > /dev/null 2>&1; then bad_ok+=("$f"); fi
   done
+  for f in guard-extra-verb guard-missing-verb guard-review-kind guard-events guard-lease-list guard-serve guard-no-template guard-literal-secret guard-probe; do
+    n=$((n + 1))
+    if deploy/kustomize/policy.py "$work/manifests/production.yaml" "$work/manifests/review.yaml" "$bad/$f.yaml" 42 > /dev/null 2>&1; then bad_ok+=("$f"); fi
+  done
   if [ ${#bad_ok[@]} -gt 0 ]; then
     echo "ERROR broken manifests accepted: ${bad_ok[*]}"
     return 1
   fi
-  echo "$n broken variants of the production manifests, each rejected"
+  echo "$n broken variants of the production and guard manifests, each rejected"
 }
 
 # guard must accept the configuration its manifests mount: the real binary
@@ -316,6 +362,131 @@ EOF
   kill "$pid"
   wait "$pid" 2>/dev/null || true
   echo "negative control: $(head -1 "$d/bad.log")"
+}
+
+# guard runs `controller` in the cluster: run the real binary with the rendered
+# Deployment's own args and env names, the files of its ConfigMap in place of
+# the mount, and probe what the Deployment and HTTPRoute point at. There is no
+# API server here: the kubeconfig points at a closed loopback port, so guard
+# loads and validates everything, listens, and never becomes leader.
+guard_controller() {
+  local d="$work/controller" bin="$root/target/debug/guard" pid i rc
+  [ -x "$bin" ] || { echo "ERROR $bin missing (the guard config check builds it)"; return 1; }
+  mkdir -p "$d"
+  printf 'apiVersion: v1\nkind: Config\nclusters:\n- name: none\n  cluster:\n    server: https://127.0.0.1:9\ncontexts:\n- name: none\n  context:\n    cluster: none\n    user: none\ncurrent-context: none\nusers:\n- name: none\n  user:\n    token: none\n' > "$d/kubeconfig"
+  # args.txt: one argument a line, mounts rewritten to $d; env.txt: the names.
+  python3 - "$work/manifests/guard.yaml" "$d" <<'EOF'
+import os, sys, yaml
+src, d = sys.argv[1], sys.argv[2]
+docs = [x for x in yaml.safe_load_all(open(src)) if x]
+dep = next(x for x in docs if x["kind"] == "Deployment" and x["metadata"]["name"] == "guard")
+pod = dep["spec"]["template"]["spec"]
+c = next(x for x in pod["containers"] if x["name"] == "guard")
+mounts = {m["name"]: m["mountPath"].rstrip("/") for m in c.get("volumeMounts", [])}
+rewrite = {}
+for v in pod.get("volumes", []):
+    if "configMap" in v and v["name"] in mounts:
+        cm = next(x for x in docs if x["kind"] == "ConfigMap" and x["metadata"]["name"] == v["configMap"]["name"])
+        local = os.path.join(d, "mnt", v["name"])
+        os.makedirs(local, exist_ok=True)
+        for key, text in cm.get("data", {}).items():
+            if key == "guard.yaml":  # paths that exist only in the pod
+                text = text.replace("/var/lib/guard/", d + "/").replace("/var/run/secrets/guard/api/", d + "/")
+            open(os.path.join(local, key), "w").write(text)
+        rewrite[mounts[v["name"]]] = local
+args = []
+for a in c.get("args", []):
+    for mount, local in rewrite.items():
+        if a.startswith(mount + "/"):
+            a = local + a[len(mount):]
+    args.append(a)
+open(os.path.join(d, "args.txt"), "w").write("\n".join(args) + "\n")
+route = next((x for x in docs if x["kind"] == "HTTPRoute"), None)
+prefixes = [m["path"]["value"] for r in (route or {}).get("spec", {}).get("rules", []) for m in r.get("matches", [])]
+probes = [c[p]["httpGet"]["path"] for p in ("readinessProbe", "livenessProbe")]
+open(os.path.join(d, "probes.txt"), "w").write("\n".join(probes) + "\n")
+open(os.path.join(d, "prefixes.txt"), "w").write("\n".join(prefixes) + "\n")
+print("Deployment args: " + " ".join(c.get("args", [])))
+EOF
+  local args=()
+  mapfile -t args < "$d/args.txt"
+  # Negative controls: a review template that is not the overlay, and no webhook
+  # secret, must each stop the controller before it starts anything.
+  sed 's#app.kubernetes.io/managed-by: guard#app.kubernetes.io/managed-by: someone#' \
+    deploy/kustomize/guard/review-template.yaml > "$d/bad-template.yaml"
+  local bad_args=("${args[@]}")
+  for i in "${!bad_args[@]}"; do
+    [ "${bad_args[$i]}" = --review-template ] && bad_args[i+1]="$d/bad-template.yaml"
+  done
+  if KUBECONFIG="$d/kubeconfig" GUARD_GITHUB_WEBHOOK_SECRET=x timeout 20 "$bin" "${bad_args[@]}" --listen 127.0.0.1:0 > "$d/bad-template.log" 2>&1; then
+    echo "ERROR guard controller accepted a review template without managed-by: guard"; return 1
+  fi
+  if env -u GUARD_GITHUB_WEBHOOK_SECRET KUBECONFIG="$d/kubeconfig" timeout 20 "$bin" "${args[@]}" --listen 127.0.0.1:0 > "$d/no-secret.log" 2>&1; then
+    echo "ERROR guard controller started review apps without a webhook secret"; return 1
+  fi
+  # Each refused for the reason under test, not for something else.
+  grep -q 'managed-by' "$d/bad-template.log" || { echo "ERROR bad template refused for another reason:"; cat "$d/bad-template.log"; return 1; }
+  grep -q 'GUARD_GITHUB_WEBHOOK_SECRET' "$d/no-secret.log" || { echo "ERROR missing secret refused for another reason:"; cat "$d/no-secret.log"; return 1; }
+  echo "negative control (template): $(grep -m1 'managed-by' "$d/bad-template.log" | cut -c1-200)"
+  echo "negative control (no secret): $(grep -m1 'GUARD_GITHUB_WEBHOOK_SECRET' "$d/no-secret.log" | cut -c1-200)"
+  (cd "$d" && KUBECONFIG="$d/kubeconfig" GUARD_GITHUB_WEBHOOK_SECRET=check-delivery-secret \
+    POD_NAME=guard-check-0 POD_NAMESPACE=guard-system \
+    exec "$bin" "${args[@]}" --listen 127.0.0.1:0 --address-file "$d/addr") > "$d/log" 2>&1 &
+  pid=$!
+  # Poll (deadline 10 s): a config or template error ends the process at once.
+  for i in $(seq 1 100); do
+    [ -s "$d/addr" ] && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ ! -s "$d/addr" ]; then
+    kill "$pid" 2>/dev/null || true
+    set +e; wait "$pid"; rc=$?; set -e
+    echo "ERROR guard ${args[*]} did not listen (exit $rc):"
+    cat "$d/log"
+    return 1
+  fi
+  echo "guard controller with the ConfigMap's guard.yaml and review template: listening on $(cat "$d/addr")"
+  set +e
+  python3 - "$(cat "$d/addr")" "$d/probes.txt" "$d/prefixes.txt" <<'EOF'
+import hashlib, hmac, json, sys, urllib.error, urllib.request
+addr = sys.argv[1].strip()
+probes = open(sys.argv[2]).read().split()
+prefixes = open(sys.argv[3]).read().split()
+hook = "/api/v1/github/webhook"
+def call(path, body=None, headers=None):
+    req = urllib.request.Request(f"http://{addr}{path}", data=body, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+def sign(secret, body):
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+bad = 0
+def expect(what, got, want):
+    global bad
+    print(f"  {what}: {got}{'' if got == want else f', want {want}'}")
+    bad += got != want
+for p in probes:
+    expect(f"GET {p} (Deployment probe)", call(p)[0], 200)
+code, body = call("/-/leader")
+leading = json.loads(body).get("leading") if code == 200 else None
+expect("GET /-/leader without an API server: leading", leading, False)
+ping = b'{"zen":"check-delivery"}'
+ev = {"X-GitHub-Event": "ping", "Content-Type": "application/json"}
+expect(f"POST {hook} unsigned", call(hook, ping, ev)[0], 401)
+expect(f"POST {hook} signed with another secret", call(hook, ping, {**ev, "X-Hub-Signature-256": sign(b"other", ping)})[0], 401)
+expect(f"POST {hook} signed with GUARD_GITHUB_WEBHOOK_SECRET", call(hook, ping, {**ev, "X-Hub-Signature-256": sign(b"check-delivery-secret", ping)})[0], 200)
+routed = any(hook.startswith(p) for p in prefixes)
+expect(f"HTTPRoute guard routes {hook} (prefixes {prefixes})", routed, True)
+sys.exit(1 if bad else 0)
+EOF
+  rc=$?
+  set -e
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  return "$rc"
 }
 
 # ---------------------------------------------------------------------------
@@ -593,6 +764,9 @@ else
   failed+=("manifests not rendered: validation, policy and checkov could not run")
 fi
 check "guard: the real binary serves with deploy/kustomize/guard/guard.yaml" guard_config
+if [ -s "$work/manifests/guard.yaml" ]; then
+  check "guard: the real binary runs the Deployment's controller command with its ConfigMap" guard_controller
+fi
 check "Terraform: python-hcl2, pinned provider, no secrets" terraform
 check "Prometheus: promtool check config and rules" prometheus
 check "Alertmanager: amtool check-config and routing" alertmanager
