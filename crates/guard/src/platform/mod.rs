@@ -10,8 +10,8 @@
 //! the store *before* it calls the platform, so after a crash it calls the same
 //! method again with the same arguments; a platform must converge, not act twice.
 
-pub mod local;
 pub mod kubernetes;
+pub mod local;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -88,10 +88,17 @@ pub struct Observed {
 pub enum PlatformError {
     /// The target is not configured on this platform.
     #[error("unknown service {service:?} in environment {environment:?}")]
-    UnknownTarget { service: String, environment: String },
+    UnknownTarget {
+        service: String,
+        environment: String,
+    },
     /// A replica did not become ready in time; the rollout must not go on.
     #[error("build {build} did not become ready within {seconds} s: {detail}")]
-    NotReady { build: String, seconds: u64, detail: String },
+    NotReady {
+        build: String,
+        seconds: u64,
+        detail: String,
+    },
     /// Starting a process or calling the cluster failed.
     #[error("{action} failed: {detail}")]
     Action { action: String, detail: String },
@@ -117,8 +124,16 @@ pub trait Platform: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), PlatformError>>;
 
     /// The candidate becomes the stable release at 100 %; the old one is drained.
-    fn promote<'a>(&'a self, target: &'a Target, candidate: &'a Build) -> BoxFuture<'a, Result<(), PlatformError>>;
+    fn promote<'a>(
+        &'a self,
+        target: &'a Target,
+        candidate: &'a Build,
+    ) -> BoxFuture<'a, Result<(), PlatformError>>;
 
     /// `to` (the last good build) back at 100 %; the candidate is drained.
-    fn revert<'a>(&'a self, target: &'a Target, to: &'a Build) -> BoxFuture<'a, Result<(), PlatformError>>;
+    fn revert<'a>(
+        &'a self,
+        target: &'a Target,
+        to: &'a Build,
+    ) -> BoxFuture<'a, Result<(), PlatformError>>;
 }
