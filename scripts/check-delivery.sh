@@ -373,6 +373,8 @@ guard_controller() {
   local d="$work/controller" bin="$root/target/debug/guard" pid i rc
   [ -x "$bin" ] || { echo "ERROR $bin missing (the guard config check builds it)"; return 1; }
   mkdir -p "$d"
+  # The controller serves guard's API too: it wants api.token_file's token.
+  printf 'check-delivery-token\n' > "$d/token"
   printf 'apiVersion: v1\nkind: Config\nclusters:\n- name: none\n  cluster:\n    server: https://127.0.0.1:9\ncontexts:\n- name: none\n  context:\n    cluster: none\n    user: none\ncurrent-context: none\nusers:\n- name: none\n  user:\n    token: none\n' > "$d/kubeconfig"
   # args.txt: one argument a line, mounts rewritten to $d; env.txt: the names.
   python3 - "$work/manifests/guard.yaml" "$d" <<'EOF'
@@ -448,9 +450,10 @@ EOF
   fi
   echo "guard controller with the ConfigMap's guard.yaml and review template: listening on $(cat "$d/addr")"
   set +e
-  python3 - "$(cat "$d/addr")" "$d/probes.txt" "$d/prefixes.txt" <<'EOF'
+  python3 - "$(cat "$d/addr")" "$d/probes.txt" "$d/prefixes.txt" "$d/token" <<'EOF'
 import hashlib, hmac, json, sys, urllib.error, urllib.request
 addr = sys.argv[1].strip()
+token = open(sys.argv[4]).read().strip()
 probes = open(sys.argv[2]).read().split()
 prefixes = open(sys.argv[3]).read().split()
 hook = "/api/v1/github/webhook"
@@ -480,6 +483,12 @@ expect(f"POST {hook} signed with another secret", call(hook, ping, {**ev, "X-Hub
 expect(f"POST {hook} signed with GUARD_GITHUB_WEBHOOK_SECRET", call(hook, ping, {**ev, "X-Hub-Signature-256": sign(b"check-delivery-secret", ping)})[0], 200)
 routed = any(hook.startswith(p) for p in prefixes)
 expect(f"HTTPRoute guard routes {hook} (prefixes {prefixes})", routed, True)
+# The deploy API: token required; a replica that does not lead refuses it (503, the CLI retries).
+dep = json.dumps({"service": "ultra-boost", "environment": "production", "build": "1"}).encode()
+js = {"Content-Type": "application/json"}
+expect("POST /api/v1/deployments without a token", call("/api/v1/deployments", dep, js)[0], 401)
+expect("POST /api/v1/deployments with the token file's token, not leading", call("/api/v1/deployments", dep, {**js, "Authorization": f"Bearer {token}"})[0], 503)
+expect("GET /metrics", call("/metrics")[0], 200)
 sys.exit(1 if bad else 0)
 EOF
   rc=$?

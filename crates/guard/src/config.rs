@@ -165,6 +165,9 @@ pub struct RawEnvironment {
     pub router_listen: Option<Spanned<String>>,
     /// Build started when guard first serves this environment (no history yet).
     pub initial_build: Option<String>,
+    /// Kubernetes (`guard controller`): the namespace of this environment's
+    /// Deployment. Default: the environment's name.
+    pub namespace: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -269,6 +272,8 @@ pub struct EnvironmentConfig {
     pub name: String,
     pub router_listen: Option<SocketAddr>,
     pub initial_build: Option<String>,
+    /// Kubernetes namespace (default: the environment's name).
+    pub namespace: Option<String>,
 }
 
 /// What makes an event bad.
@@ -660,10 +665,24 @@ impl RawConfig {
                         format!("{a} is already the router of {other}"),
                     );
                 }
+                if let Some(ns) = &e.namespace
+                    && !is_dns_label(&ns.value)
+                {
+                    c.push(
+                        line_of(ns),
+                        fe("namespace"),
+                        format!(
+                            "not a Kubernetes namespace name (lowercase letters, digits and `-`, at most 63, \
+                             starting and ending with a letter or digit), e.g. `ultra-boost`; got {:?}",
+                            ns.value
+                        ),
+                    );
+                }
                 environments.push(EnvironmentConfig {
                     name: e.name.value.clone(),
                     router_listen,
                     initial_build: e.initial_build.clone(),
+                    namespace: e.namespace.as_ref().map(|n| n.value.clone()),
                 });
             }
             if s.slos.is_empty() {
@@ -880,10 +899,77 @@ fn promql_check(q: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A DNS-1123 label, what Kubernetes accepts as a namespace name.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
 impl Config {
     /// The service's config.
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
         self.services.iter().find(|s| s.name == name)
+    }
+
+    /// What the kubernetes platform needs beyond [`RawConfig::validate`]:
+    /// every service's builds are images, so `build.image` must be set and
+    /// name the build (`{build}`, e.g. `registry.example.com/ultra-boost:{build}`),
+    /// else `guard deploy --build N` could not say which image to run.
+    pub fn check_kubernetes(&self) -> Result<(), ConfigError> {
+        let mut problems = vec![];
+        for (i, s) in self.services.iter().enumerate() {
+            match s.build.image.as_deref() {
+                None => problems.push(Problem {
+                    line: None,
+                    field: format!("services[{i}].build.image"),
+                    reason: format!(
+                        "service {:?}: the kubernetes platform deploys images; set e.g. \
+                         `image: registry.example.com/{}:{{build}}`",
+                        s.name, s.name
+                    ),
+                }),
+                Some(image)
+                    if image.trim().is_empty() || image.chars().any(char::is_whitespace) =>
+                {
+                    problems.push(Problem {
+                        line: None,
+                        field: format!("services[{i}].build.image"),
+                        reason: format!("not an image reference: {image:?}"),
+                    });
+                }
+                Some(image) if !image.contains("{build}") => problems.push(Problem {
+                    line: None,
+                    field: format!("services[{i}].build.image"),
+                    reason: format!(
+                        "{image:?} names no build: every build would run the same image; \
+                         put `{{build}}` where the tag goes, e.g. `{}:{{build}}`",
+                        image.split(':').next().unwrap_or(image)
+                    ),
+                }),
+                Some(_) => {}
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                file: self.file.clone(),
+                problems,
+            })
+        }
+    }
+
+    /// Environment -> Kubernetes namespace, for the environments that name one.
+    pub fn namespaces(&self) -> BTreeMap<String, String> {
+        self.services
+            .iter()
+            .flat_map(|s| &s.environments)
+            .filter_map(|e| Some((e.name.clone(), e.namespace.clone()?)))
+            .collect()
     }
 }
 
@@ -1022,6 +1108,52 @@ mod tests {
                 .is_some_and(|q| !q.query_is_bad)
         );
         assert_eq!(c.policy, judge::Policy::default());
+    }
+
+    #[test]
+    fn kubernetes_needs_an_image_naming_the_build_and_valid_namespaces() {
+        let svc = |build: &str| {
+            format!(
+                "services:\n  - name: s\n    build: {build}\n    environments: [{{name: production, namespace: ultra-boost}}]\n    slos: [{{name: a, objective: 99.9}}]\n"
+            )
+        };
+        let ok = parse(
+            &svc("{image: \"r.example/s:{build}\"}"),
+            "g.yaml",
+            Path::new("."),
+        )
+        .expect("valid");
+        ok.check_kubernetes().expect("image with {build}");
+        assert_eq!(
+            ok.namespaces().get("production").map(String::as_str),
+            Some("ultra-boost")
+        );
+        assert_eq!(
+            ok.services[0].build_for("7", "").image.as_deref(),
+            Some("r.example/s:7")
+        );
+        for (build, needle) in [
+            ("{command: [x]}", "deploys images"),
+            ("{image: \"r.example/s:latest\"}", "names no build"),
+        ] {
+            let err = parse(&svc(build), "g.yaml", Path::new("."))
+                .expect("parses")
+                .check_kubernetes()
+                .expect_err(build)
+                .to_string();
+            assert!(
+                err.contains("services[0].build.image") && err.contains(needle),
+                "{err}"
+            );
+        }
+        let bad_ns = "services:\n  - name: s\n    build: {command: [x]}\n    environments: [{name: p, namespace: Bad_NS}]\n    slos: [{name: a, objective: 99.9}]\n";
+        let err = parse(bad_ns, "g.yaml", Path::new("."))
+            .expect_err("bad namespace")
+            .to_string();
+        assert!(
+            err.contains("line 4: services[0].environments[0].namespace"),
+            "{err}"
+        );
     }
 
     #[test]

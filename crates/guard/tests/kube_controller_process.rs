@@ -61,9 +61,14 @@ async fn kube_guard_controller_process_leads_guards_serves_webhooks_and_releases
         )
         .replace("0.0.0.0:8090", "127.0.0.1:0")
         .replace(
+            "/var/run/secrets/guard/api/token",
+            &dir.path().join("token").display().to_string(),
+        )
+        .replace(
             "http://prometheus-operated.monitoring.svc:9090",
             "http://127.0.0.1:9",
         );
+    std::fs::write(dir.path().join("token"), "process-test-token\n").expect("token");
     let config_path = dir.path().join("guard.yaml");
     std::fs::write(&config_path, config).expect("write guard.yaml");
     let review = dir.path().join("review.yaml");

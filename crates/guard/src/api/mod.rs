@@ -15,6 +15,13 @@
 //! Auth: `Authorization: Bearer <token>` on `/api/*` when a token is
 //! configured (env `GUARD_API_TOKEN` or `api.token_file`). Without a token the
 //! API only starts on a loopback address ([`check_exposure`]).
+//!
+//! In a cluster (`guard controller`, [`ApiState::cluster`]) only the replica
+//! holding the leader Lease runs rollouts and keeps their history, so the
+//! others answer `/api/v1/*` (except the Alertmanager receiver) with 503 and
+//! `Retry-After: 1`; the CLI retries, and the Service sends the retry to a
+//! replica at random. A new rollout's stable side is what the cluster runs
+//! ([`Cluster::running`]), not guard's own history.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,7 +41,7 @@ use crate::engine::phase::Command;
 use crate::engine::{Engine, EngineError, LiveStatus};
 
 pub mod alertmanager;
-use crate::platform::{Build, Strategy, Target};
+use crate::platform::{BoxFuture, Build, Strategy, Target};
 use crate::store::{DeliveryRecord, RolloutRecord, StepRecord, StoreError};
 
 /// Turns `(target, build number)` into a runnable [`Build`] (the local
@@ -47,6 +54,14 @@ pub trait Builds: Send + Sync + 'static {
     fn strategy(&self, target: &Target) -> Strategy;
 }
 
+/// The cluster side of the API (`guard controller`): who may act, and what runs.
+pub trait Cluster: Send + Sync + 'static {
+    /// `None` while this replica leads; else who does (if known), for the 503.
+    fn follower_of(&self) -> Option<String>;
+    /// The build running now for `target` (the stable side of a new rollout).
+    fn running<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<Option<Build>, String>>;
+}
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct ApiState {
@@ -57,6 +72,8 @@ pub struct ApiState {
     pub token: Option<Arc<str>>,
     /// Extra per-target facts for `/api/v1/status` (e.g. the local router's address).
     pub target_info: Arc<dyn Fn(&Target) -> serde_json::Value + Send + Sync>,
+    /// Set in a cluster: followers refuse `/api/v1/*`, deploys start from what runs.
+    pub cluster: Option<Arc<dyn Cluster>>,
 }
 
 /// Refuses to expose an unauthenticated API beyond this machine.
@@ -83,7 +100,9 @@ pub fn router(state: ApiState, extra: Option<Router>) -> Router {
     if let Some(extra) = extra {
         api = api.merge(extra);
     }
-    let api = api.layer(middleware::from_fn_with_state(state.clone(), auth));
+    let api = api
+        .layer(middleware::from_fn_with_state(state.clone(), leader_only))
+        .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/metrics", get(metrics))
         .route("/-/healthy", get(|| async { "ok\n" }))
@@ -120,6 +139,26 @@ async fn auth(
             )
                 .into_response();
         }
+    }
+    next.run(req).await
+}
+
+/// In a cluster, only the leader answers `/api/v1/*` (its history is the one
+/// that counts); Alertmanager's receiver only notifies, so every replica takes it.
+async fn leader_only(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    if let Some(cluster) = &state.cluster
+        && req.uri().path() != "/api/v1/alerts"
+        && let Some(leader) = cluster.follower_of()
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            Json(json!({
+                "error": format!("this guard replica is not the leader (the leader is {leader}); retry"),
+                "leader": leader,
+            })),
+        )
+            .into_response();
     }
     next.run(req).await
 }
@@ -220,7 +259,23 @@ async fn deploy(
         .strategy
         .unwrap_or_else(|| state.builds.strategy(&target));
     let by = req.requested_by.as_deref().unwrap_or("api");
-    let id = state.engine.deploy(&target, build, strategy, by)?;
+    let id = match &state.cluster {
+        Some(cluster) => {
+            let stable = cluster.running(&target).await.map_err(|e| {
+                ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "cannot read what runs for {}/{}: {e}",
+                        target.service, target.environment
+                    ),
+                )
+            })?;
+            state
+                .engine
+                .deploy_over(&target, stable, build, strategy, by)?
+        }
+        None => state.engine.deploy(&target, build, strategy, by)?,
+    };
     Ok((
         StatusCode::CREATED,
         Json(json!({"id": id, "url": format!("/api/v1/rollouts/{id}")})),

@@ -62,14 +62,32 @@ impl Client {
         req: reqwest::RequestBuilder,
         what: &str,
     ) -> anyhow::Result<T> {
-        let req = match &self.token {
+        let mut req = match &self.token {
             Some(t) => req.bearer_auth(t),
             None => req,
         };
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("{what}: cannot reach guard at {} (is `guard serve` running? --api / GUARD_API_URL)", self.base))?;
+        // In a cluster only the leader answers /api/v1/* (503 + Retry-After on
+        // the others); the Service picks a replica per connection, so retry.
+        let mut attempt = 0u32;
+        let resp = loop {
+            let again = req.try_clone();
+            let resp = req
+                .send()
+                .await
+                .with_context(|| format!("{what}: cannot reach guard at {} (is `guard serve` running? --api / GUARD_API_URL)", self.base))?;
+            match again {
+                Some(next)
+                    if resp.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                        && resp.headers().contains_key(reqwest::header::RETRY_AFTER)
+                        && attempt < 30 =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    req = next;
+                }
+                _ => break resp,
+            }
+        };
         let status = resp.status();
         let body = resp
             .text()

@@ -7,6 +7,24 @@
 //! `kubectl rollout undo` does), and serves GitHub `pull_request` webhooks for
 //! review environments when `--review-template` is given. Notifications go to
 //! the notifiers configured in `guard.yaml` / `GUARD_*` variables.
+//!
+//! It also serves guard's deploy API (the [`crate::api`] router of
+//! `guard serve`: `POST /api/v1/deployments`, rollouts, commands, rollbacks,
+//! Alertmanager's `POST /api/v1/alerts`, `/metrics`) over the rollout engine
+//! on the [`KubernetesPlatform`], with the same auth (bearer token from
+//! `GUARD_API_TOKEN` or `api.token_file`; no token only on loopback). A build
+//! is the image `build.image` of guard.yaml with `{build}` replaced.
+//!
+//! Leadership: only the Lease holder runs engine rollouts; its SQLite store
+//! holds their history. Followers answer `/api/v1/*` (but the Alertmanager
+//! receiver) with 503 + `Retry-After` and the CLI retries. A leader that
+//! loses the Lease while running exits (code 1), as client-go's controllers
+//! do, so no rollout is ever driven by two replicas; Kubernetes restarts it
+//! as a follower. Rollout state is on the Deployment, but the engine's
+//! history is per replica: a rollout in flight when the leader dies is not
+//! resumed by the engine of the next leader (the `guard.ultra-boost.dev/rollout`
+//! annotation still names it; revert it with `kubectl rollout undo` or a new
+//! `guard deploy`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,33 +38,43 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, SignalsConfig};
+use crate::api::{self, ApiState};
+use crate::cli::serve::{
+    ConfigBuilds, DispatcherSink, StoreLog, StoreReleases, api_token, judge_settings,
+    signal_source, targets,
+};
+use crate::config;
+use crate::engine::judge_adapter::PolicyJudge;
+use crate::engine::{Engine, EngineSettings};
 use crate::lease::{LeaderElector, LeaseSettings};
+use crate::metrics::GuardMetrics;
 use crate::platform::kubernetes::controller::{
     Controller, ControllerSettings, Verification, Verifier,
 };
 use crate::platform::kubernetes::rollout::Side;
 use crate::platform::kubernetes::verify::JudgeVerifier;
 use crate::platform::kubernetes::{KubeSettings, KubernetesPlatform};
-use crate::platform::{BoxFuture, Endpoint, Target};
+use crate::platform::{BoxFuture, Build, Endpoint, Platform, Target};
 use crate::review::image::{ImageCheck, RegistryCheck};
 use crate::review::template::ReviewTemplate;
 use crate::review::{ReviewSettings, Reviews};
-use crate::signals::scrape::{ScrapeConfig, ScrapeSource};
 use crate::signals::{SignalError, SignalSource, Snapshot};
+use crate::store::Store;
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Runs until SIGINT or SIGTERM, then releases the Lease so another replica takes over at once.\n\
+Serves guard's API as `guard serve` does (POST /api/v1/deployments, rollouts, /api/v1/alerts, /metrics); \
+only the leader acts, followers answer /api/v1/* with 503 (the CLI retries). A leader that loses the Lease exits 1.\n\
 Cluster access: the pod's service account, or KUBECONFIG / ~/.kube/config outside a cluster.\n\
 Endpoints on --listen: GET /-/healthy, GET /-/ready, GET /-/leader (JSON), and with\n\
 --review-template POST /api/v1/github/webhook (X-Hub-Signature-256 required).\n\
-Environment: GUARD_GITHUB_WEBHOOK_SECRET, GUARD_REGISTRY_TOKEN, GUARD_* notifier settings.")]
+Environment: GUARD_API_TOKEN (else api.token_file), GUARD_GITHUB_WEBHOOK_SECRET, GUARD_REGISTRY_TOKEN, GUARD_* notifier settings.")]
 pub struct Args {
     /// guard.yaml: SLOs per service, signal source, judge policy, notifiers.
     #[arg(long, short, env = "GUARD_CONFIG", default_value = "guard.yaml")]
     pub config: PathBuf,
-    /// Address for health, leader status and webhooks (default: api.listen of guard.yaml).
+    /// Address for the API, /metrics, health, leader status and webhooks (default: api.listen of guard.yaml).
     #[arg(long, env = "GUARD_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
     /// Guard Deployments of this namespace only (default: every namespace).
@@ -212,10 +240,88 @@ async fn shutdown_signal(stop: CancellationToken) {
     stop.cancel();
 }
 
+/// The API's view of the cluster: leadership, and what a Deployment runs.
+struct KubeCluster {
+    platform: KubernetesPlatform,
+    leading: watch::Receiver<bool>,
+}
+
+impl api::Cluster for KubeCluster {
+    fn follower_of(&self) -> Option<String> {
+        (!*self.leading.borrow())
+            .then(|| "the holder of the guard Lease (GET /-/leader on each replica)".into())
+    }
+
+    fn running<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<Option<Build>, String>> {
+        Box::pin(async move {
+            let observed = self
+                .platform
+                .observe(target)
+                .await
+                .map_err(|e| e.to_string())?;
+            // The build number is enough to revert to: the platform finds its
+            // ReplicaSet by the build annotation (no image given, none compared).
+            Ok(observed.stable.map(|number| Build {
+                number,
+                commit: None,
+                image: None,
+                command: vec![],
+                env: Default::default(),
+            }))
+        })
+    }
+}
+
+/// Starts the engine's work when this replica first leads; exits (code 1)
+/// when it loses the Lease while running, so two replicas never drive a rollout.
+async fn follow_leadership(
+    engine: Arc<Engine>,
+    mut leading: watch::Receiver<bool>,
+    stop: CancellationToken,
+    all: Vec<Target>,
+) -> i32 {
+    let mut led = false;
+    loop {
+        let now = *leading.borrow_and_update();
+        if now && !led {
+            led = true;
+            match engine.resume() {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(resumed = n, "resumed this replica's unfinished rollouts"),
+                Err(e) => tracing::warn!(error = %e, "could not resume rollouts from the store"),
+            }
+            tokio::spawn(engine.clone().run_baselines(all.clone()));
+            tracing::info!("leading: the deploy API accepts rollouts on this replica");
+        } else if !now && led {
+            if stop.is_cancelled() {
+                return 0;
+            }
+            tracing::error!(
+                "lost the leader Lease while running rollouts; exiting so that no rollout is driven by two replicas \
+                 (Kubernetes restarts this pod as a follower)"
+            );
+            engine.shutdown();
+            stop.cancel();
+            return 1;
+        }
+        tokio::select! {
+            changed = leading.changed() => if changed.is_err() { return 0 },
+            _ = stop.cancelled() => return 0,
+        }
+    }
+}
+
 pub async fn run(args: Args) -> anyhow::Result<i32> {
     super::serve::init_logs("info,kube=warn,hyper=warn");
     let config =
         config::load(&args.config).with_context(|| format!("loading {}", args.config.display()))?;
+    config
+        .check_kubernetes()
+        .with_context(|| format!("{}: guard controller deploys images", args.config.display()))?;
+    let config = Arc::new(config);
+    let listen = args.listen.unwrap_or(config.api.listen);
+    let token = api_token(&config)?;
+    api::check_exposure(listen, token.as_deref())?;
     let me = identity(args.identity.clone());
     let lease = LeaseSettings {
         namespace: args.lease_namespace.clone(),
@@ -253,44 +359,11 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         "connecting to Kubernetes (in-cluster service account, KUBECONFIG or ~/.kube/config)",
     )?;
 
-    // Signals and the judge per service, from guard.yaml.
+    // Signals and the judge per service, from guard.yaml (as `guard serve` builds them).
     let mut sources: HashMap<String, Arc<dyn SignalSource>> = HashMap::new();
     let mut verifiers = HashMap::new();
     for s in &config.services {
-        let source: Arc<dyn SignalSource> = match &config.signals {
-            SignalsConfig::Scrape { interval } => {
-                let slos = s
-                    .slos
-                    .iter()
-                    .map(|o| (o.name.clone(), o.scrape.clone()))
-                    .collect();
-                let mut sc = ScrapeConfig::new(slos);
-                sc.interval = *interval;
-                sc.timeout = (*interval * 4 / 5).max(Duration::from_millis(100));
-                Arc::new(ScrapeSource::new(sc))
-            }
-            SignalsConfig::Prometheus {
-                url,
-                build_label,
-                timeout,
-            } => {
-                let queries = s
-                    .slos
-                    .iter()
-                    .filter_map(|o| o.prometheus.clone().map(|q| (o.name.clone(), q)))
-                    .collect();
-                Arc::new(
-                    crate::signals::prometheus::PrometheusSource::new(
-                        url,
-                        build_label,
-                        *timeout,
-                        queries,
-                    )
-                    .context("configuring the prometheus signal source")?,
-                )
-            }
-        };
-        sources.insert(s.name.clone(), source);
+        sources.insert(s.name.clone(), signal_source(&config, s)?);
         verifiers.insert(
             s.name.clone(),
             JudgeVerifier {
@@ -309,13 +382,21 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         by_service: verifiers,
     };
 
-    // Notifications: the controller and review events go to the dispatcher.
+    let signals: Arc<dyn SignalSource> = Arc::new(signals);
+
+    // Notifications: the controller, engine and review events go to the
+    // dispatcher; deliveries of engine rollouts are recorded in the store.
+    let store = Arc::new(
+        Store::open(&config.store)
+            .with_context(|| format!("opening the store {}", config.store.display()))?,
+    );
     let mut registry = Registry::default();
+    let metrics = Arc::new(GuardMetrics::register(&mut registry));
     let dispatcher = notify::Dispatcher::from_config(
         &config.notify,
         &notify::config::ProcessEnv,
         &mut registry,
-        Arc::new(notify::NoLog),
+        Arc::new(StoreLog(store.clone())),
     )
     .context("configuring notifications")?;
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<notify::Event>();
@@ -334,12 +415,61 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         KubeSettings {
             identity: me.clone(),
             container: args.container.clone(),
+            namespaces: config.namespaces(),
             ..KubeSettings::default()
         },
     );
+
+    // The rollout engine of `guard deploy`, on the same platform and signals.
+    let (slo_specs, target_settings) = judge_settings(&config);
+    let judge = PolicyJudge::new(config.policy.clone(), slo_specs, vec![])
+        .context("configuring the judge")?;
+    let engine = Engine::new(
+        store.clone(),
+        Arc::new(platform.clone()),
+        signals.clone(),
+        Arc::new(judge),
+        Arc::new(DispatcherSink(dispatcher.clone())),
+        metrics,
+        EngineSettings {
+            tick: config.engine.tick,
+            stale_after: config.engine.stale_after,
+            baseline_window: config.engine.baseline_window,
+            targets: target_settings,
+            status_url: Some(
+                config
+                    .api
+                    .public_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{listen}")),
+            ),
+            ..EngineSettings::default()
+        },
+    );
+    let alerts = api::alertmanager::router(api::alertmanager::AlertmanagerState::new(
+        Arc::new(dispatcher.clone()),
+        Arc::new(StoreReleases(store.clone())),
+        config
+            .services
+            .first()
+            .and_then(|s| s.environments.first())
+            .map_or("production", |e| e.name.as_str()),
+    ));
+    let api_state = ApiState {
+        engine: engine.clone(),
+        builds: Arc::new(ConfigBuilds::images(config.clone())),
+        registry: Arc::new(registry),
+        token: token.map(Arc::from),
+        target_info: Arc::new(|_: &Target| serde_json::json!({"platform": "kubernetes"})),
+        cluster: Some(Arc::new(KubeCluster {
+            platform: platform.clone(),
+            leading: leading_rx.clone(),
+        })),
+    };
+
     let controller = Controller::new(
         platform,
-        Arc::new(signals),
+        signals,
         Arc::new(verifier),
         ControllerSettings {
             namespace: args.namespace.clone(),
@@ -351,17 +481,15 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
 
     let leader_view = leading_rx.clone();
     let who = me.clone();
-    let mut app = axum::Router::new()
-        .route("/-/healthy", get(|| async { "ok\n" }))
-        .route("/-/ready", get(|| async { "ready\n" }))
-        .route(
-            "/-/leader",
-            get(move || {
-                let leading = *leader_view.borrow();
-                let who = who.clone();
-                async move { axum::Json(serde_json::json!({"identity": who, "leading": leading})) }
-            }),
-        );
+    // The API router brings /-/healthy, /-/ready and /metrics.
+    let mut app = api::router(api_state, Some(alerts)).route(
+        "/-/leader",
+        get(move || {
+            let leading = *leader_view.borrow();
+            let who = who.clone();
+            async move { axum::Json(serde_json::json!({"identity": who, "leading": leading})) }
+        }),
+    );
     let mut tasks = Vec::new();
     if let Some(settings) = review {
         let images: Option<Arc<dyn ImageCheck>> = if args.skip_image_check {
@@ -389,7 +517,6 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         )));
     }
 
-    let listen = args.listen.unwrap_or(config.api.listen);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -408,10 +535,18 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     }));
     let election = tokio::spawn(elector.run(leading_tx, stop.clone()));
     let control_stop = stop.clone();
+    let leadership = tokio::spawn(follow_leadership(
+        engine.clone(),
+        leading_rx.clone(),
+        stop.clone(),
+        targets(&config),
+    ));
     let control = tokio::spawn(async move { controller.run(leading_rx, control_stop).await });
 
     shutdown_signal(stop.clone()).await;
     tracing::info!("shutting down: releasing the lease");
+    engine.shutdown();
+    let code = leadership.await.unwrap_or(0);
     let _ = control.await;
     let _ = election.await;
     for t in tasks {
@@ -421,5 +556,5 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     if undelivered > 0 {
         tracing::warn!(undelivered, "notifications still pending at exit");
     }
-    Ok(0)
+    Ok(code)
 }

@@ -81,6 +81,19 @@ pub fn locate_ultra_boost(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
 pub struct ConfigBuilds {
     config: Arc<Config>,
     ultra_boost: String,
+    /// Kubernetes: a build is an image (`build.image`), not a command.
+    images: bool,
+}
+
+impl ConfigBuilds {
+    /// Builds as images, for the kubernetes platform (see [`Config::check_kubernetes`]).
+    pub fn images(config: Arc<Config>) -> Self {
+        ConfigBuilds {
+            config,
+            ultra_boost: String::new(),
+            images: true,
+        }
+    }
 }
 
 impl Builds for ConfigBuilds {
@@ -93,7 +106,14 @@ impl Builds for ConfigBuilds {
         if let Some(c) = commit {
             b.commit = Some(c.to_string());
         }
-        if b.command.is_empty() {
+        if self.images {
+            if b.image.is_none() {
+                return Err(format!(
+                    "service {:?} has no build.image for build {number} (guard.yaml)",
+                    target.service
+                ));
+            }
+        } else if b.command.is_empty() {
             return Err(format!(
                 "service {:?} has no build command for build {number}",
                 target.service
@@ -148,7 +168,7 @@ impl SignalSource for ByService {
 }
 
 /// Notifications go to the notify dispatcher (which never blocks).
-struct DispatcherSink(notify::Dispatcher);
+pub(crate) struct DispatcherSink(pub(crate) notify::Dispatcher);
 
 impl EventSink for DispatcherSink {
     fn send(&self, event: notify::Event) {
@@ -157,7 +177,7 @@ impl EventSink for DispatcherSink {
 }
 
 /// Delivery results written to history.
-struct StoreLog(Arc<Store>);
+pub(crate) struct StoreLog(pub(crate) Arc<Store>);
 
 impl notify::DeliveryLog for StoreLog {
     fn record(&self, r: notify::DeliveryRecord) {
@@ -188,7 +208,7 @@ impl notify::DeliveryLog for StoreLog {
 }
 
 /// Suspects for Alertmanager alerts: the last promoted release from history.
-struct StoreReleases(Arc<Store>);
+pub(crate) struct StoreReleases(pub(crate) Arc<Store>);
 
 impl api::alertmanager::ReleaseLookup for StoreReleases {
     fn last_promoted(
@@ -212,6 +232,80 @@ impl api::alertmanager::ReleaseLookup for StoreReleases {
     }
 }
 
+/// The signal source of one service, as `signals` of guard.yaml says.
+pub(crate) fn signal_source(
+    config: &Config,
+    s: &config::ServiceConfig,
+) -> anyhow::Result<Arc<dyn SignalSource>> {
+    Ok(match &config.signals {
+        SignalsConfig::Scrape { interval } => {
+            let slos: BTreeMap<_, _> = s
+                .slos
+                .iter()
+                .map(|o| (o.name.clone(), o.scrape.clone()))
+                .collect();
+            let mut sc = ScrapeConfig::new(slos);
+            sc.interval = *interval;
+            sc.timeout = (*interval * 4 / 5).max(Duration::from_millis(100));
+            Arc::new(ScrapeSource::new(sc))
+        }
+        SignalsConfig::Prometheus {
+            url,
+            build_label,
+            timeout,
+        } => {
+            let queries = s
+                .slos
+                .iter()
+                .filter_map(|o| o.prometheus.clone().map(|q| (o.name.clone(), q)))
+                .collect();
+            Arc::new(
+                crate::signals::prometheus::PrometheusSource::new(
+                    url,
+                    build_label,
+                    *timeout,
+                    queries,
+                )
+                .context("configuring the prometheus signal source")?,
+            )
+        }
+    })
+}
+
+/// Per target: the judge's SLOs and the engine's rollout shape.
+pub(crate) type JudgeSettings = (
+    HashMap<Target, Vec<judge::SloSpec>>,
+    HashMap<Target, TargetSettings>,
+);
+
+/// The judge's SLOs and the engine's rollout shape for every target of `config`.
+pub(crate) fn judge_settings(config: &Config) -> JudgeSettings {
+    let mut slo_specs = HashMap::new();
+    let mut target_settings = HashMap::new();
+    for s in &config.services {
+        let specs: Vec<judge::SloSpec> = s.slos.iter().map(|o| o.judge_spec()).collect();
+        let n = s.replicas.max(1);
+        let rolling_steps: Vec<f64> = (1..=n).map(|i| f64::from(i) / f64::from(n)).collect();
+        for e in &s.environments {
+            let t = Target {
+                service: s.name.clone(),
+                environment: e.name.clone(),
+            };
+            slo_specs.insert(t.clone(), specs.clone());
+            target_settings.insert(
+                t,
+                TargetSettings {
+                    rolling_steps: rolling_steps.clone(),
+                    canary_steps: s.canary_steps.clone(),
+                    watch: s.watch,
+                    slos: s.slos.iter().map(|o| o.name.clone()).collect(),
+                },
+            );
+        }
+    }
+    (slo_specs, target_settings)
+}
+
 /// Options beyond the config file.
 #[derive(Clone, Debug, Default)]
 pub struct RuntimeOptions {
@@ -233,7 +327,7 @@ pub struct Runtime {
     api_task: tokio::task::JoinHandle<()>,
 }
 
-fn api_token(config: &Config) -> anyhow::Result<Option<String>> {
+pub(crate) fn api_token(config: &Config) -> anyhow::Result<Option<String>> {
     if let Ok(t) = std::env::var("GUARD_API_TOKEN")
         && !t.trim().is_empty()
     {
@@ -289,65 +383,9 @@ impl Runtime {
 
         let mut sources: HashMap<String, Arc<dyn SignalSource>> = HashMap::new();
         for s in &config.services {
-            let source: Arc<dyn SignalSource> = match &config.signals {
-                SignalsConfig::Scrape { interval } => {
-                    let slos: BTreeMap<_, _> = s
-                        .slos
-                        .iter()
-                        .map(|o| (o.name.clone(), o.scrape.clone()))
-                        .collect();
-                    let mut sc = ScrapeConfig::new(slos);
-                    sc.interval = *interval;
-                    sc.timeout = (*interval * 4 / 5).max(Duration::from_millis(100));
-                    Arc::new(ScrapeSource::new(sc))
-                }
-                SignalsConfig::Prometheus {
-                    url,
-                    build_label,
-                    timeout,
-                } => {
-                    let queries = s
-                        .slos
-                        .iter()
-                        .filter_map(|o| o.prometheus.clone().map(|q| (o.name.clone(), q)))
-                        .collect();
-                    Arc::new(
-                        crate::signals::prometheus::PrometheusSource::new(
-                            url,
-                            build_label,
-                            *timeout,
-                            queries,
-                        )
-                        .context("configuring the prometheus signal source")?,
-                    )
-                }
-            };
-            sources.insert(s.name.clone(), source);
+            sources.insert(s.name.clone(), signal_source(&config, s)?);
         }
-
-        let mut slo_specs = HashMap::new();
-        let mut target_settings = HashMap::new();
-        for s in &config.services {
-            let specs: Vec<judge::SloSpec> = s.slos.iter().map(|o| o.judge_spec()).collect();
-            let n = s.replicas.max(1);
-            let rolling_steps: Vec<f64> = (1..=n).map(|i| f64::from(i) / f64::from(n)).collect();
-            for e in &s.environments {
-                let t = Target {
-                    service: s.name.clone(),
-                    environment: e.name.clone(),
-                };
-                slo_specs.insert(t.clone(), specs.clone());
-                target_settings.insert(
-                    t,
-                    TargetSettings {
-                        rolling_steps: rolling_steps.clone(),
-                        canary_steps: s.canary_steps.clone(),
-                        watch: s.watch,
-                        slos: s.slos.iter().map(|o| o.name.clone()).collect(),
-                    },
-                );
-            }
-        }
+        let (slo_specs, target_settings) = judge_settings(&config);
         let judge = PolicyJudge::new(config.policy.clone(), slo_specs, vec![])
             .context("configuring the judge")?;
 
@@ -393,6 +431,7 @@ impl Runtime {
         let builds = Arc::new(ConfigBuilds {
             config: config.clone(),
             ultra_boost: ultra_boost.display().to_string(),
+            images: false,
         });
 
         let resumed = engine
@@ -447,6 +486,7 @@ impl Runtime {
                     "router_failures": totals.as_ref().map(|x| x.failures),
                 })
             }),
+            cluster: None,
         };
         let app = api::router(state, Some(alerts));
         let listener = tokio::net::TcpListener::bind(listen)

@@ -373,6 +373,26 @@ impl Engine {
         )
     }
 
+    /// Like [`Engine::deploy`], but verifying against `stable` as the platform
+    /// reports it (kubernetes: what the Deployment runs), not guard's history.
+    pub fn deploy_over(
+        self: &Arc<Self>,
+        target: &Target,
+        stable: Option<Build>,
+        candidate: Build,
+        strategy: Strategy,
+        requested_by: &str,
+    ) -> Result<i64, EngineError> {
+        self.create(
+            target,
+            stable,
+            candidate,
+            strategy,
+            RolloutKind::Deploy,
+            requested_by,
+        )
+    }
+
     /// Entry point for platforms that notice a rollout themselves (kubernetes):
     /// verify `candidate` against `stable`.
     pub fn start_rollout(
