@@ -1,6 +1,7 @@
 //! guard's router: the service's front door on the local platform.
 //!
-//! A reverse proxy (hyper server in, pooled keep-alive hyper client out) that
+//! A reverse proxy (hyper server in, per-replica pools of keep-alive hyper
+//! HTTP/1 connections out, see [`pool`]) that
 //! balances requests over the **ready** replicas of a service, with a traffic
 //! weight per release for canaries, and counts traffic per release and the
 //! failures it causes itself.
@@ -14,9 +15,17 @@
 //! 3. Readiness is polled (`GET /-/ready`, every 200 ms by default) and a
 //!    connect error marks a backend unready at once (passive check).
 //! 4. A request whose connection could not be established was never sent and
-//!    is retried on another replica (any method); an idempotent request
-//!    (GET/HEAD/OPTIONS) whose connection broke before the response is retried
-//!    too. Request bodies are buffered (bounded) so a retry can resend them.
+//!    is retried on another replica (any method), and so is a request handed
+//!    back unsent by a pooled connection that closed under it; an idempotent
+//!    request (GET/HEAD/OPTIONS) whose connection broke before the response is
+//!    retried too. Request bodies are buffered (bounded) so a retry can resend
+//!    them; a request without a body (most GETs) is forwarded as it is.
+//!
+//! The request path is kept lean (issue 5's overhead goals, measured by
+//! `bench/router/run.sh`): the request head is moved, not copied (a copy of the
+//! headers is kept only for idempotent requests, to resend them), response
+//! bodies stream, metrics handles are resolved once per (release, code), and
+//! no per-request allocation is made for the bookkeeping.
 //! 5. Only when no replica is ready, or every attempt failed, the router answers
 //!    503/502 itself; those are counted in `guard_router_failures_total`.
 
@@ -37,9 +46,7 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +54,7 @@ pub use metrics::{RouterMetrics, TotalsSnapshot};
 pub use pool::{Backend, GroupSpec};
 
 use metrics::Labels;
-use pool::{InFlight, Pool};
+use pool::{InFlight, Pool, Sender};
 
 /// Settings of one router (one per service and environment).
 #[derive(Clone, Debug)]
@@ -103,12 +110,9 @@ pub enum RouterError {
     },
 }
 
-type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
-
 struct Inner {
     config: RouterConfig,
     pool: RwLock<Arc<Pool>>,
-    client: UpstreamClient,
     labels: Labels,
     seq: AtomicU64,
     cancel: CancellationToken,
@@ -149,23 +153,10 @@ impl Router {
             addr: config.listen,
             source,
         })?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(30)));
-        let client = Client::builder(TokioExecutor::new())
-            // Below the usual 30 s server idle timeouts, so the pool drops a
-            // connection before the replica does.
-            .pool_idle_timeout(Duration::from_secs(20))
-            .pool_max_idle_per_host(256)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
         let labels = Labels::new(config.service.clone(), config.environment.clone(), metrics);
         let inner = Arc::new(Inner {
             config,
             pool: RwLock::new(Arc::new(Pool::default())),
-            client,
             labels,
             seq: AtomicU64::new(0),
             cancel: CancellationToken::new(),
@@ -195,7 +186,18 @@ impl Router {
     /// backend; new requests only see the new set.
     pub fn set_pool(&self, groups: Vec<GroupSpec>) {
         let pool = Arc::new(Pool::new(groups));
-        *self.inner.pool.write().unwrap_or_else(|e| e.into_inner()) = pool;
+        let old = std::mem::replace(
+            &mut *self.inner.pool.write().unwrap_or_else(|e| e.into_inner()),
+            Arc::clone(&pool),
+        );
+        // Backends that left: close their idle connections now (requests in
+        // flight keep theirs until they end; those are not given back idle
+        // for long, the replica closes them when it drains).
+        for b in old.backends() {
+            if !pool.backends().any(|n| n.id() == b.id()) {
+                b.close_idle();
+            }
+        }
     }
 
     /// The releases and backends of the current set.
@@ -287,7 +289,7 @@ async fn ready_loop(inner: Arc<Inner>) {
             let inner = Arc::clone(&inner);
             let b = Arc::clone(b);
             async move {
-                let ready = probe_ready(&inner.client, b.addr(), inner.config.ready_timeout).await;
+                let ready = probe_ready(&b, inner.config.connect_timeout, inner.config.ready_timeout).await;
                 if ready != b.is_ready() {
                     tracing::info!(build = %b.build(), addr = %b.addr(), ready, "replica readiness changed");
                 }
@@ -298,47 +300,57 @@ async fn ready_loop(inner: Arc<Inner>) {
     }
 }
 
-/// `GET /-/ready` answered 200 within `timeout`.
+/// `GET /-/ready` answered 200 within `timeout` (over the backend's pooled
+/// connections, like traffic).
 pub(crate) async fn probe_ready(
-    client: &UpstreamClient,
-    addr: SocketAddr,
+    backend: &Arc<Backend>,
+    connect_timeout: Duration,
     timeout: Duration,
 ) -> bool {
-    let Ok(uri) = Uri::builder()
-        .scheme("http")
-        .authority(addr.to_string())
-        .path_and_query("/-/ready")
-        .build()
-    else {
-        return false;
+    let probe = async {
+        let mut sender = backend.checkout(connect_timeout).await.ok()?;
+        let mut req = Request::new(Full::new(Bytes::new()));
+        *req.uri_mut() = Uri::from_static("/-/ready");
+        req.headers_mut()
+            .insert(header::HOST, backend.host_header().clone());
+        let resp = sender.try_send_request(req).await.ok()?;
+        let ok = resp.status() == StatusCode::OK;
+        // Read the body to its end so the connection can be reused.
+        resp.into_body().collect().await.ok()?;
+        backend.checkin(sender);
+        Some(ok)
     };
-    let Ok(req) = Request::get(uri).body(Full::new(Bytes::new())) else {
-        return false;
-    };
-    match tokio::time::timeout(timeout, client.request(req)).await {
-        Ok(Ok(resp)) => {
-            let ok = resp.status() == StatusCode::OK;
-            // Read the body so the connection goes back to the pool.
-            let _ = resp.into_body().collect().await;
-            ok
-        }
-        _ => false,
-    }
+    matches!(tokio::time::timeout(timeout, probe).await, Ok(Some(true)))
 }
 
 /// The router's response body: a replica's streamed body (holding the
 /// backend's in-flight mark until it ends) or a body the router made.
 pub enum RouterBody {
-    Upstream {
-        body: Incoming,
-        _in_flight: InFlightMark,
-    },
+    Upstream(UpstreamBody),
     Local(Full<Bytes>),
     Empty,
 }
 
-/// Opaque: keeps a backend's in-flight count raised while alive.
-pub struct InFlightMark(#[allow(dead_code)] InFlight);
+/// A replica's response body. Keeps the backend's in-flight count raised while
+/// alive, and gives the connection back to the backend's pool when the body
+/// has ended (a body dropped midway closes its connection instead).
+pub struct UpstreamBody {
+    body: Incoming,
+    sender: Option<Sender>,
+    done: bool,
+    in_flight: InFlight,
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if (self.done || self.body.is_end_stream())
+            && let Some(sender) = self.sender.take()
+        {
+            self.in_flight.backend().checkin(sender);
+        }
+        // Then `in_flight` drops: the count falls after the connection is back.
+    }
+}
 
 impl Body for RouterBody {
     type Data = Bytes;
@@ -349,7 +361,16 @@ impl Body for RouterBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            RouterBody::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            RouterBody::Upstream(up) => {
+                let polled = Pin::new(&mut up.body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => up.done = true,
+                    // The connection is in an unknown state: never reuse it.
+                    Poll::Ready(Some(Err(_))) => up.sender = None,
+                    _ => {}
+                }
+                polled
+            }
             RouterBody::Local(full) => match Pin::new(full).poll_frame(cx) {
                 Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
                 Poll::Ready(Some(Err(never))) => match never {},
@@ -362,7 +383,7 @@ impl Body for RouterBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RouterBody::Upstream { body, .. } => body.is_end_stream(),
+            RouterBody::Upstream(up) => up.body.is_end_stream(),
             RouterBody::Local(full) => full.is_end_stream(),
             RouterBody::Empty => true,
         }
@@ -370,7 +391,7 @@ impl Body for RouterBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RouterBody::Upstream { body, .. } => body.size_hint(),
+            RouterBody::Upstream(up) => up.body.size_hint(),
             RouterBody::Local(full) => full.size_hint(),
             RouterBody::Empty => SizeHint::with_exact(0),
         }
@@ -424,6 +445,9 @@ fn idempotent(method: &Method) -> bool {
 /// The response header naming the build that answered (for people and tests).
 pub const BUILD_HEADER: &str = "x-guard-build";
 
+/// Backends tried per request are remembered in a fixed array (no allocation).
+const MAX_TRIED: usize = 8;
+
 async fn handle(
     inner: Arc<Inner>,
     req: Request<Incoming>,
@@ -431,7 +455,7 @@ async fn handle(
 ) -> Response<RouterBody> {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
-    // Buffer the body so a retry can resend it; GETs have none and this is one poll.
+    // Buffer a body so a retry can resend it; a GET without one costs nothing.
     let body = if body.is_end_stream() {
         Bytes::new()
     } else {
@@ -462,43 +486,81 @@ async fn handle(
             .headers
             .append(HeaderName::from_static("x-forwarded-for"), ip);
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    // Replicas get origin-form targets (`/path?query`), as from a browser.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(path);
+    }
+    parts.version = http::Version::HTTP_11;
+    let method = parts.method.clone();
+    let has_host = parts.headers.contains_key(header::HOST);
+
+    let attempts = inner.config.max_attempts.clamp(1, MAX_TRIED);
+    // A copy of the head for resending after a connection broke mid-request;
+    // only idempotent requests may be resent then, and only when a second
+    // attempt is allowed.
+    let spare = (idempotent(&method) && attempts > 1)
+        .then(|| (parts.uri.clone(), parts.headers.clone(), body.clone()));
+    let mut next = Some(Request::from_parts(parts, Full::new(body)));
 
     let seq = inner.seq.fetch_add(1, Ordering::Relaxed);
-    let attempts = inner.config.max_attempts.max(1);
-    // Backends already tried for this request (max_attempts is small).
-    let mut tried: Vec<u64> = Vec::with_capacity(attempts);
-    let pool = Arc::clone(&inner.pool.read().unwrap_or_else(|e| e.into_inner()));
+    // Backends already tried for this request.
+    let mut tried = [0u64; MAX_TRIED];
+    let mut n_tried = 0;
+    let mut picked_any = false;
+    let mut pool = Arc::clone(&inner.pool.read().unwrap_or_else(|e| e.into_inner()));
     for attempt in 0..attempts {
-        let Some(pick) = pool.pick(seq.wrapping_add(attempt as u64), &tried) else {
+        if attempt > 0 {
+            // A retry sees the current set: a replica taken out (and maybe
+            // already drained) since the first attempt must not get it.
+            pool = Arc::clone(&inner.pool.read().unwrap_or_else(|e| e.into_inner()));
+        }
+        let Some(pick) = pool.pick(seq.wrapping_add(attempt as u64), &tried[..n_tried]) else {
             break;
         };
+        picked_any = true;
         let backend = pick.backend;
-        tried.push(backend.id());
         let role = pool.groups[pick.group].spec.role;
-        let mut uri_parts = http::uri::Parts::default();
-        uri_parts.scheme = Some(http::uri::Scheme::HTTP);
-        uri_parts.authority = Some(backend.authority().clone());
-        uri_parts.path_and_query = Some(path.clone());
-        let Ok(uri) = Uri::from_parts(uri_parts) else {
-            inner.labels.failure("bad_request");
-            return local_response(
-                StatusCode::BAD_REQUEST,
-                "request target could not be forwarded\n",
-            );
-        };
-        let mut out = Request::new(Full::new(body.clone()));
-        *out.method_mut() = parts.method.clone();
-        *out.uri_mut() = uri;
-        *out.version_mut() = http::Version::HTTP_11;
-        *out.headers_mut() = parts.headers.clone();
+        // Raised before any await: the platform drains a backend by waiting
+        // for this count to reach 0 after taking it out of the pool, so a
+        // request that picked it from the old pool must already count.
         let in_flight = backend.begin();
+        let mut sender = match backend.checkout(inner.config.connect_timeout).await {
+            Ok(s) => s,
+            Err(err) => {
+                drop(in_flight);
+                // Never sent: safe to send elsewhere, whatever the method.
+                backend.set_ready(false);
+                tracing::warn!(build = %backend.build(), addr = %backend.addr(), error = %err, "replica refused a connection; marked unready, retrying elsewhere");
+                tried[n_tried] = backend.id();
+                n_tried += 1;
+                inner.labels.retry(role);
+                continue;
+            }
+        };
+        let mut out = match next.take() {
+            Some(r) => r,
+            None => match &spare {
+                Some((uri, headers, body)) => {
+                    let mut r = Request::new(Full::new(body.clone()));
+                    *r.method_mut() = method.clone();
+                    *r.uri_mut() = uri.clone();
+                    *r.headers_mut() = headers.clone();
+                    r
+                }
+                None => break,
+            },
+        };
+        if !has_host {
+            out.headers_mut()
+                .insert(header::HOST, backend.host_header().clone());
+        }
         let result =
-            tokio::time::timeout(inner.config.upstream_timeout, inner.client.request(out)).await;
+            tokio::time::timeout(inner.config.upstream_timeout, sender.try_send_request(out)).await;
         match result {
             Ok(Ok(resp)) => {
                 let (mut rparts, rbody) = resp.into_parts();
@@ -508,30 +570,30 @@ async fn handle(
                         .headers
                         .insert(HeaderName::from_static(BUILD_HEADER), v.clone());
                 }
-                record(
-                    &inner,
-                    &pool,
-                    pick.group,
-                    &backend,
-                    rparts.status.as_u16(),
-                    started,
-                );
-                let body = RouterBody::Upstream {
+                record(&inner, &pool, pick.group, rparts.status.as_u16(), started);
+                let body = RouterBody::Upstream(UpstreamBody {
                     body: rbody,
-                    _in_flight: InFlightMark(in_flight),
-                };
+                    sender: Some(sender),
+                    done: false,
+                    in_flight,
+                });
                 return Response::from_parts(rparts, body);
             }
-            Ok(Err(err)) => {
+            Ok(Err(mut err)) => {
                 drop(in_flight);
-                if err.is_connect() {
-                    // Never sent: safe to send elsewhere, whatever the method.
-                    backend.set_ready(false);
-                    tracing::warn!(build = %backend.build(), addr = %backend.addr(), error = %err, "replica refused a connection; marked unready, retrying elsewhere");
+                drop(sender);
+                if let Some(unsent) = err.take_message() {
+                    // A pooled connection closed before the request was
+                    // written: send it again on a fresh connection.
+                    tracing::debug!(build = %backend.build(), error = %err.error(), "pooled connection closed before the request was sent; resending");
+                    next = Some(unsent);
                     inner.labels.retry(role);
                     continue;
                 }
-                if idempotent(&parts.method) {
+                tried[n_tried] = backend.id();
+                n_tried += 1;
+                let err = err.into_error();
+                if spare.is_some() {
                     tracing::warn!(build = %backend.build(), addr = %backend.addr(), error = %err, "replica connection broke; retrying the idempotent request elsewhere");
                     inner.labels.retry(role);
                     continue;
@@ -541,6 +603,7 @@ async fn handle(
                 return local_response(StatusCode::BAD_GATEWAY, "the replica failed to answer\n");
             }
             Err(_elapsed) => {
+                // Dropping the request future closes that connection.
                 drop(in_flight);
                 tracing::warn!(build = %backend.build(), addr = %backend.addr(), "replica did not answer in time");
                 inner.labels.failure("upstream");
@@ -551,7 +614,7 @@ async fn handle(
             }
         }
     }
-    if tried.is_empty() {
+    if !picked_any {
         inner.labels.failure("no_backend");
         tracing::warn!(service = %inner.config.service, "no ready replica for a request");
         local_response(StatusCode::SERVICE_UNAVAILABLE, "no ready replica\n")
@@ -561,14 +624,7 @@ async fn handle(
     }
 }
 
-fn record(
-    inner: &Inner,
-    pool: &Pool,
-    group: usize,
-    backend: &Backend,
-    code: u16,
-    started: Instant,
-) {
+fn record(inner: &Inner, pool: &Pool, group: usize, code: u16, started: Instant) {
     let labels = &inner.labels;
     labels.totals.requests.fetch_add(1, Ordering::Relaxed);
     let g = &pool.groups[group];
@@ -576,22 +632,11 @@ fn record(
     labels
         .duration(role)
         .observe(started.elapsed().as_secs_f64());
-    let cached = g
-        .by_code
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&code)
-        .cloned();
-    let counter = match cached {
-        Some(c) => c,
-        None => {
-            let c = labels.request_counter(backend.build(), role, code);
-            g.by_code
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(code, c.clone());
-            c
-        }
+    match g.by_code.get(usize::from(code)) {
+        Some(slot) => slot
+            .get_or_init(|| labels.request_counter(&g.spec.build, role, code))
+            .inc(),
+        // Codes of 600 and more are not HTTP; hyper does not produce them.
+        None => labels.request_counter(&g.spec.build, role, code).inc(),
     };
-    counter.inc();
 }

@@ -4,12 +4,22 @@
 //! A [`Pool`] is immutable once built (only the per-backend atomics move); the
 //! router swaps whole pools atomically, so a request sees either the old set or
 //! the new one, never half of a change.
+//!
+//! Each [`Backend`] keeps its own idle keep-alive HTTP/1 connections
+//! (hyper `SendRequest` handles, one request in flight per connection): a
+//! request takes one (the most recently used first), opens a new one when none
+//! is idle, and gives it back when the response body has ended. A connection
+//! whose response was abandoned midway is closed, never reused.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 
 use crate::platform::Role;
@@ -20,12 +30,34 @@ pub struct Backend {
     id: u64,
     build: String,
     addr: SocketAddr,
-    /// `addr` as a URI authority and the build as a header value, made once
-    /// rather than per request.
-    authority: http::uri::Authority,
+    /// The build as a header value, made once rather than per request.
     build_header: Option<http::HeaderValue>,
+    /// `Host` for requests that came without one (HTTP/1.0 clients, probes).
+    host_header: http::HeaderValue,
     ready: AtomicBool,
     in_flight: AtomicU64,
+    /// Idle keep-alive connections, most recently used last.
+    idle: Mutex<Vec<Sender>>,
+}
+
+/// The sending half of one keep-alive connection to a backend.
+pub(crate) type Sender = SendRequest<Full<Bytes>>;
+
+/// At most this many idle connections are kept per backend; more are closed.
+const MAX_IDLE: usize = 512;
+
+/// Why no connection to a backend could be had (the request was not sent).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    /// The TCP connect failed (refused, unreachable, ...).
+    #[error("connect: {0}")]
+    Io(#[from] std::io::Error),
+    /// The TCP connect did not finish within the connect timeout.
+    #[error("connect timed out")]
+    Timeout,
+    /// The HTTP/1 handshake on the new connection failed.
+    #[error("handshake: {0}")]
+    Handshake(#[from] hyper::Error),
 }
 
 static NEXT_BACKEND_ID: AtomicU64 = AtomicU64::new(1);
@@ -36,17 +68,76 @@ impl Backend {
     /// calls [`Backend::set_ready`], or lets the router's poller find out.
     pub fn new(build: impl Into<String>, addr: SocketAddr) -> Arc<Self> {
         let build = build.into();
-        let authority = http::uri::Authority::try_from(addr.to_string().as_str())
-            .unwrap_or_else(|_| http::uri::Authority::from_static("127.0.0.1"));
+        let host_header = http::HeaderValue::from_str(&addr.to_string())
+            .unwrap_or_else(|_| http::HeaderValue::from_static("127.0.0.1"));
         Arc::new(Self {
             id: NEXT_BACKEND_ID.fetch_add(1, Ordering::Relaxed),
             build_header: http::HeaderValue::from_str(&build).ok(),
             build,
             addr,
-            authority,
+            host_header,
             ready: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
+            idle: Mutex::new(Vec::new()),
         })
+    }
+
+    pub(crate) fn host_header(&self) -> &http::HeaderValue {
+        &self.host_header
+    }
+
+    /// A connection ready for one request: an idle one if any is still open,
+    /// else a new one. An error means nothing was sent.
+    pub(crate) async fn checkout(&self, connect_timeout: Duration) -> Result<Sender, ConnectError> {
+        loop {
+            let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let Some(mut sender) = idle else { break };
+            if sender.is_closed() {
+                continue;
+            }
+            // Ready at once unless its connection task has not yet seen the
+            // end of the previous response; an error means it closed.
+            if sender.ready().await.is_ok() {
+                return Ok(sender);
+            }
+        }
+        self.connect(connect_timeout).await
+    }
+
+    async fn connect(&self, connect_timeout: Duration) -> Result<Sender, ConnectError> {
+        let stream =
+            match tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(self.addr))
+                .await
+            {
+                Ok(stream) => stream?,
+                Err(_elapsed) => return Err(ConnectError::Timeout),
+            };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                tracing::debug!(error = %err, "router connection to a replica ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Gives back a connection whose last response has fully arrived.
+    pub(crate) fn checkin(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(sender);
+        }
+    }
+
+    /// Closes the idle connections (a backend that left the pool).
+    pub(crate) fn close_idle(&self) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// Unique within this process.
@@ -60,10 +151,6 @@ impl Backend {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    pub(crate) fn authority(&self) -> &http::uri::Authority {
-        &self.authority
     }
 
     pub(crate) fn build_header(&self) -> Option<&http::HeaderValue> {
@@ -94,6 +181,12 @@ impl Backend {
 #[derive(Debug)]
 pub(crate) struct InFlight(Arc<Backend>);
 
+impl InFlight {
+    pub(crate) fn backend(&self) -> &Arc<Backend> {
+        &self.0
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -115,10 +208,13 @@ pub struct GroupSpec {
 pub(crate) struct Group {
     pub(crate) spec: GroupSpec,
     rr: AtomicUsize,
-    /// Per response code counters, resolved once from the metric family so the
-    /// hot path does not hash label sets.
-    pub(crate) by_code: RwLock<HashMap<u16, Counter>>,
+    /// Per response code counters (index = code), resolved on first use from
+    /// the metric family so the hot path neither hashes label sets nor locks.
+    pub(crate) by_code: Box<[OnceLock<Counter>]>,
 }
+
+/// Response codes below this have a slot in [`Group::by_code`].
+pub(crate) const CODE_SLOTS: usize = 600;
 
 /// An immutable replica set.
 #[derive(Debug, Default)]
@@ -140,7 +236,7 @@ impl Pool {
                 .map(|spec| Group {
                     spec,
                     rr: AtomicUsize::new(0),
-                    by_code: RwLock::new(HashMap::new()),
+                    by_code: (0..CODE_SLOTS).map(|_| OnceLock::new()).collect(),
                 })
                 .collect(),
         }
