@@ -126,6 +126,8 @@ impl Tally {
 pub struct Load {
     stop: CancellationToken,
     tally: Arc<Mutex<Tally>>,
+    /// Requests each worker has finished and tallied.
+    finished: Vec<Arc<std::sync::atomic::AtomicU64>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -134,10 +136,15 @@ impl Load {
     pub fn start(url: String, workers: usize, pause: Duration) -> Self {
         let stop = CancellationToken::new();
         let tally = Arc::new(Mutex::new(Tally::default()));
-        let tasks = (0..workers)
-            .map(|_| {
+        let finished: Vec<_> = (0..workers)
+            .map(|_| Arc::new(std::sync::atomic::AtomicU64::new(0)))
+            .collect();
+        let tasks = finished
+            .iter()
+            .map(|done| {
                 let stop = stop.clone();
                 let tally = Arc::clone(&tally);
+                let done = Arc::clone(done);
                 let url = url.clone();
                 tokio::spawn(async move {
                     let c = client();
@@ -160,12 +167,44 @@ impl Load {
                                 }
                             }
                         }
+                        done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         tokio::time::sleep(pause).await;
                     }
                 })
             })
             .collect();
-        Self { stop, tally, tasks }
+        Self {
+            stop,
+            tally,
+            finished,
+            tasks,
+        }
+    }
+
+    /// Waits until every request started before this call has been answered
+    /// and tallied: each worker finishes two more requests (the one it may
+    /// have had in flight, and one started after the call). Deadline 20 s.
+    pub async fn settle(&self) {
+        use std::sync::atomic::Ordering;
+        let marks: Vec<u64> = self
+            .finished
+            .iter()
+            .map(|f| f.load(Ordering::SeqCst))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self
+            .finished
+            .iter()
+            .zip(&marks)
+            .any(|(f, mark)| f.load(Ordering::SeqCst) < mark + 2)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "load did not settle: {:?}",
+                self.tally()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     pub fn tally(&self) -> Tally {
