@@ -177,14 +177,21 @@ async fn run(args: Args) -> anyhow::Result<Stopped> {
         .await
         .with_context(|| format!("binding --listen {}", args.listen))?;
     let address = listener.local_addr().context("reading the bound address")?;
+    // Bound before the address file is written: whoever reads that file may
+    // use the socket at once.
+    let unix = match &args.unix_socket {
+        Some(path) => Some(bind_unix(path)?),
+        None => None,
+    };
     if let Some(path) = &args.address_file {
         write_address_file(path, &address.to_string())?;
     }
-    info!(%address, "listening");
+    info!(%address, unix_socket = ?args.unix_socket, "listening");
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(server::serve(
         listener,
+        unix,
         app.clone(),
         stop_rx,
         args.shutdown_timeout,
@@ -238,7 +245,34 @@ async fn run(args: Args) -> anyhow::Result<Stopped> {
     background.abort();
     // The receiver lives in the server task; if that task already ended, so did serving.
     let _ = stop_tx.send(true);
-    server.await.context("the server task panicked")
+    let stopped = server.await.context("the server task panicked");
+    if let Some(path) = &args.unix_socket {
+        let _ = std::fs::remove_file(path);
+    }
+    stopped
+}
+
+/// Binds `--unix-socket`. A socket file already there is a leftover of a
+/// killed process (nobody else should own our path) and is replaced; any
+/// other kind of file is refused rather than deleted.
+fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            anyhow::bail!(
+                "--unix-socket {}: a file that is not a socket is already there; not replacing it",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).with_context(|| {
+            format!(
+                "--unix-socket {}: removing the stale socket",
+                path.display()
+            )
+        })?;
+    }
+    tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding --unix-socket {}", path.display()))
 }
 
 /// Writes the bound address so that a starter of `--listen …:0` finds the port;

@@ -19,7 +19,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
@@ -177,11 +177,13 @@ pub enum Stopped {
     TimedOut,
 }
 
-/// Accepts connections until `stop` turns true, then closes the listener and
-/// waits up to `shutdown_timeout` for open connections: idle keep-alive
-/// connections close at once, requests in flight finish first.
+/// Accepts connections on `listener` (and on `unix`, when given) until `stop`
+/// turns true, then closes the listeners and waits up to `shutdown_timeout`
+/// for open connections: idle keep-alive connections close at once, requests
+/// in flight finish first.
 pub async fn serve(
     listener: TcpListener,
+    unix: Option<UnixListener>,
     app: Arc<App>,
     mut stop: watch::Receiver<bool>,
     shutdown_timeout: Duration,
@@ -200,27 +202,17 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let metrics = app.metrics.clone();
-                    let app = app.clone();
-                    let svc = service_fn(move |req| handle(app.clone(), req));
-                    let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            // Mostly clients hanging up or sending garbage.
-                            debug!(error = %e, "connection ended with an error");
-                            metrics.app_error("http", "connection");
-                        }
-                    });
+                    serve_connection(&builder, &graceful, &app, stream);
                 }
-                Err(e) => {
-                    // E.g. out of file descriptors: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    app.metrics.app_error("http", "accept");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
+                Err(e) => accept_failed(&app, &e).await,
+            },
+            accepted = accept_unix(unix.as_ref()) => match accepted {
+                Ok(stream) => serve_connection(&builder, &graceful, &app, stream),
+                Err(e) => accept_failed(&app, &e).await,
+            },
         }
     }
+    drop(unix);
     drop(listener);
     info!(
         open_connections = graceful.count(),
@@ -231,4 +223,40 @@ pub async fn serve(
         Ok(()) => Stopped::Clean,
         Err(_) => Stopped::TimedOut,
     }
+}
+
+/// The next connection on the Unix socket; pending forever without one.
+async fn accept_unix(unix: Option<&UnixListener>) -> std::io::Result<tokio::net::UnixStream> {
+    match unix {
+        Some(l) => l.accept().await.map(|(stream, _)| stream),
+        None => std::future::pending().await,
+    }
+}
+
+fn serve_connection<S>(
+    builder: &http1::Builder,
+    graceful: &GracefulShutdown,
+    app: &Arc<App>,
+    stream: S,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let metrics = app.metrics.clone();
+    let app = app.clone();
+    let svc = service_fn(move |req| handle(app.clone(), req));
+    let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            // Mostly clients hanging up or sending garbage.
+            debug!(error = %e, "connection ended with an error");
+            metrics.app_error("http", "connection");
+        }
+    });
+}
+
+async fn accept_failed(app: &App, e: &std::io::Error) {
+    // E.g. out of file descriptors: back off instead of spinning.
+    warn!(error = %e, "accept failed");
+    app.metrics.app_error("http", "accept");
+    tokio::time::sleep(Duration::from_millis(10)).await;
 }

@@ -383,6 +383,7 @@ fn help_explains_every_option_and_its_variable() {
     for var in [
         "ULTRA_BOOST_LISTEN",
         "ULTRA_BOOST_ADDRESS_FILE",
+        "ULTRA_BOOST_UNIX_SOCKET",
         "ULTRA_BOOST_DRAIN_DELAY",
         "ULTRA_BOOST_SHUTDOWN_TIMEOUT",
         "ULTRA_BOOST_STARTUP_DELAY",
@@ -418,4 +419,69 @@ fn options_come_from_the_environment_too() {
             .body
             .contains(r#"fault_error_rate="1",fault_latency_ms="5"} 1"#)
     );
+}
+
+/// One request over a Unix socket, `Connection: close`, whole answer as text.
+fn unix_get(path: &std::path::Path, target: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {target} HTTP/1.1\r\nHost: replica\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn unix_socket_serves_the_same_endpoints_replaces_a_stale_socket_and_is_removed_at_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("replica.sock");
+    // A socket file left behind by a killed process.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    assert!(sock.exists());
+    let sock_arg = sock.to_str().unwrap();
+    let mut svc = Service::start(&["--unix-socket", sock_arg, "--drain-delay", "0s"]);
+    svc.wait_ready();
+
+    let root = unix_get(&sock, "/");
+    assert!(root.starts_with("HTTP/1.1 200 OK\r\n"), "{root}");
+    assert!(root.contains("\"service\":\"ultra-boost\""), "{root}");
+    let ready = unix_get(&sock, "/-/ready");
+    assert!(ready.starts_with("HTTP/1.1 200 OK\r\n"), "{ready}");
+    // One set of metrics whichever listener a request came in on.
+    assert_eq!(
+        svc.metric(r#"ultra_boost_http_requests_total{method="GET",route="/",code="200"}"#),
+        Some(1.0)
+    );
+    assert_eq!(svc.get("/").status, 200, "TCP still serves");
+
+    svc.signal("TERM");
+    let status = svc.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "log:\n{}", svc.log());
+    assert!(!sock.exists(), "the socket is removed at exit");
+}
+
+#[test]
+fn unix_socket_path_holding_another_file_is_refused_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("not-a-socket");
+    std::fs::write(&path, "keep me").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ultra-boost"))
+        .args(["--listen", "127.0.0.1:0", "--unix-socket"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--unix-socket")
+            && err.contains(path.to_str().unwrap())
+            && err.contains("not a socket"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
 }
