@@ -20,11 +20,14 @@
 //! receiver) with 503 + `Retry-After` and the CLI retries. A leader that
 //! loses the Lease while running exits (code 1), as client-go's controllers
 //! do, so no rollout is ever driven by two replicas; Kubernetes restarts it
-//! as a follower. Rollout state is on the Deployment, but the engine's
-//! history is per replica: a rollout in flight when the leader dies is not
-//! resumed by the engine of the next leader (the `guard.ultra-boost.dev/rollout`
-//! annotation still names it; revert it with `kubectl rollout undo` or a new
-//! `guard deploy`).
+//! as a follower. The engine's history is per replica (its SQLite store),
+//! but the rollout state is on the Deployment: an engine rollout in flight
+//! when its leader dies is taken over by the controller of the next leader,
+//! which resumes its verification and promotes or reverts it, writing the
+//! `guard.ultra-boost.dev/taken-over-by`/`-from`/`-at` annotations (see
+//! [`crate::platform::kubernetes::controller`]). A replica that becomes
+//! leader again does not resume, from its own store, a rollout that another
+//! replica took over meanwhile: that record is closed as aborted.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -45,13 +48,14 @@ use crate::cli::serve::{
 };
 use crate::config;
 use crate::engine::judge_adapter::PolicyJudge;
+use crate::engine::phase::Phase as EnginePhase;
 use crate::engine::{Engine, EngineSettings};
 use crate::lease::{LeaderElector, LeaseSettings};
 use crate::metrics::GuardMetrics;
 use crate::platform::kubernetes::controller::{
-    Controller, ControllerSettings, Verification, Verifier,
+    Controller, ControllerSettings, LocalRollouts, Verification, Verifier,
 };
-use crate::platform::kubernetes::rollout::Side;
+use crate::platform::kubernetes::rollout::{ENGINE_PREFIX, RolloutState, Side};
 use crate::platform::kubernetes::verify::JudgeVerifier;
 use crate::platform::kubernetes::{KubeSettings, KubernetesPlatform};
 use crate::platform::{BoxFuture, Build, Endpoint, Platform, Target};
@@ -59,7 +63,7 @@ use crate::review::image::{ImageCheck, RegistryCheck};
 use crate::review::template::ReviewTemplate;
 use crate::review::{ReviewSettings, Reviews};
 use crate::signals::{SignalError, SignalSource, Snapshot};
-use crate::store::Store;
+use crate::store::{RolloutRecord, Store, Transition};
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
@@ -272,10 +276,94 @@ impl api::Cluster for KubeCluster {
     }
 }
 
+/// The rollouts this replica's engine has in hand: the active ones of its
+/// store (the engine resumes all of them when the replica starts leading).
+struct EngineRollouts(Arc<Store>);
+
+impl LocalRollouts for EngineRollouts {
+    fn drives(&self, target: &Target) -> bool {
+        match self.0.rollouts(Some(target), 1) {
+            Ok(latest) => latest.iter().any(|r| r.active),
+            Err(e) => {
+                // Unsure: taking over a rollout this engine may drive could make
+                // two drivers; leave it and try again on the next pass.
+                tracing::warn!(service = %target.service, environment = %target.environment, error = %e,
+                    "cannot read the store; not taking over the rollout in flight");
+                true
+            }
+        }
+    }
+}
+
+/// Why `record` (active in this replica's store) must not be resumed: the
+/// Deployment shows that another guard replica wrote its rollout state after
+/// the record was created (it took this rollout over, or a newer rollout
+/// replaced it). `None`: resume it.
+fn taken_over_by(
+    record: &RolloutRecord,
+    state: Option<&RolloutState>,
+    identity: &str,
+) -> Option<String> {
+    let state = state?;
+    let by = state.by.as_deref()?;
+    let mine = by == identity || by.strip_prefix(ENGINE_PREFIX) == Some(identity);
+    (!mine && state.updated_at.as_millisecond() > record.created_ms).then(|| by.to_string())
+}
+
+/// Closes, before [`Engine::resume`], the active rollouts of this replica's
+/// store that another replica took over while this one did not lead, so the
+/// engine never drives a rollout a second time.
+async fn close_taken_over(store: &Store, platform: &KubernetesPlatform, identity: &str) {
+    let active = match store.active_rollouts() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the store's unfinished rollouts");
+            return;
+        }
+    };
+    for record in active {
+        let ns = platform
+            .settings()
+            .namespace_for(&record.target.environment);
+        let state = match platform.deployments(&ns).get(&record.target.service).await {
+            Ok(d) => RolloutState::read(&d).ok().flatten(),
+            Err(e) => {
+                tracing::warn!(rollout = record.id, error = %e, "cannot read the Deployment of an unfinished rollout; resuming it");
+                continue;
+            }
+        };
+        let Some(by) = taken_over_by(&record, state.as_ref(), identity) else {
+            continue;
+        };
+        let detail = format!(
+            "guard replica {by} took the Deployment's rollout over while this replica did not lead; \
+             not resuming it here (see the guard.ultra-boost.dev/rollout annotation)"
+        );
+        let t = Transition {
+            id: record.id,
+            from: &record.phase,
+            to: &EnginePhase::Aborted,
+            cause: "taken_over",
+            detail: Some(&detail),
+            evidence: None,
+            at_ms: crate::engine::now_ms(),
+        };
+        match store.record_transition(&t) {
+            Ok(()) => tracing::warn!(rollout = record.id, service = %record.target.service,
+                environment = %record.target.environment, build = %record.candidate.number, by = %by,
+                "unfinished rollout was taken over by another replica; closed instead of resumed"),
+            Err(e) => {
+                tracing::warn!(rollout = record.id, error = %e, "cannot close a rollout another replica took over")
+            }
+        }
+    }
+}
+
 /// Starts the engine's work when this replica first leads; exits (code 1)
 /// when it loses the Lease while running, so two replicas never drive a rollout.
 async fn follow_leadership(
     engine: Arc<Engine>,
+    platform: KubernetesPlatform,
     mut leading: watch::Receiver<bool>,
     stop: CancellationToken,
     all: Vec<Target>,
@@ -285,6 +373,8 @@ async fn follow_leadership(
         let now = *leading.borrow_and_update();
         if now && !led {
             led = true;
+            let identity = platform.settings().identity.clone();
+            close_taken_over(engine.store(), &platform, &identity).await;
             match engine.resume() {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(resumed = n, "resumed this replica's unfinished rollouts"),
@@ -467,6 +557,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         })),
     };
 
+    let leadership_platform = platform.clone();
     let controller = Controller::new(
         platform,
         signals,
@@ -477,7 +568,8 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
             verify_deadline: args.verify_deadline,
         },
         Some(events_tx.clone()),
-    );
+    )
+    .with_local_rollouts(Arc::new(EngineRollouts(store.clone())));
 
     let leader_view = leading_rx.clone();
     let who = me.clone();
@@ -537,6 +629,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     let control_stop = stop.clone();
     let leadership = tokio::spawn(follow_leadership(
         engine.clone(),
+        leadership_platform,
         leading_rx.clone(),
         stop.clone(),
         targets(&config),
@@ -557,4 +650,97 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         tracing::warn!(undelivered, "notifications still pending at exit");
     }
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::platform::Strategy;
+    use crate::platform::kubernetes::rollout::Phase;
+    use crate::store::RolloutKind;
+
+    fn record(created_ms: i64) -> RolloutRecord {
+        let build = |n: &str| Build {
+            number: n.into(),
+            commit: None,
+            image: Some(format!("ub:{n}")),
+            command: vec![],
+            env: Default::default(),
+        };
+        RolloutRecord {
+            id: 1,
+            target: Target {
+                service: "web".into(),
+                environment: "production".into(),
+            },
+            strategy: Strategy::Rolling,
+            kind: RolloutKind::Deploy,
+            stable: Some(build("1")),
+            candidate: build("2"),
+            phase: EnginePhase::Verifying {
+                step: 0,
+                share: 0.5,
+            },
+            active: true,
+            verdict: None,
+            reason: None,
+            created_ms,
+            updated_ms: created_ms,
+            traffic_at_ms: None,
+            verdict_at_ms: None,
+            finished_ms: None,
+            evidence: None,
+            requested_by: "ci".into(),
+        }
+    }
+
+    fn state(by: &str, updated_ms: i64) -> RolloutState {
+        let side = |n: &str| Side {
+            build: n.into(),
+            image: None,
+            commit: None,
+            hash: Some(format!("h{n}")),
+            revision: None,
+        };
+        let at = jiff::Timestamp::from_millisecond(updated_ms).expect("timestamp");
+        RolloutState {
+            phase: Phase::Reverted,
+            strategy: Strategy::Rolling,
+            candidate: side("2"),
+            stable: Some(side("1")),
+            started_at: at,
+            updated_at: at,
+            share: 0.0,
+            stable_replicas: None,
+            by: Some(by.into()),
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn a_rollout_another_replica_wrote_later_is_not_resumed() {
+        let r = record(1_000_000);
+        // Still this engine's (or this replica's own promote/revert): resume.
+        for by in ["engine:guard-a", "guard-a"] {
+            assert_eq!(
+                taken_over_by(&r, Some(&state(by, 2_000_000)), "guard-a"),
+                None
+            );
+        }
+        // guard-b took it over (or rolled something newer) after the record.
+        assert_eq!(
+            taken_over_by(&r, Some(&state("guard-b", 2_000_000)), "guard-a").as_deref(),
+            Some("guard-b")
+        );
+        assert_eq!(
+            taken_over_by(&r, Some(&state("engine:guard-b", 2_000_000)), "guard-a").as_deref(),
+            Some("engine:guard-b")
+        );
+        // State older than the record (the engine had not shifted yet): resume.
+        assert_eq!(
+            taken_over_by(&r, Some(&state("guard-b", 999_000)), "guard-a"),
+            None
+        );
+        assert_eq!(taken_over_by(&r, None, "guard-a"), None);
+    }
 }

@@ -41,7 +41,7 @@ use serde_json::{Value, json};
 use super::rollout::{
     self, ANNOTATION_HTTPROUTE, ANNOTATION_REVERTED_AT, ANNOTATION_REVERTED_BY,
     ANNOTATION_REVERTED_REASON, ANNOTATION_REVERTED_TO, ANNOTATION_ROLLOUT, ANNOTATION_SERVICE,
-    LABEL_ROLE, Phase, RolloutState, Side,
+    ENGINE_PREFIX, LABEL_ROLE, Phase, RolloutState, Side,
 };
 use super::{KubernetesPlatform, action_error, is_status};
 use crate::platform::{Build, Observed, PlatformError, Role, Strategy};
@@ -341,7 +341,9 @@ pub async fn shift(
         updated_at: now,
         share,
         stable_replicas: Some(stable_replicas),
-        by: Some(p.settings().identity.clone()),
+        // Canaries are only ever driven by `guard deploy` (the engine); the
+        // controller takes one over when this replica stops leading.
+        by: Some(format!("{ENGINE_PREFIX}{}", p.settings().identity)),
         reason: Some(format!("canary at {:.0} %", share * 100.0)),
     };
     if state.as_ref() != Some(&next) {
@@ -567,10 +569,23 @@ pub async fn promote(
         }
         let view = p.wait_rolled_out(ns, name, &candidate.number).await?;
         remove_canary(p, ns, &view.deployment).await?;
+        // The candidate now runs in the stable Deployment's own ReplicaSet:
+        // record that one, so the controller does not take the promoted
+        // template for a new rollout of the same build.
+        let running = view
+            .current()
+            .map(|rs| Side::of_replica_set(rs, container))
+            .filter(|side| side.build == candidate.number);
         if let Ok(Some(mut st)) = RolloutState::read(&view.deployment)
-            && st.phase != Phase::Promoted
+            && (st.phase != Phase::Promoted
+                || running
+                    .as_ref()
+                    .is_some_and(|r| r.hash != st.candidate.hash))
         {
             st.phase = Phase::Promoted;
+            if let Some(side) = running {
+                st.candidate = side;
+            }
             st.updated_at = jiff::Timestamp::now();
             p.write_state(ns, name, None, &st)
                 .await

@@ -17,6 +17,25 @@
 //!    (or no verdict by the deadline): phase `held`, the Deployment is left
 //!    for a person.
 //!
+//! Rollouts started through guard's deploy API (`guard deploy`, the rollout
+//! engine of the leading replica) carry `by: engine:<identity>` in the state
+//! while they verify; the engine drives them and the controller leaves them
+//! alone. When that replica stops leading (killed, partitioned), the engine
+//! of the next leader knows nothing of them (its history is per replica), so
+//! the controller of the new leader **takes them over**:
+//!
+//! 4. **Take over.** An engine-marked `verifying` rollout that this replica's
+//!    engine does not drive ([`LocalRollouts`]) belongs to a replica that no
+//!    longer leads. The controller writes, conditional on the
+//!    `resourceVersion` it read, the state with `by: <its identity>` and the
+//!    `taken-over-by`/`-from`/`-at` annotations; from then on the rollout is
+//!    the controller's and is resumed at step 2 like any other: rolling
+//!    candidates as above, canaries against the stable Deployment at the
+//!    traffic share they had, promoted with [`canary::promote`] or aborted
+//!    with [`canary::abort`]. The conditional write makes the take-over
+//!    happen once; a newer rollout (a new template, or a new engine rollout
+//!    marked `engine:`) is never judged as the old one.
+//!
 //! Guarantees: only the Lease holder acts; every write carries the
 //! `resourceVersion` it was computed from; the revert checks that the judged
 //! template is still current (a newer rollout is verified on its own, never
@@ -38,7 +57,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::rollout::{self, LABEL_ENABLED, Next, Phase, RolloutState, Side};
-use super::{KubernetesPlatform, UndoOutcome, is_status};
+use super::{KubernetesPlatform, UndoOutcome, canary, is_status};
 use crate::platform::{PlatformError, Role, Strategy, Target};
 use crate::signals::{SignalError, SignalSource, Snapshot};
 
@@ -65,6 +84,13 @@ pub trait Verification: Send {
 /// Starts verifications; one per candidate (per leader).
 pub trait Verifier: Send + Sync + 'static {
     fn start(&self, target: &Target, stable: &Side, candidate: &Side) -> Box<dyn Verification>;
+}
+
+/// What this replica's own rollout engine has in hand.
+pub trait LocalRollouts: Send + Sync + 'static {
+    /// Whether this replica's engine drives (or, having just become leader,
+    /// resumes) the rollout of `target`; the controller then leaves it alone.
+    fn drives(&self, target: &Target) -> bool;
 }
 
 /// How the controller runs.
@@ -103,6 +129,9 @@ pub struct Controller {
     events: Option<Events>,
     /// Verifications in flight, by (namespace, name, candidate hash).
     running: Mutex<HashMap<RunKey, Box<dyn Verification>>>,
+    /// This replica's rollout engine; `None`: there is none, so every
+    /// engine-driven rollout in flight is another replica's.
+    local: Option<Arc<dyn LocalRollouts>>,
 }
 
 /// Errors of one reconcile; logged, never fatal to the loop.
@@ -134,7 +163,15 @@ impl Controller {
             settings,
             events,
             running: Mutex::new(HashMap::new()),
+            local: None,
         }
+    }
+
+    /// Tells the controller which rollouts this replica's engine drives, so
+    /// it takes over only those of replicas that no longer lead.
+    pub fn with_local_rollouts(mut self, local: Arc<dyn LocalRollouts>) -> Self {
+        self.local = Some(local);
+        self
     }
 
     fn deployments(&self) -> Api<Deployment> {
@@ -256,18 +293,31 @@ impl Controller {
                 None
             }
         };
-        // Rollouts started by `guard deploy` (the engine) or canaries are verified by the engine.
-        if let Some(s) = &state
-            && s.phase == Phase::Verifying
-            && (s.strategy == Strategy::Canary
-                || s.by.as_deref().is_some_and(|b| b.starts_with("engine:")))
-        {
-            return Ok(());
-        }
         let target = self.target(ns, name);
         let deployment = format!("{ns}/{name}");
         let rv = view.deployment.metadata.resource_version.clone();
         let identity = self.platform.settings().identity.clone();
+        if let Some(s) = &state
+            && s.phase == Phase::Verifying
+        {
+            // This replica's engine drives it (`guard deploy` on this leader).
+            if self.local.as_ref().is_some_and(|l| l.drives(&target)) {
+                return Ok(());
+            }
+            // Another replica's engine drove it and that replica no longer leads.
+            if let Some(owner) = s.engine_owner() {
+                let owner = owner.to_string();
+                return self
+                    .take_over(ns, name, &view, rv.as_deref(), s.clone(), &owner)
+                    .await;
+            }
+            // A canary taken over earlier (only `guard deploy` starts canaries).
+            if s.strategy == Strategy::Canary {
+                return self
+                    .verify_canary(ns, name, rv.as_deref(), &target, s.clone())
+                    .await;
+            }
+        }
         match rollout::next_step(state.as_ref(), &hash) {
             Next::Nothing => Ok(()),
             Next::Start { stable } => {
@@ -345,18 +395,88 @@ impl Controller {
         }
     }
 
-    async fn verify(
+    /// Takes over an engine-driven rollout in flight from `owner`, a replica
+    /// that no longer leads (step 4 of the module docs). Verification resumes
+    /// on the next pass.
+    async fn take_over(
         &self,
         ns: &str,
         name: &str,
+        view: &super::View,
         rv: Option<&str>,
-        target: &Target,
         mut state: RolloutState,
-        hash: &str,
+        owner: &str,
     ) -> Result<(), ReconcileError> {
-        let Some(stable) = state.stable.clone() else {
-            return Ok(());
-        };
+        let container = self.platform.settings().container.as_deref();
+        let identity = self.platform.settings().identity.clone();
+        let deployment = format!("{ns}/{name}");
+        // The engine records the candidate's ReplicaSet once it is up; a
+        // replica killed before that left it out: find it now.
+        if state.candidate.hash.is_none() {
+            let running = match state.strategy {
+                Strategy::Rolling => view.current().map(|rs| Side::of_replica_set(rs, container)),
+                Strategy::Canary => {
+                    match self.platform.view(ns, &canary::canary_name(name)).await {
+                        Ok(cv) => cv.current().map(|rs| Side::of_replica_set(rs, container)),
+                        Err(PlatformError::UnknownTarget { .. }) => None,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            };
+            if let Some(side) = running.filter(|side| {
+                side.build == state.candidate.build
+                    && (state.candidate.image.is_none() || side.image == state.candidate.image)
+            }) {
+                state.candidate = side;
+            }
+        }
+        let now = jiff::Timestamp::now();
+        let reason = format!(
+            "taken over from {owner}: its engine was verifying build {} when it stopped leading; \
+             {identity} resumes the verification",
+            state.candidate.build
+        );
+        state.by = Some(identity.clone());
+        state.updated_at = now;
+        state.reason = Some(reason.clone());
+        match self
+            .platform
+            .record_take_over(ns, name, rv, &state, owner)
+            .await
+        {
+            Ok(_) => {
+                tracing::warn!(
+                    deployment = %deployment,
+                    build = %state.candidate.build,
+                    strategy = ?state.strategy,
+                    from = owner,
+                    by = %identity,
+                    share = state.share,
+                    "took over a rollout in flight: the replica whose engine drove it no longer \
+                     holds the Lease; resuming its verification from the state on the Deployment"
+                );
+                Ok(())
+            }
+            // Changed since we read it (a newer rollout?): decide again on a fresh read.
+            Err(e) if is_status(&e, 409) => Ok(()),
+            Err(e) => Err(ReconcileError::State {
+                deployment,
+                source: e,
+            }),
+        }
+    }
+
+    /// Asks the candidate's verification (started on first use) for a
+    /// decision on the latest signals; the deadline runs from the recorded start.
+    async fn decide(
+        &self,
+        ns: &str,
+        name: &str,
+        target: &Target,
+        state: &RolloutState,
+        stable: &Side,
+        hash: &str,
+    ) -> Result<(Decision, RunKey), ReconcileError> {
         let mut endpoints = self
             .platform
             .endpoints(ns, hash, Role::Candidate, &state.candidate.build)
@@ -385,7 +505,7 @@ impl Controller {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
             let v = running
                 .entry(key.clone())
-                .or_insert_with(|| self.verifier.start(target, &stable, &state.candidate));
+                .or_insert_with(|| self.verifier.start(target, stable, &state.candidate));
             match &snapshot {
                 Some(s) => v.step(s, elapsed),
                 None => Decision::Continue,
@@ -400,6 +520,121 @@ impl Controller {
             },
             d => d,
         };
+        Ok((decision, key))
+    }
+
+    /// Steps a canary taken over from another replica's engine: the candidate
+    /// is the `<name>-canary` Deployment's ReplicaSet, the baseline the stable
+    /// Deployment's. Promote and abort are [`canary::promote`] and [`canary::abort`].
+    async fn verify_canary(
+        &self,
+        ns: &str,
+        name: &str,
+        rv: Option<&str>,
+        target: &Target,
+        mut state: RolloutState,
+    ) -> Result<(), ReconcileError> {
+        let deployment = format!("{ns}/{name}");
+        let identity = self.platform.settings().identity.clone();
+        let Some(hash) = state.candidate.hash.clone() else {
+            // Taken over before the canary's ReplicaSet was up.
+            let container = self.platform.settings().container.as_deref();
+            let cv = match self.platform.view(ns, &canary::canary_name(name)).await {
+                Ok(cv) => Some(cv),
+                Err(PlatformError::UnknownTarget { .. }) => None,
+                Err(e) => return Err(e.into()),
+            };
+            match cv.as_ref().and_then(|cv| cv.current()) {
+                Some(rs) => {
+                    let side = Side::of_replica_set(rs, container);
+                    if side.build == state.candidate.build {
+                        state.candidate = side;
+                        state.updated_at = jiff::Timestamp::now();
+                        self.write(ns, name, rv, &state).await?;
+                    }
+                }
+                None if cv.is_none() => {
+                    // Its replica died before creating the canary: nothing ran the
+                    // candidate. Undo whatever step was recorded.
+                    let reason = format!(
+                        "the canary of build {} was never started (its replica stopped leading first)",
+                        state.candidate.build
+                    );
+                    canary::abort(&self.platform, ns, name, &reason).await?;
+                    tracing::warn!(deployment = %deployment, build = %state.candidate.build, reason, "canary abandoned");
+                }
+                None => {}
+            }
+            return Ok(());
+        };
+        let Some(stable) = state.stable.clone() else {
+            return Ok(());
+        };
+        let (decision, key) = self
+            .decide(ns, name, target, &state, &stable, &hash)
+            .await?;
+        if decision == Decision::Continue {
+            return Ok(());
+        }
+        // Act only on the rollout that was judged: a newer one (an engine
+        // rollout started since) is left alone.
+        let fresh = self.platform.view(ns, name).await?;
+        let now = RolloutState::read(&fresh.deployment).ok().flatten();
+        if !now.as_ref().is_some_and(|n| {
+            n.phase == Phase::Verifying
+                && n.candidate.hash.as_deref() == Some(hash.as_str())
+                && n.by.as_deref() == Some(identity.as_str())
+        }) {
+            self.forget(&key);
+            tracing::info!(deployment = %deployment, build = %state.candidate.build, "a newer rollout replaced the judged canary; not acting on it");
+            return Ok(());
+        }
+        let fresh_rv = fresh.deployment.metadata.resource_version.clone();
+        match decision {
+            Decision::Continue => Ok(()),
+            Decision::Promote { reason } => {
+                canary::promote(&self.platform, ns, name, &state.candidate.to_build()).await?;
+                self.forget(&key);
+                tracing::info!(deployment = %deployment, build = %state.candidate.build, reason, "canary promoted");
+                state.phase = Phase::Promoted;
+                self.emit(notify::EventKind::Promoted, target, &state, &reason);
+                Ok(())
+            }
+            Decision::Revert { reason } => {
+                canary::abort(&self.platform, ns, name, &reason).await?;
+                self.forget(&key);
+                tracing::warn!(deployment = %deployment, from = %state.candidate.build, to = %stable.build, reason, "canary reverted");
+                state.phase = Phase::Reverted;
+                self.emit(notify::EventKind::Reverted, target, &state, &reason);
+                Ok(())
+            }
+            Decision::Hold { reason } => {
+                state.phase = Phase::Held;
+                state.updated_at = jiff::Timestamp::now();
+                state.by = Some(identity);
+                state.reason = Some(reason.clone());
+                self.write(ns, name, fresh_rv.as_deref(), &state).await?;
+                self.forget(&key);
+                tracing::warn!(deployment = %deployment, build = %state.candidate.build, reason, "canary held for a person");
+                self.emit(notify::EventKind::Held, target, &state, &reason);
+                Ok(())
+            }
+        }
+    }
+
+    async fn verify(
+        &self,
+        ns: &str,
+        name: &str,
+        rv: Option<&str>,
+        target: &Target,
+        mut state: RolloutState,
+        hash: &str,
+    ) -> Result<(), ReconcileError> {
+        let Some(stable) = state.stable.clone() else {
+            return Ok(());
+        };
+        let (decision, key) = self.decide(ns, name, target, &state, &stable, hash).await?;
         let identity = self.platform.settings().identity.clone();
         let deployment = format!("{ns}/{name}");
         match decision {

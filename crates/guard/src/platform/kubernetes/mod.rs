@@ -19,7 +19,9 @@
 //! - State lives on the cluster: [`rollout::RolloutState`] as JSON in the
 //!   Deployment annotation `guard.ultra-boost.dev/rollout`, so any guard
 //!   replica that becomes leader resumes a rollout in flight
-//!   ([`controller`]).
+//!   ([`controller`]): one the controller noticed, and one that the engine
+//!   of a replica that stopped leading drove (`guard deploy`), which the new
+//!   leader's controller takes over.
 
 pub mod canary;
 pub mod controller;
@@ -41,7 +43,8 @@ use crate::platform::{
 use rollout::{
     ANNOTATION_METRICS_PORT, ANNOTATION_REVERTED_AT, ANNOTATION_REVERTED_BY,
     ANNOTATION_REVERTED_FROM, ANNOTATION_REVERTED_REASON, ANNOTATION_REVERTED_TO,
-    ANNOTATION_ROLLOUT, Phase, RolloutState, Side,
+    ANNOTATION_ROLLOUT, ANNOTATION_TAKEN_OVER_AT, ANNOTATION_TAKEN_OVER_BY,
+    ANNOTATION_TAKEN_OVER_FROM, ENGINE_PREFIX, Phase, RolloutState, Side,
 };
 
 /// How the platform finds and treats targets.
@@ -230,6 +233,32 @@ impl KubernetesPlatform {
     ) -> Result<Deployment, kube::Error> {
         let mut patch =
             json!({"metadata": {"annotations": {ANNOTATION_ROLLOUT: state.to_annotation()}}});
+        if let Some(rv) = resource_version {
+            patch["metadata"]["resourceVersion"] = json!(rv);
+        }
+        self.deployments(namespace)
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+    }
+
+    /// Records that this replica took the rollout in `state` over from
+    /// `from` (another replica's engine): the state plus the
+    /// `taken-over-by`/`-from`/`-at` annotations, in one write conditional on
+    /// `resource_version`, so two replicas can never both take it over.
+    pub async fn record_take_over(
+        &self,
+        namespace: &str,
+        name: &str,
+        resource_version: Option<&str>,
+        state: &RolloutState,
+        from: &str,
+    ) -> Result<Deployment, kube::Error> {
+        let mut patch = json!({"metadata": {"annotations": {
+            ANNOTATION_ROLLOUT: state.to_annotation(),
+            ANNOTATION_TAKEN_OVER_BY: self.settings.identity,
+            ANNOTATION_TAKEN_OVER_FROM: from,
+            ANNOTATION_TAKEN_OVER_AT: state.updated_at.to_string(),
+        }}});
         if let Some(rv) = resource_version {
             patch["metadata"]["resourceVersion"] = json!(rv);
         }
@@ -526,8 +555,10 @@ impl KubernetesPlatform {
                 updated_at: now,
                 share: 1.0,
                 stable_replicas: None,
-                // "engine:" marks a rollout `guard deploy` drives: the controller leaves it alone.
-                by: Some(format!("engine:{}", self.settings.identity)),
+                // "engine:" marks a rollout `guard deploy` drives: the controller
+                // leaves it to this replica's engine, or takes it over when this
+                // replica stops leading (see `controller`).
+                by: Some(format!("{ENGINE_PREFIX}{}", self.settings.identity)),
                 reason: Some("rolled out by guard deploy".into()),
             };
             let mut deployment = view.deployment.clone();

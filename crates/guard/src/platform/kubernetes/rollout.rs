@@ -31,6 +31,16 @@ pub const ANNOTATION_REVERTED_TO: &str = "guard.ultra-boost.dev/reverted-to";
 pub const ANNOTATION_REVERTED_FROM: &str = "guard.ultra-boost.dev/reverted-from";
 /// Written on revert: RFC 3339 time of the revert.
 pub const ANNOTATION_REVERTED_AT: &str = "guard.ultra-boost.dev/reverted-at";
+/// Written when a new leader takes over an engine-driven rollout in flight:
+/// the guard replica (holder identity) that took it over.
+pub const ANNOTATION_TAKEN_OVER_BY: &str = "guard.ultra-boost.dev/taken-over-by";
+/// Written on take-over: the replica that drove the rollout before (its engine).
+pub const ANNOTATION_TAKEN_OVER_FROM: &str = "guard.ultra-boost.dev/taken-over-from";
+/// Written on take-over: RFC 3339 time of the take-over.
+pub const ANNOTATION_TAKEN_OVER_AT: &str = "guard.ultra-boost.dev/taken-over-at";
+/// Prefix of [`RolloutState::by`] while `guard deploy` (a replica's rollout
+/// engine) drives the rollout: `engine:<identity>`.
+pub const ENGINE_PREFIX: &str = "engine:";
 /// Optional Deployment annotation: the HTTPRoute to move canary weights on
 /// (default: an HTTPRoute named like the Deployment).
 pub const ANNOTATION_HTTPROUTE: &str = "guard.ultra-boost.dev/httproute";
@@ -175,6 +185,15 @@ impl RolloutState {
                     detail: e.to_string(),
                 }),
         }
+    }
+
+    /// The replica whose rollout engine drives this rollout (`by` is
+    /// `engine:<identity>`); `None` when a controller drives it or it is over.
+    pub fn engine_owner(&self) -> Option<&str> {
+        if self.phase != Phase::Verifying {
+            return None;
+        }
+        self.by.as_deref()?.strip_prefix(ENGINE_PREFIX)
     }
 
     /// The annotation value.
@@ -572,5 +591,20 @@ mod tests {
         let s = state(Phase::Verifying, "b", Some("a"));
         let back: RolloutState = serde_json::from_str(&s.to_annotation()).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn engine_owner_only_while_an_engine_verifies() {
+        let mut s = state(Phase::Verifying, "b", Some("a"));
+        assert_eq!(s.engine_owner(), None, "no owner recorded");
+        s.by = Some("guard-a".into());
+        assert_eq!(s.engine_owner(), None, "a controller drives it");
+        s.by = Some("engine:guard-a".into());
+        assert_eq!(s.engine_owner(), Some("guard-a"));
+        s.phase = Phase::Promoted;
+        assert_eq!(s.engine_owner(), None, "over: nothing to take over");
+        let written = r#"{"phase":"verifying","strategy":"canary","candidate":{"build":"2"},"started_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z","by":"engine:guard-a"}"#;
+        let s: RolloutState = serde_json::from_str(written).unwrap();
+        assert_eq!(s.engine_owner(), Some("guard-a"));
     }
 }

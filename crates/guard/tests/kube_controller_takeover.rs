@@ -1,0 +1,404 @@
+//! Leader failover in the middle of rollouts started through guard's deploy
+//! API (issue 8: "rollout state kept on the cluster objects so a new leader
+//! resumes any rollout in flight").
+//!
+//! Two real `guard controller` processes against the `KubeApiDouble` (through
+//! a kubeconfig) and the `PrometheusApiDouble`. guard-a leads and starts four
+//! rollouts with `POST /api/v1/deployments`: a good and a bad build rolling,
+//! a good and a bad build as canaries (replica ratio, no Gateway API route).
+//! guard-a's judge is configured never to decide within the test, so all four
+//! are mid-verification when it is killed with SIGKILL (nothing released).
+//! guard-b takes the Lease once it expires, takes the four rollouts over from
+//! the state on the Deployments and finishes each exactly once: good builds
+//! promoted, bad builds reverted to the previous template (rolling) or the
+//! canary removed (canary), with annotations saying that guard-b took them
+//! over from guard-a and who reverted.
+
+#[path = "support/kube_double.rs"]
+mod kube_double;
+#[path = "support/kube_env.rs"]
+mod kube_env;
+#[path = "support/prometheus_api_double.rs"]
+mod prometheus_api_double;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use guard::platform::Strategy;
+use guard::platform::kubernetes::rollout::{
+    ANNOTATION_REVERTED_BY, ANNOTATION_TAKEN_OVER_AT, ANNOTATION_TAKEN_OVER_BY,
+    ANNOTATION_TAKEN_OVER_FROM, Phase, RolloutState,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::ResourceExt;
+use kube_env::{TestCluster, deployment, eventually};
+use prometheus_api_double::PrometheusApiDouble;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(40);
+const TOKEN: &str = "takeover-test-token";
+const IMAGE: &str = "registry.example.com/ub";
+const LEASE: Duration = Duration::from_secs(3);
+
+/// (Deployment/service, strategy, candidate build, replicas).
+const ROLLOUTS: [(&str, &str, &str, i32); 4] = [
+    ("roll-good", "rolling", "2", 1),
+    ("roll-bad", "rolling", "3-bad", 1),
+    ("canary-good", "canary", "5", 2),
+    ("canary-bad", "canary", "4-bad", 2),
+];
+
+/// A `guard controller` child; killed (SIGKILL) and reaped on drop. Its
+/// stderr goes to a file, printed when the test fails.
+struct Controller {
+    child: Child,
+    log: PathBuf,
+    addr_file: PathBuf,
+}
+
+impl Controller {
+    fn spawn(dir: &Path, identity: &str, config: &Path, kubeconfig: &Path, ns: &str) -> Self {
+        let log = dir.join(format!("{identity}.log"));
+        let addr_file = dir.join(format!("{identity}.addr"));
+        let child = Command::new(env!("CARGO_BIN_EXE_guard"))
+            .arg("controller")
+            .args(["--config", &config.display().to_string()])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--address-file", &addr_file.display().to_string()])
+            .args(["--identity", identity, "--lease-namespace", ns])
+            .args(["--namespace", ns])
+            .args(["--lease-duration", "3s", "--renew-deadline", "2s"])
+            .args(["--retry-period", "200ms", "--interval", "200ms"])
+            .env("KUBECONFIG", kubeconfig)
+            .env("GUARD_API_TOKEN", TOKEN)
+            .env("RUST_LOG", "info,kube=warn,hyper=warn")
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .env_remove("GUARD_GITHUB_WEBHOOK_SECRET")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn guard controller");
+        Controller {
+            child,
+            log,
+            addr_file,
+        }
+    }
+
+    async fn address(&self) -> String {
+        eventually(WAIT, "the controller to listen", || async {
+            std::fs::read_to_string(&self.addr_file)
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
+        .await
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- {} ----\n{}",
+                self.log.display(),
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// guard.yaml for one replica. `decides: false` gives a judge that needs an
+/// hour to promote and evidence for minutes to revert: that replica is
+/// surely still verifying when the test kills it, however loaded the machine.
+fn config(dir: &Path, prom: std::net::SocketAddr, ns: &str, decides: bool) -> String {
+    let policy = if decides {
+        "  min_verify_seconds: 1\n  max_verify_seconds: 60\n"
+    } else {
+        "  min_verify_seconds: 3000\n  max_verify_seconds: 3600\n  evidence_cap_per_second: 0.001\n"
+    };
+    let mut services = String::new();
+    for (name, strategy, _, replicas) in ROLLOUTS {
+        services.push_str(&format!(
+            r#"  - name: {name}
+    replicas: {replicas}
+    strategy: {strategy}
+    canary_steps: [25, 50]
+    watch: 1s
+    build:
+      image: "{IMAGE}-{name}:{{build}}"
+    environments:
+      - name: production
+        namespace: {ns}
+    slos:
+      - name: availability
+        objective: 99.9
+        sli: {{type: availability, route: /}}
+        prometheus:
+          total: ultra_boost_http_requests_total{{job="ultra-boost",route="/"}}
+          bad: ultra_boost_http_requests_total{{job="ultra-boost",route="/",code=~"5.."}}
+"#
+        ));
+    }
+    format!(
+        "store: {store}\napi:\n  listen: 127.0.0.1:0\nengine:\n  tick: 200ms\n  stale_after: 5s\npolicy:\n{policy}\
+         signals:\n  source: prometheus\n  prometheus:\n    url: http://{prom}\n    build_label: build\n    timeout: 1s\n\
+         services:\n{services}",
+        store = dir.join("guard.sqlite").display(),
+    )
+}
+
+fn state(d: &Deployment) -> Option<RolloutState> {
+    RolloutState::read(d).ok().flatten()
+}
+
+fn image_of(d: &Deployment) -> Option<String> {
+    d.spec.template.spec.as_ref()?.containers[0].image.clone()
+}
+
+async fn leader(http: &reqwest::Client, addr: &str) -> Option<(String, bool)> {
+    let v: Value = http
+        .get(format!("http://{addr}/-/leader"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    Some((v["identity"].as_str()?.to_string(), v["leading"].as_bool()?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_new_leader_takes_over_engine_rollouts_in_flight_and_finishes_them_once() {
+    if kube_env::real_cluster() {
+        return; // The binary would need the cluster's Prometheus; double only.
+    }
+    let cluster = TestCluster::start("takeover").await;
+    let double = cluster.double.as_ref().expect("double");
+    let prom = PrometheusApiDouble::start(2000.0, 0.2).await;
+    prom.run_build("1");
+    for (_, _, build, _) in ROLLOUTS {
+        prom.run_build(build);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster:\n    server: {}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: double\n    user: u\n    namespace: default\ncurrent-context: c\n",
+            double.url()
+        ),
+    )
+    .expect("kubeconfig");
+    let ns = cluster.namespace.clone();
+    let mut configs = BTreeMap::new();
+    for (identity, decides) in [("guard-a", false), ("guard-b", true)] {
+        let home = dir.path().join(identity);
+        std::fs::create_dir_all(&home).expect("replica dir");
+        let path = home.join("guard.yaml");
+        std::fs::write(&path, config(&home, prom.addr, &ns, decides)).expect("guard.yaml");
+        configs.insert(identity, (home, path));
+    }
+    let deployments = cluster.deployments();
+    for (name, _, _, replicas) in ROLLOUTS {
+        deployments
+            .create(
+                &kube::api::PostParams::default(),
+                &deployment(name, "1", replicas),
+            )
+            .await
+            .expect("create");
+    }
+
+    // guard-a leads; guard-b follows.
+    let (home_a, config_a) = &configs["guard-a"];
+    let a = Controller::spawn(home_a, "guard-a", config_a, &kubeconfig, &ns);
+    let addr_a = a.address().await;
+    let http = reqwest::Client::new();
+    eventually(WAIT, "guard-a to lead", || async {
+        (leader(&http, &addr_a).await? == ("guard-a".into(), true)).then_some(())
+    })
+    .await;
+    let (home_b, config_b) = &configs["guard-b"];
+    let b = Controller::spawn(home_b, "guard-b", config_b, &kubeconfig, &ns);
+    let addr_b = b.address().await;
+    assert_eq!(
+        leader(&http, &addr_b).await,
+        Some(("guard-b".into(), false))
+    );
+
+    // Four rollouts through guard-a's deploy API.
+    for (name, _, build, _) in ROLLOUTS {
+        let resp = http
+            .post(format!("http://{addr_a}/api/v1/deployments"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"service": name, "environment": "production", "build": build, "requested_by": "ci"}))
+            .send()
+            .await
+            .expect("post deployment");
+        assert_eq!(
+            resp.status().as_u16(),
+            201,
+            "deploy {name}: {:?}",
+            resp.text().await
+        );
+    }
+    // Each is verifying under guard-a's engine, its candidate up and recorded.
+    let mut before = BTreeMap::new();
+    for (name, strategy, build, _) in ROLLOUTS {
+        let s = eventually(
+            WAIT,
+            &format!("guard-a's engine verifying {name}"),
+            || async {
+                let s = state(&deployments.get(name).await.ok()?)?;
+                (s.phase == Phase::Verifying
+                    && s.candidate.build == build
+                    && s.candidate.hash.is_some()
+                    && s.by.as_deref() == Some("engine:guard-a"))
+                .then_some(s)
+            },
+        )
+        .await;
+        let want = if strategy == "canary" {
+            Strategy::Canary
+        } else {
+            Strategy::Rolling
+        };
+        assert_eq!(s.strategy, want, "{name}");
+        before.insert(name, s);
+    }
+    assert!(
+        deployments
+            .get_opt("canary-bad-canary")
+            .await
+            .expect("get")
+            .is_some(),
+        "the bad canary runs beside its stable Deployment"
+    );
+
+    // The leader dies mid-verification: SIGKILL, the Lease is not released.
+    let killed_at = jiff::Timestamp::now();
+    let killed = Instant::now();
+    drop(a);
+
+    eventually(WAIT, "guard-b to take the Lease", || async {
+        leader(&http, &addr_b).await.filter(|l| l.1).map(|_| ())
+    })
+    .await;
+    assert!(
+        killed.elapsed() >= LEASE - Duration::from_millis(1500),
+        "guard-b led {:?} after the kill, before the Lease could expire",
+        killed.elapsed()
+    );
+    let mut done = BTreeMap::new();
+    for (name, _, _, _) in ROLLOUTS {
+        let d = eventually(WAIT, &format!("guard-b to finish {name}"), || async {
+            let d = deployments.get(name).await.ok()?;
+            state(&d)
+                .is_some_and(|s| s.phase.is_terminal())
+                .then_some(d)
+        })
+        .await;
+        done.insert(name, d);
+    }
+
+    for (name, strategy, build, replicas) in ROLLOUTS {
+        let d = &done[name];
+        let s = state(d).expect("state");
+        let a = d.annotations();
+        let want = if build.contains("bad") {
+            Phase::Reverted
+        } else {
+            Phase::Promoted
+        };
+        assert_eq!(
+            (s.phase, s.by.as_deref(), s.candidate.build.as_str()),
+            (want, Some("guard-b"), build),
+            "{name}: {s:?}"
+        );
+        assert_eq!(
+            s.started_at, before[name].started_at,
+            "{name}: resumed, not restarted"
+        );
+        assert_eq!(
+            a.get(ANNOTATION_TAKEN_OVER_BY).map(String::as_str),
+            Some("guard-b"),
+            "{name}"
+        );
+        assert_eq!(
+            a.get(ANNOTATION_TAKEN_OVER_FROM).map(String::as_str),
+            Some("guard-a"),
+            "{name}"
+        );
+        let at: jiff::Timestamp = a
+            .get(ANNOTATION_TAKEN_OVER_AT)
+            .expect("taken-over-at")
+            .parse()
+            .expect("RFC 3339");
+        assert!(
+            at > killed_at,
+            "{name}: taken over at {at}, killed at {killed_at}"
+        );
+        let stable_image = "registry.k8s.io/pause:1".to_string();
+        let candidate_image = format!("{IMAGE}-{name}:{build}");
+        if want == Phase::Reverted {
+            assert_eq!(
+                a.get(ANNOTATION_REVERTED_BY).map(String::as_str),
+                Some("guard-b"),
+                "{name}"
+            );
+            assert_eq!(image_of(d), Some(stable_image), "{name}: back on build 1");
+        } else {
+            assert_eq!(image_of(d), Some(candidate_image), "{name}: promoted");
+            assert_eq!(a.get(ANNOTATION_REVERTED_BY), None, "{name}");
+        }
+        if strategy == "canary" {
+            assert!(
+                deployments
+                    .get_opt(&format!("{name}-canary"))
+                    .await
+                    .expect("get canary")
+                    .is_none(),
+                "{name}: the canary Deployment is gone"
+            );
+            assert_eq!(
+                d.spec.replicas,
+                Some(replicas),
+                "{name}: stable size restored"
+            );
+        }
+    }
+    assert!(prom.queries() > 0);
+
+    // Exactly once: more passes of guard-b's controller change nothing.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (name, _, _, _) in ROLLOUTS {
+        let d = deployments.get(name).await.expect("get");
+        assert_eq!(
+            state(&d),
+            state(&done[name]),
+            "{name} changed after it was finished"
+        );
+        assert_eq!(
+            d.annotations().get(ANNOTATION_TAKEN_OVER_AT),
+            done[name].annotations().get(ANNOTATION_TAKEN_OVER_AT),
+            "{name} taken over twice"
+        );
+    }
+    let log = b.log();
+    assert_eq!(
+        log.matches("took over a rollout in flight").count(),
+        ROLLOUTS.len(),
+        "one take-over per rollout, logged:\n{log}"
+    );
+    drop(b);
+    cluster.cleanup().await;
+}
