@@ -10,7 +10,11 @@
 # round is printed), throughput ratio router/direct and p99 added by the router,
 # against the goals of issue 5: >= 70 % of direct throughput, < 1 ms added p99.
 #
-# Usage: bench/router/run.sh [-d SECONDS] [-c CONNECTIONS] [-t WRK_THREADS] [-r ROUNDS] [-n REPLICAS] [-s]
+# The replicas are started as `guard demo` starts them, with
+# `--unix-socket {unix_socket}`: the router reaches them over Unix sockets
+# while wrk reaches "direct" over TCP. -T makes the router use TCP too.
+#
+# Usage: bench/router/run.sh [-d SECONDS] [-c CONNECTIONS] [-t WRK_THREADS] [-r ROUNDS] [-n REPLICAS] [-s] [-T]
 # -s skips the release build and uses the binaries already in target/release.
 # With -n 2 the router balances over 2 replicas while "direct" still hits one.
 # Needs: cargo, wrk, curl (scripts/install-test-deps.sh installs wrk).
@@ -23,7 +27,9 @@ wrk_threads=1
 rounds=3
 replicas=1
 skip_build=0
-while getopts "d:c:t:r:n:s" opt; do
+replica_args=("--arg=--unix-socket={unix_socket}")
+hop="unix socket"
+while getopts "d:c:t:r:n:sT" opt; do
   case $opt in
     d) duration=$OPTARG ;;
     c) connections=$OPTARG ;;
@@ -31,7 +37,8 @@ while getopts "d:c:t:r:n:s" opt; do
     r) rounds=$OPTARG ;;
     n) replicas=$OPTARG ;;
     s) skip_build=1 ;;
-    *) echo "usage: $0 [-d SECONDS] [-c CONNECTIONS] [-t WRK_THREADS] [-r ROUNDS] [-n REPLICAS] [-s]" >&2; exit 2 ;;
+    T) replica_args=(); hop="TCP" ;;
+    *) echo "usage: $0 [-d SECONDS] [-c CONNECTIONS] [-t WRK_THREADS] [-r ROUNDS] [-n REPLICAS] [-s] [-T]" >&2; exit 2 ;;
   esac
 done
 
@@ -61,7 +68,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$rb" --bin "$ub" --replicas "$replicas" --arg=--drain-delay=0s >"$tmp/out" 2>"$tmp/err" &
+"$rb" --bin "$ub" --replicas "$replicas" --arg=--drain-delay=0s "${replica_args[@]}" >"$tmp/out" 2>"$tmp/err" &
 rb_pid=$!
 for _ in $(seq 1 1000); do
   if [ -s "$tmp/out" ]; then break; fi
@@ -85,7 +92,7 @@ for a in "$router" "$direct"; do
     exit 1
   fi
 done
-echo "== router $router, direct replica $direct ($replicas replica(s) behind the router)" >&2
+echo "== router $router, direct replica $direct ($replicas replica(s) behind the router, reached over $hop)" >&2
 
 to_us() { # wrk latency like 1.23ms / 512.00us / 1.01s -> microseconds
   awk -v v="$1" 'BEGIN {
@@ -140,7 +147,7 @@ done
 read -r drps _ dp99 _ <<<"$best_direct"
 read -r rrps _ rp99 rcpu <<<"$best_router"
 echo
-echo "best of $rounds rounds, ${duration}s each, wrk -t$wrk_threads -c$connections, $replicas replica(s) behind the router"
+echo "best of $rounds rounds, ${duration}s each, wrk -t$wrk_threads -c$connections, $replicas replica(s) behind the router over $hop"
 awk -v d="$drps" -v r="$rrps" -v dp="$dp99" -v rp="$rp99" -v c="$rcpu" 'BEGIN {
   ratio = r / d * 100
   added = (rp - dp) / 1000

@@ -127,6 +127,86 @@ async fn canary_steps_then_revert_under_load_fail_no_request() {
     p.shutdown().await;
 }
 
+/// Connected Unix sockets whose path is a replica socket under `dir`, from
+/// `/proc/net/unix` (an accepted connection carries its listener's path;
+/// state 03 is "connected").
+fn connected_replica_sockets(dir: &std::path::Path) -> usize {
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap();
+    let prefix = dir.display().to_string();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.len() >= 8
+                && cols[5] == "03"
+                && cols[7].starts_with(&prefix)
+                && cols[7].ends_with(".sock")
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_with_a_unix_socket_is_routed_over_it_with_no_failed_request() {
+    let (p, t, addr) = platform(2).await;
+    let dir = p.runtime_dir().to_path_buf();
+    let b1 = build("1", &[]);
+    let b2 = build("2", &["--unix-socket", "{unix_socket}"]);
+    p.revert(&t, &b1).await.unwrap();
+    let load = Load::start(format!("http://{addr}/"), 4, Duration::from_millis(1));
+    load.wait_for(100).await;
+    assert_eq!(
+        connected_replica_sockets(&dir),
+        0,
+        "build 1 is reached over TCP"
+    );
+
+    p.shift(&t, &b1, &b2, Strategy::Rolling, 1.0).await.unwrap();
+    p.promote(&t, &b2).await.unwrap();
+    load.settle().await;
+    let before = load.tally();
+    load.wait_for(200).await;
+    assert!(
+        connected_replica_sockets(&dir) >= 1,
+        "the router reaches build 2 over its Unix socket"
+    );
+    let sockets = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".sock"))
+            .count()
+    };
+    assert_eq!(sockets(&dir), 2, "one socket per replica of build 2");
+
+    // Back to the TCP build: build 2's replicas drain and remove their sockets.
+    p.revert(&t, &b1).await.unwrap();
+    load.wait_for(200).await;
+    let tally = load.stop().await;
+    assert_eq!(tally.router_failures(), 0, "{tally:?}");
+    assert_eq!(p.router_totals(&t).unwrap().failures, 0);
+    assert_eq!(
+        tally.by_code.keys().copied().collect::<Vec<_>>(),
+        [200],
+        "{tally:?}"
+    );
+    assert!(
+        tally.by_build.get("2").copied().unwrap_or(0)
+            >= before.by_build.get("2").copied().unwrap_or(0) + 200,
+        "build 2 answered through its socket: {tally:?}"
+    );
+    replicas::poll(
+        Duration::from_secs(10),
+        "build 2's sockets to be removed",
+        || {
+            let n = sockets(&dir);
+            async move { (n == 0).then_some(()) }
+        },
+    )
+    .await;
+    p.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_build_that_never_gets_ready_stops_the_move_with_the_old_replicas_serving() {
     let t = replicas::target();

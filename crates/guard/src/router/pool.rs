@@ -12,6 +12,7 @@
 //! whose response was abandoned midway is closed, never reused.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -30,6 +31,10 @@ pub struct Backend {
     id: u64,
     build: String,
     addr: SocketAddr,
+    /// When set, the router reaches the replica over this Unix domain socket
+    /// instead of TCP to `addr` (same machine: the kernel does less per
+    /// request; `addr` still names the replica in logs and for scrapes).
+    unix_socket: Option<PathBuf>,
     /// The build as a header value, made once rather than per request.
     build_header: Option<http::HeaderValue>,
     /// `Host` for requests that came without one (HTTP/1.0 clients, probes).
@@ -60,6 +65,32 @@ pub(crate) enum ConnectError {
     Handshake(#[from] hyper::Error),
 }
 
+async fn within<S>(
+    limit: Duration,
+    connect: impl std::future::Future<Output = std::io::Result<S>>,
+) -> Result<S, ConnectError> {
+    match tokio::time::timeout(limit, connect).await {
+        Ok(stream) => Ok(stream?),
+        Err(_elapsed) => Err(ConnectError::Timeout),
+    }
+}
+
+/// HTTP/1 on a fresh stream; its connection task runs until the stream closes.
+async fn handshake<S>(stream: S) -> Result<Sender, ConnectError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(err) = conn.await {
+            tracing::debug!(error = %err, "router connection to a replica ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
 static NEXT_BACKEND_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Backend {
@@ -67,7 +98,20 @@ impl Backend {
     /// **not ready**: whoever adds it to a pool either waited for readiness and
     /// calls [`Backend::set_ready`], or lets the router's poller find out.
     pub fn new(build: impl Into<String>, addr: SocketAddr) -> Arc<Self> {
-        let build = build.into();
+        Self::build_backend(build.into(), addr, None)
+    }
+
+    /// Like [`Backend::new`], for a replica that also serves on the Unix
+    /// socket `path`: the router's requests and readiness probes go there.
+    pub fn with_unix_socket(
+        build: impl Into<String>,
+        addr: SocketAddr,
+        path: PathBuf,
+    ) -> Arc<Self> {
+        Self::build_backend(build.into(), addr, Some(path))
+    }
+
+    fn build_backend(build: String, addr: SocketAddr, unix_socket: Option<PathBuf>) -> Arc<Self> {
         let host_header = http::HeaderValue::from_str(&addr.to_string())
             .unwrap_or_else(|_| http::HeaderValue::from_static("127.0.0.1"));
         Arc::new(Self {
@@ -75,6 +119,7 @@ impl Backend {
             build_header: http::HeaderValue::from_str(&build).ok(),
             build,
             addr,
+            unix_socket,
             host_header,
             ready: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
@@ -105,23 +150,23 @@ impl Backend {
     }
 
     async fn connect(&self, connect_timeout: Duration) -> Result<Sender, ConnectError> {
-        let stream =
-            match tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(self.addr))
-                .await
-            {
-                Ok(stream) => stream?,
-                Err(_elapsed) => return Err(ConnectError::Timeout),
-            };
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await?;
-        tokio::spawn(async move {
-            if let Err(err) = conn.await {
-                tracing::debug!(error = %err, "router connection to a replica ended with an error");
+        match &self.unix_socket {
+            Some(path) => {
+                let stream = within(connect_timeout, tokio::net::UnixStream::connect(path)).await?;
+                handshake(stream).await
             }
-        });
-        Ok(sender)
+            None => {
+                let stream =
+                    within(connect_timeout, tokio::net::TcpStream::connect(self.addr)).await?;
+                let _ = stream.set_nodelay(true);
+                handshake(stream).await
+            }
+        }
+    }
+
+    /// The Unix socket the router uses for this replica, if any.
+    pub fn unix_socket(&self) -> Option<&Path> {
+        self.unix_socket.as_deref()
     }
 
     /// Gives back a connection whose last response has fully arrived.

@@ -150,6 +150,12 @@ impl LocalPlatform {
         Self::start_with_metrics(targets, RouterMetrics::register(registry)).await
     }
 
+    /// The directory holding this platform's replica address files and Unix
+    /// sockets (removed when the platform is dropped).
+    pub fn runtime_dir(&self) -> &std::path::Path {
+        &self.inner.dir
+    }
+
     /// As [`LocalPlatform::start`], with metric families the caller registered.
     pub async fn start_with_metrics(
         targets: Vec<LocalTargetConfig>,

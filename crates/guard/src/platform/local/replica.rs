@@ -9,6 +9,14 @@
 //! The two flags are appended to the build's command, unless an argument
 //! already contains the placeholder `{listen}` or `{address_file}`: then guard
 //! substitutes them there instead (for programs with other flag names).
+//!
+//! Optional: an argument containing `{unix_socket}` gets a socket path that
+//! the program must also serve on (ultra-boost: `--unix-socket {unix_socket}`)
+//! before it writes its address file. The router then reaches the replica over
+//! that socket: on one machine a Unix socket costs the kernel much less per
+//! request than a second TCP connection over loopback (see
+//! `bench/router/run.sh`). Programs without such an option just leave the
+//! placeholder out and are reached over TCP.
 //! `BUILD_NUMBER` and `GIT_COMMIT` are set from the build unless its `env` sets
 //! them.
 
@@ -103,11 +111,20 @@ pub(crate) fn probe_client() -> ProbeClient {
         .build(connector)
 }
 
+/// The placeholder for the replica's Unix socket path (see the module doc).
+pub(crate) const UNIX_SOCKET_PLACEHOLDER: &str = "{unix_socket}";
+
 /// Builds the argument list: placeholders substituted, or the flags appended.
-pub(crate) fn arguments(build: &Build, address_file: &Path) -> Vec<String> {
+pub(crate) fn arguments(build: &Build, address_file: &Path, unix_socket: &Path) -> Vec<String> {
     let file = address_file.display().to_string();
+    let socket = unix_socket.display().to_string();
     let listen = "127.0.0.1:0";
-    let args: Vec<String> = build.command.iter().skip(1).cloned().collect();
+    let args: Vec<String> = build
+        .command
+        .iter()
+        .skip(1)
+        .map(|a| a.replace(UNIX_SOCKET_PLACEHOLDER, &socket))
+        .collect();
     let templated = args
         .iter()
         .any(|a| a.contains("{listen}") || a.contains("{address_file}"));
@@ -130,6 +147,28 @@ pub(crate) fn arguments(build: &Build, address_file: &Path) -> Vec<String> {
     }
 }
 
+/// Whether the build asks for a Unix socket (`{unix_socket}` in its command).
+fn wants_unix_socket(build: &Build) -> bool {
+    build
+        .command
+        .iter()
+        .skip(1)
+        .any(|a| a.contains(UNIX_SOCKET_PLACEHOLDER))
+}
+
+/// Where replica `id` puts its socket: in `dir`, unless that path would pass
+/// the kernel's limit for socket paths (108 bytes with the final NUL), then
+/// in the system's temporary directory.
+fn unix_socket_path(dir: &Path, id: u64) -> PathBuf {
+    const SUN_PATH_MAX: usize = 107;
+    let name = format!("replica-{id}.sock");
+    let in_dir = dir.join(&name);
+    if in_dir.as_os_str().len() <= SUN_PATH_MAX {
+        return in_dir;
+    }
+    std::env::temp_dir().join(format!("guard-{}-{name}", std::process::id()))
+}
+
 /// Starts a replica of `build` and waits until `/-/ready` answers 200.
 /// On any failure the process is killed and `NotReady` (or `Action` when it
 /// could not even be spawned) explains why, with the program's last output.
@@ -149,8 +188,9 @@ pub(crate) async fn start(
     };
     let address_file = dir.join(format!("replica-{id}.addr"));
     let _ = std::fs::remove_file(&address_file);
+    let unix_socket = unix_socket_path(dir, id);
     let mut cmd = tokio::process::Command::new(program);
-    cmd.args(arguments(build, &address_file))
+    cmd.args(arguments(build, &address_file, &unix_socket))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -201,9 +241,19 @@ pub(crate) async fn start(
     match wait_ready(&process, &address_file, ready_timeout, client).await {
         Ok(addr) => {
             let _ = std::fs::remove_file(&address_file);
-            let backend = Backend::new(build.number.clone(), addr);
+            let backend = if !wants_unix_socket(build) {
+                Backend::new(build.number.clone(), addr)
+            } else if unix_socket.exists() {
+                Backend::with_unix_socket(build.number.clone(), addr, unix_socket)
+            } else {
+                tracing::warn!(
+                    build = %build.number, pid, path = %unix_socket.display(),
+                    "the build's command names {UNIX_SOCKET_PLACEHOLDER} but the program did not create that socket; routing to it over TCP"
+                );
+                Backend::new(build.number.clone(), addr)
+            };
             backend.set_ready(true);
-            tracing::info!(build = %build.number, pid, %addr, "replica ready");
+            tracing::info!(build = %build.number, pid, %addr, unix_socket = ?backend.unix_socket(), "replica ready");
             Ok(Replica {
                 build: build.number.clone(),
                 process,
