@@ -277,6 +277,62 @@ async fn source_outage_holds_never_promotes_and_resumes_when_it_returns() {
 }
 
 #[tokio::test]
+async fn a_source_outage_during_the_watch_stretches_it_and_promote_ends_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rig = rig(
+        &dir.path().join("w.db"),
+        Arc::new(SimPlatform::default()),
+        None,
+    );
+    first_release(&rig);
+    for (number, ends_by_hand) in [("2", false), ("3", true)] {
+        let id = rig
+            .engine
+            .deploy(&target(), build(number), Strategy::Rolling, "test")
+            .expect("deploy");
+        wait_for(&rig.store, id, "watching", Duration::from_secs(20), |p| {
+            matches!(p, Phase::Watching { .. })
+        })
+        .await;
+        rig.source.down.store(true, Ordering::SeqCst);
+        // Three times the 500 ms watch: a blind watch does not run out.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            matches!(
+                rig.store.rollout(id).expect("r").phase,
+                Phase::Watching { .. }
+            ),
+            "build {number}: the watch ended while the source was down"
+        );
+        let status = rig.engine.live_status(id).expect("live");
+        assert!(!status.source_ok);
+        let note = status.note.unwrap_or_default();
+        assert!(note.contains("watch is paused"), "{note}");
+        let end = if ends_by_hand {
+            let by_hand = rig
+                .engine
+                .command(id, Command::Promote)
+                .await
+                .expect("promote");
+            rig.source.down.store(false, Ordering::SeqCst);
+            by_hand
+        } else {
+            rig.source.down.store(false, Ordering::SeqCst);
+            wait_for(
+                &rig.store,
+                id,
+                "terminal",
+                Duration::from_secs(10),
+                Phase::is_terminal,
+            )
+            .await
+        };
+        assert_eq!(end, Phase::Promoted, "build {number}");
+    }
+    assert_eq!(rig.platform.state(&target()).0.as_deref(), Some("3"));
+}
+
+#[tokio::test]
 async fn commands_pause_resume_and_abort() {
     let dir = tempfile::tempdir().expect("tmp");
     let rig = rig(

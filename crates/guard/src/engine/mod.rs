@@ -646,6 +646,11 @@ struct RolloutTask {
     pre_baseline: BTreeMap<String, Counts>,
     /// When the source was last read successfully.
     last_good_read_ms: i64,
+    /// Watch time spent without a usable read; the watch is stretched by it,
+    /// because an unobserved minute is not a good minute.
+    watch_blind_ms: i64,
+    /// Since when the source is down during the watch, if it is.
+    watch_blind_since_ms: Option<i64>,
     action_failures: u32,
     /// The judge's latest numbers, attached to the verdict's transition.
     last_evidence: Option<notify::Evidence>,
@@ -686,6 +691,8 @@ impl RolloutTask {
             prev_tick_ms: now_ms(),
             pre_baseline,
             last_good_read_ms: now_ms(),
+            watch_blind_ms: 0,
+            watch_blind_since_ms: None,
             action_failures: 0,
             last_evidence: None,
         }
@@ -867,7 +874,8 @@ impl RolloutTask {
         let phase = self.record.phase.clone();
         let now = now_ms();
         if let Phase::Watching { until_ms } = phase
-            && now >= until_ms
+            && self.watch_blind_since_ms.is_none()
+            && now >= until_ms.saturating_add(self.watch_blind_ms)
         {
             return Some(Input::WatchElapsed);
         }
@@ -913,6 +921,14 @@ impl RolloutTask {
             Err(e) => return self.source_trouble(&phase, now, stale_ms, e.to_string()),
         };
         self.last_good_read_ms = now;
+        if let Some(since) = self.watch_blind_since_ms.take() {
+            self.watch_blind_ms = self.watch_blind_ms.saturating_add(now - since);
+            info!(
+                rollout = self.id(),
+                blind_seconds = self.watch_blind_ms as f64 / 1000.0,
+                "signal source answers again; the watch is stretched by the time it saw nothing"
+            );
+        }
         {
             let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
             if !st.source_ok {
@@ -952,8 +968,18 @@ impl RolloutTask {
         let _ = self.judge(phase, None, false, now);
         if now - self.last_good_read_ms >= stale_ms {
             if matches!(phase, Phase::Watching { .. }) {
-                // Already promoted: nothing to hold back; keep watching and say so.
-                warn!(rollout = self.id(), %detail, "signal source down while watching a promoted release");
+                // Already promoted: nothing to hold back. The watch does not
+                // run out while blind: it is stretched by the outage (the
+                // time since the last good read), and `guard promote` ends
+                // it by hand.
+                if self.watch_blind_since_ms.is_none() {
+                    self.watch_blind_since_ms = Some(self.last_good_read_ms);
+                    warn!(rollout = self.id(), %detail, "signal source down while watching a promoted release; the watch waits for it (guard promote ends the watch by hand)");
+                }
+                let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+                st.note = Some(format!(
+                    "signal source: {detail}; the watch is paused until it answers"
+                ));
                 return None;
             }
             warn!(rollout = self.id(), %detail, "signal source down: holding the rollout (never promoting blind)");

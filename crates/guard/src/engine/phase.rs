@@ -379,6 +379,9 @@ fn command(phase: &Phase, cmd: Command) -> Result<Phase, Refused> {
             reason: "promoted by hand".into(),
         }),
         (Command::Promote, P::Promoting { .. }) => Ok(phase.clone()),
+        // Already promoted: `promote` ends the watch early (e.g. one stretched
+        // by a signal-source outage, see the engine).
+        (Command::Promote, P::Watching { .. }) => Ok(P::Promoted),
         (Command::Abort, P::Reverting { .. }) => Ok(phase.clone()),
         (Command::Abort, _) => Ok(P::Reverting {
             reason: "aborted by hand".into(),
@@ -577,6 +580,14 @@ mod tests {
                 0
             )
             .is_err()
+        );
+        assert_eq!(
+            step(
+                &Phase::Watching { until_ms: 5_000 },
+                Input::Command(Command::Promote)
+            ),
+            Phase::Promoted,
+            "promote ends a watch early"
         );
     }
 
