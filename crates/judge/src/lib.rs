@@ -34,12 +34,25 @@
 //!   *every* alternative's likelihood ratio is at or below `β/(1 − α)`, which
 //!   keeps the chance of passing an `f`-times release below `β` for each `f`.
 //! - Bursty, correlated errors: a Pearson over-dispersion factor `φ ≥ 1`,
-//!   estimated from per-block counts, deflates the evidence (quasi-likelihood),
+//!   estimated from per-block counts (only the part beyond what chance gives
+//!   independent errors, [`stats::Dispersion::phi`]), deflates the evidence
+//!   (quasi-likelihood),
 //!   and the evidence towards revert one block can add is capped
 //!   ([`Policy::evidence_cap_per_second`]), so one burst cannot revert alone.
 //! - Canary: when the canary's own test says "burning", the baseline's errors
 //!   decide whose fault it is. An outage that hits both versions is a `Hold`,
 //!   never a `Revert`.
+//! - Baseline history ([`Judge::with_baseline_history`]) sets the null ratio
+//!   (as far as it proves the stable build worse than the objective) and
+//!   counts towards attributable burn, but it does not decide attribution:
+//!   an outage that starts with the rollout makes the history stale exactly
+//!   when it matters. Only live baseline counts tell a canary's fault from a
+//!   shared outage. (Measured in the detection simulator, 1000 trials per
+//!   row: blaming the canary when the live baseline looked like its history
+//!   rather than like the canary's observed ratio reverted 2.4 % of
+//!   `shared-outage` trials at a 5 % share, because a canary crossing on 2
+//!   or 3 errors overstates its ratio; bounding that ratio from below made
+//!   the rule safe but never faster than the live conditional binomial.)
 //! - Attributable budget burn (`slo::budget`) reaching the policy's share
 //!   reverts, before and after a promote.
 //!

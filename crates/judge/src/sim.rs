@@ -51,6 +51,11 @@ pub struct Scenario {
     pub multiple: f64,
     /// The live baseline's error ratio ÷ `(1 − objective)` during a canary.
     pub baseline_multiple: f64,
+    /// The stable build's error ratio ÷ `(1 − objective)` over the
+    /// [`HISTORY_SECONDS`] before the rollout (the pre-rollout history the
+    /// engine hands the judge). `1` in every grid row: in `shared-outage` the
+    /// outage starts with the rollout, so the history is from before it.
+    pub history_multiple: f64,
     /// Requests per second to the whole service.
     pub rps: f64,
     /// The canary's share of the traffic, `None` without a canary.
@@ -91,6 +96,7 @@ pub fn grid() -> Vec<Scenario> {
                     objective,
                     multiple,
                     baseline_multiple: 1.0,
+                    history_multiple: 1.0,
                     rps,
                     canary_share: share,
                     errors: ErrorModel::Independent,
@@ -105,6 +111,7 @@ pub fn grid() -> Vec<Scenario> {
                 objective,
                 multiple: 20.0,
                 baseline_multiple: 20.0,
+                history_multiple: 1.0,
                 rps,
                 canary_share: Some(share),
                 errors: ErrorModel::Independent,
@@ -125,6 +132,7 @@ pub fn bursty(objective: f64, rps: f64) -> Scenario {
         objective,
         multiple: 0.8,
         baseline_multiple: 1.0,
+        history_multiple: 1.0,
         rps,
         canary_share: None,
         errors: ErrorModel::Bursty {
@@ -249,16 +257,40 @@ pub fn oracle_seconds(scenario: &Scenario, policy: &Policy, release_rps: f64) ->
     stats::wald_expected_trials(p0, p1, p, policy.alpha, policy.beta) / release_rps
 }
 
+/// Seconds of the stable build's traffic before the rollout that guard's
+/// engine hands the judge as history: `EngineSettings::baseline_window`
+/// (default 300 s) in `crates/guard/src/engine/mod.rs`, read by
+/// `Engine::pre_rollout_baseline` when the rollout starts and given to
+/// `Judge::with_baseline_history` by `PolicyJudge::verifier`
+/// (`crates/guard/src/engine/judge_adapter.rs`).
+pub const HISTORY_SECONDS: f64 = 300.0;
+
 /// Feeds one trial's traffic to a fresh judge, one-second intervals, until a
 /// verdict other than `continue` (the deadline guarantees one).
+///
+/// As guard's engine does, the judge first gets the stable build's counts
+/// over the [`HISTORY_SECONDS`] before the rollout: all of the service's
+/// traffic (`rps`) at [`Scenario::history_multiple`], errors independent.
 pub fn run_trial(
     scenario: &Scenario,
     policy: &Policy,
     slo: &SloSpec,
     rng: &mut StdRng,
 ) -> Result<Trial, JudgeError> {
-    let mut judge = Judge::new(policy.clone(), vec![slo.clone()])?;
     let p0 = 1.0 - scenario.objective;
+    let history_events = (scenario.rps * HISTORY_SECONDS).round() as u64;
+    let history_bad = sample_binomial(
+        rng,
+        history_events,
+        (scenario.history_multiple * p0).min(1.0),
+    );
+    let mut judge = Judge::new(policy.clone(), vec![slo.clone()])?;
+    if history_events > 0 {
+        judge = judge.with_baseline_history(
+            &slo.name,
+            Counts::new(history_events - history_bad, history_events),
+        )?;
+    }
     let p_release = (scenario.multiple * p0).min(1.0);
     let p_base = (scenario.baseline_multiple * p0).min(1.0);
     let mut interval = Interval {
@@ -510,6 +542,7 @@ pub fn single_sprt_grid() -> Vec<Scenario> {
             objective: 0.999,
             multiple: 6.0,
             baseline_multiple: 1.0,
+            history_multiple: 1.0,
             rps,
             canary_share: None,
             errors: ErrorModel::Independent,

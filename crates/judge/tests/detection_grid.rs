@@ -15,6 +15,7 @@ fn release(multiple: f64) -> Scenario {
         objective: 0.999,
         multiple,
         baseline_multiple: 1.0,
+        history_multiple: 1.0,
         rps: 1000.0,
         canary_share: None,
         errors: ErrorModel::Independent,
@@ -76,6 +77,7 @@ fn shared_outage_holds_and_bursts_do_not_revert() {
             objective: 0.999,
             multiple: 20.0,
             baseline_multiple: 20.0,
+            history_multiple: 1.0,
             rps: 1000.0,
             canary_share: Some(share),
             errors: ErrorModel::Independent,
@@ -102,4 +104,21 @@ fn oracle_matches_wald_for_fast_burn() {
     // DESIGN.md: ≈ 180 requests to catch 14.4× at 99.9 %; at 1000 rps 0.18 s.
     let o = sim::oracle_seconds(&release(14.4), &Policy::default(), 1000.0);
     assert!((0.17..=0.19).contains(&o), "{o}");
+}
+
+#[test]
+fn pre_rollout_history_reaches_the_judge() {
+    // The stable build already failed at 20× before the rollout (300 s of
+    // history at 1000 rps: 300 000 events, about 6000 bad; the null becomes
+    // the lower bound ≈ 0.0195). A release at 17× adds nothing and is
+    // reverted at most at about α (≤ 5 of 100 tolerated); without that
+    // history every trial reverts (17× against the objective).
+    let mut s = release(17.0);
+    s.history_multiple = 20.0;
+    let with_history = run(&s, &Policy::default());
+    assert!(with_history.revert_rate <= 0.05, "{with_history:?}");
+    assert!(with_history.promote_rate >= 0.95, "{with_history:?}");
+    s.history_multiple = 1.0;
+    let clean_history = run(&s, &Policy::default());
+    assert_eq!(clean_history.revert_rate, 1.0, "{clean_history:?}");
 }
