@@ -31,7 +31,7 @@ use guard::platform::kubernetes::rollout::{
     ANNOTATION_REVERTED_BY, ANNOTATION_TAKEN_OVER_AT, ANNOTATION_TAKEN_OVER_BY,
     ANNOTATION_TAKEN_OVER_FROM, Phase, RolloutState,
 };
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use kube::ResourceExt;
 use kube_env::{TestCluster, deployment, eventually};
 use prometheus_api_double::PrometheusApiDouble;
@@ -298,13 +298,32 @@ async fn kube_new_leader_takes_over_engine_rollouts_in_flight_and_finishes_them_
         "guard-b led {:?} after the kill, before the Lease could expire",
         killed.elapsed()
     );
+    // Finished: a terminal phase, no canary left, and a promoted candidate
+    // recorded with the ReplicaSet of the Deployment that now runs it.
+    let replica_sets: kube::Api<ReplicaSet> = kube::Api::namespaced(cluster.client.clone(), &ns);
     let mut done = BTreeMap::new();
     for (name, _, _, _) in ROLLOUTS {
         let d = eventually(WAIT, &format!("guard-b to finish {name}"), || async {
             let d = deployments.get(name).await.ok()?;
-            state(&d)
-                .is_some_and(|s| s.phase.is_terminal())
-                .then_some(d)
+            let s = state(&d).filter(|s| s.phase.is_terminal())?;
+            if deployments
+                .get_opt(&format!("{name}-canary"))
+                .await
+                .ok()?
+                .is_some()
+            {
+                return None;
+            }
+            if s.phase == Phase::Promoted {
+                let owned = replica_sets.list(&Default::default()).await.ok()?;
+                let recorded = owned
+                    .items
+                    .iter()
+                    .find(|rs| rs.labels().get("pod-template-hash") == s.candidate.hash.as_ref())?;
+                let owner = recorded.owner_references().first()?.name.clone();
+                (owner == name).then_some(())?;
+            }
+            Some(d)
         })
         .await;
         done.insert(name, d);
@@ -400,5 +419,124 @@ async fn kube_new_leader_takes_over_engine_rollouts_in_flight_and_finishes_them_
         "one take-over per rollout, logged:\n{log}"
     );
     drop(b);
+    cluster.cleanup().await;
+}
+
+/// The take-over never fights a newer rollout: guard-a's engine was verifying
+/// build 2-bad when it died, and before any replica took it over someone
+/// rolled build 3 by hand. guard-b's controller takes the rollout over (once)
+/// and then verifies build 3 against build 1, the last good build, and
+/// promotes it; build 2-bad is never reverted over build 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_take_over_does_not_fight_a_newer_rollout() {
+    use guard::platform::kubernetes::controller::{Controller, ControllerSettings};
+    use guard::platform::kubernetes::{KubeSettings, KubernetesPlatform};
+    use guard::platform::{Build, Platform, Target};
+    use std::sync::Arc;
+
+    if kube_env::real_cluster() {
+        return; // pause:2-bad is no image a real cluster can pull; the shift would wait for it.
+    }
+    let cluster = TestCluster::start("takeover-newer").await;
+    let deployments = cluster.deployments();
+    deployments
+        .create(
+            &kube::api::PostParams::default(),
+            &deployment("web", "1", 1),
+        )
+        .await
+        .expect("create");
+    let build = |n: &str| Build {
+        number: n.into(),
+        commit: None,
+        image: Some(kube_env::image(n)),
+        command: vec![],
+        env: Default::default(),
+    };
+    // guard-a's engine shifts build 2-bad in, then guard-a is gone.
+    let platform_a = KubernetesPlatform::new(
+        cluster.client.clone(),
+        KubeSettings {
+            identity: "guard-a".into(),
+            ..KubeSettings::default()
+        },
+    );
+    let target = Target {
+        service: "web".into(),
+        environment: cluster.namespace.clone(),
+    };
+    platform_a
+        .shift(
+            &target,
+            &build("1"),
+            &build("2-bad"),
+            Strategy::Rolling,
+            1.0,
+        )
+        .await
+        .expect("engine shift");
+    let s = state(&deployments.get("web").await.expect("get")).expect("state");
+    assert_eq!(
+        (s.phase, s.by.as_deref(), s.candidate.build.as_str()),
+        (Phase::Verifying, Some("engine:guard-a"), "2-bad")
+    );
+    // A person rolls build 3 before the next leader acts.
+    kube_env::roll_to(&cluster, "web", "3").await;
+
+    let controller = Controller::new(
+        KubernetesPlatform::new(
+            cluster.client.clone(),
+            KubeSettings {
+                identity: "guard-b".into(),
+                ..KubeSettings::default()
+            },
+        ),
+        Arc::new(kube_env::SyntheticSignals::new(2000.0, 0.2)),
+        Arc::new(kube_env::test_verifier()),
+        ControllerSettings {
+            namespace: Some(cluster.namespace.clone()),
+            interval: Duration::from_millis(200),
+            verify_deadline: Duration::from_secs(60),
+        },
+        None,
+    );
+    let (_leading_tx, leading) = tokio::sync::watch::channel(true);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run_stop = stop.clone();
+    let task = tokio::spawn(async move { controller.run(leading, run_stop).await });
+
+    let d = eventually(WAIT, "guard-b to finish build 3", || async {
+        let d = deployments.get("web").await.ok()?;
+        state(&d)
+            .filter(|s| s.candidate.build == "3" && s.phase.is_terminal())
+            .map(|_| d)
+    })
+    .await;
+    let s = state(&d).expect("state");
+    assert_eq!(
+        (
+            s.phase,
+            s.by.as_deref(),
+            s.stable.as_ref().map(|b| b.build.as_str())
+        ),
+        (Phase::Promoted, Some("guard-b"), Some("1")),
+        "{s:?}"
+    );
+    assert_eq!(
+        image_of(&d),
+        Some(kube_env::image("3")),
+        "build 3 still runs"
+    );
+    let a = d.annotations();
+    assert_eq!(
+        (
+            a.get(ANNOTATION_TAKEN_OVER_BY).map(String::as_str),
+            a.get(ANNOTATION_TAKEN_OVER_FROM).map(String::as_str),
+            a.get(ANNOTATION_REVERTED_BY)
+        ),
+        (Some("guard-b"), Some("guard-a"), None)
+    );
+    stop.cancel();
+    let _ = task.await;
     cluster.cleanup().await;
 }

@@ -320,6 +320,27 @@ impl Controller {
         }
         match rollout::next_step(state.as_ref(), &hash) {
             Next::Nothing => Ok(()),
+            Next::Start { .. }
+                if state.as_ref().is_some_and(|s| {
+                    s.phase == Phase::Promoted
+                        && s.strategy == Strategy::Canary
+                        && s.candidate.build == current_side.build
+                        && s.candidate.image == current_side.image
+                }) =>
+            {
+                // A promoted canary's template now runs in the stable
+                // Deployment's own ReplicaSet (canary::promote is rolling it or
+                // has just rolled it): the same release, not a new rollout.
+                let Some(mut next) = state else {
+                    return Ok(());
+                };
+                next.candidate = current_side.clone();
+                next.updated_at = jiff::Timestamp::now();
+                self.write(ns, name, rv.as_deref(), &next).await?;
+                tracing::debug!(deployment = %deployment, build = %current_side.build,
+                    "promoted canary build now runs in the stable Deployment's ReplicaSet");
+                Ok(())
+            }
             Next::Start { stable } => {
                 let owned = rollout::owned_by(&view.deployment, &view.replica_sets);
                 let stable = stable.or_else(|| {
