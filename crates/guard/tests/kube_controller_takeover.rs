@@ -12,7 +12,8 @@
 //! the state on the Deployments and finishes each exactly once: good builds
 //! promoted, bad builds reverted to the previous template (rolling) or the
 //! canary removed (canary), with annotations saying that guard-b took them
-//! over from guard-a and who reverted.
+//! over from guard-a and who reverted. guard-a, restarted with its store,
+//! then leads again and closes those rollouts instead of resuming them.
 
 #[path = "support/kube_double.rs"]
 mod kube_double;
@@ -60,8 +61,12 @@ struct Controller {
 
 impl Controller {
     fn spawn(dir: &Path, identity: &str, config: &Path, kubeconfig: &Path, ns: &str) -> Self {
-        let log = dir.join(format!("{identity}.log"));
-        let addr_file = dir.join(format!("{identity}.addr"));
+        let mut run = 1;
+        while dir.join(format!("{identity}-{run}.log")).exists() {
+            run += 1;
+        }
+        let log = dir.join(format!("{identity}-{run}.log"));
+        let addr_file = dir.join(format!("{identity}-{run}.addr"));
         let child = Command::new(env!("CARGO_BIN_EXE_guard"))
             .arg("controller")
             .args(["--config", &config.display().to_string()])
@@ -236,6 +241,7 @@ async fn kube_new_leader_takes_over_engine_rollouts_in_flight_and_finishes_them_
     );
 
     // Four rollouts through guard-a's deploy API.
+    let mut ids = BTreeMap::new();
     for (name, _, build, _) in ROLLOUTS {
         let resp = http
             .post(format!("http://{addr_a}/api/v1/deployments"))
@@ -244,12 +250,9 @@ async fn kube_new_leader_takes_over_engine_rollouts_in_flight_and_finishes_them_
             .send()
             .await
             .expect("post deployment");
-        assert_eq!(
-            resp.status().as_u16(),
-            201,
-            "deploy {name}: {:?}",
-            resp.text().await
-        );
+        assert_eq!(resp.status().as_u16(), 201, "deploy {name}");
+        let created: Value = resp.json().await.expect("json");
+        ids.insert(name, created["id"].as_i64().expect("rollout id"));
     }
     // Each is verifying under guard-a's engine, its candidate up and recorded.
     let mut before = BTreeMap::new();
@@ -418,7 +421,69 @@ async fn kube_new_leader_takes_over_engine_rollouts_in_flight_and_finishes_them_
         ROLLOUTS.len(),
         "one take-over per rollout, logged:\n{log}"
     );
+
+    // guard-a comes back (same identity, same store) and leads again once
+    // guard-b is gone: its store still holds the four rollouts as unfinished,
+    // but guard-b took them over, so guard-a closes them instead of resuming
+    // them (resuming would shift the bad builds back in).
     drop(b);
+    let a = Controller::spawn(home_a, "guard-a", config_a, &kubeconfig, &ns);
+    let addr_a = a.address().await;
+    eventually(WAIT, "guard-a to lead again", || async {
+        (leader(&http, &addr_a).await? == ("guard-a".into(), true)).then_some(())
+    })
+    .await;
+    for (name, id) in &ids {
+        let v: Value = eventually(WAIT, &format!("guard-a to close {name}"), || async {
+            let v: Value = http
+                .get(format!("http://{addr_a}/api/v1/rollouts/{id}"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (v["state"] != "verifying").then_some(v)
+        })
+        .await;
+        let last = v["steps"]
+            .as_array()
+            .and_then(|s| s.last())
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            (v["state"].as_str(), last["cause"].as_str()),
+            (Some("aborted"), Some("taken_over")),
+            "{name}: {v}"
+        );
+        assert!(
+            last["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("guard-b")),
+            "{name}: {last}"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (name, _, _, _) in ROLLOUTS {
+        let d = deployments.get(name).await.expect("get");
+        assert_eq!(
+            (state(&d), image_of(&d)),
+            (state(&done[name]), image_of(&done[name])),
+            "{name}: touched by the returning replica"
+        );
+    }
+    let log = a.log();
+    assert_eq!(
+        log.matches("closed instead of resumed").count(),
+        ROLLOUTS.len(),
+        "{log}"
+    );
+    assert!(
+        !log.contains("resuming rollout recorded before the restart"),
+        "{log}"
+    );
+    drop(a);
     cluster.cleanup().await;
 }
 
