@@ -713,6 +713,27 @@ mod tests {
     }
 
     #[test]
+    fn default_cap_one_block_never_two_blocks_through_one_alternative() {
+        // ln A = ln 99 = 4.5951; cap = 0.75 · ln A = 3.4463 < ln A, and two
+        // capped blocks of one alternative alone give a mixture of
+        // 2 · 3.4463 − ln 5 = 6.8927 − 1.6094 = 5.2833 ≥ ln A.
+        let p = Policy::default();
+        let ln_a = 99f64.ln();
+        assert!((p.evidence_cap_per_second - 0.75 * ln_a).abs() < 1e-12);
+        assert!(p.evidence_cap_per_second < ln_a);
+        let two_blocks_one_alternative = {
+            let mut xs = vec![f64::NEG_INFINITY; p.multiples.len()];
+            xs[0] = 2.0 * p.evidence_cap_per_second;
+            stats::log_mean_exp(&xs)
+        };
+        assert!(
+            (two_blocks_one_alternative - 5.2833).abs() < 1e-4,
+            "{two_blocks_one_alternative}"
+        );
+        assert!(two_blocks_one_alternative >= ln_a);
+    }
+
+    #[test]
     fn one_burst_in_clean_traffic_does_not_revert() {
         let mut j = judge(Policy::default());
         for s in 0..200 {
