@@ -278,17 +278,24 @@ impl api::Cluster for KubeCluster {
 }
 
 /// The rollouts this replica's engine has in hand: the active ones of its
-/// store (the engine resumes all of them when the replica starts leading).
-struct EngineRollouts(Arc<Store>);
+/// store (the engine resumes all of them when the replica starts leading),
+/// placed on their Deployments as the platform places them.
+struct EngineRollouts {
+    store: Arc<Store>,
+    settings: KubeSettings,
+}
 
 impl LocalRollouts for EngineRollouts {
-    fn drives(&self, target: &Target) -> bool {
-        match self.0.rollouts(Some(target), 1) {
-            Ok(latest) => latest.iter().any(|r| r.active),
+    fn drives(&self, namespace: &str, name: &str) -> bool {
+        match self.store.active_rollouts() {
+            Ok(active) => active.iter().any(|r| {
+                r.target.service == name
+                    && self.settings.namespace_for(&r.target.environment) == namespace
+            }),
             Err(e) => {
                 // Unsure: taking over a rollout this engine may drive could make
                 // two drivers; leave it and try again on the next pass.
-                tracing::warn!(service = %target.service, environment = %target.environment, error = %e,
+                tracing::warn!(deployment = %format!("{namespace}/{name}"), error = %e,
                     "cannot read the store; not taking over the rollout in flight");
                 true
             }
@@ -570,7 +577,10 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         },
         Some(events_tx.clone()),
     )
-    .with_local_rollouts(Arc::new(EngineRollouts(store.clone())));
+    .with_local_rollouts(Arc::new(EngineRollouts {
+        store: store.clone(),
+        settings: leadership_platform.settings().clone(),
+    }));
 
     let leader_view = leading_rx.clone();
     let who = me.clone();
@@ -716,6 +726,51 @@ mod tests {
             by: Some(by.into()),
             reason: None,
         }
+    }
+
+    #[test]
+    fn the_engine_drives_the_deployments_of_its_active_rollouts_only() {
+        let store = Arc::new(Store::in_memory().expect("store"));
+        let r = record(0);
+        let id = store
+            .create_rollout(
+                &crate::store::NewRollout {
+                    target: r.target.clone(),
+                    strategy: r.strategy,
+                    kind: r.kind,
+                    stable: r.stable.clone(),
+                    candidate: r.candidate.clone(),
+                    phase: EnginePhase::Pending,
+                    requested_by: "ci".into(),
+                },
+                1,
+            )
+            .expect("create");
+        let local = EngineRollouts {
+            store: store.clone(),
+            settings: KubeSettings {
+                namespaces: [("production".to_string(), "prod".to_string())].into(),
+                ..KubeSettings::default()
+            },
+        };
+        assert!(local.drives("prod", "web"));
+        assert!(!local.drives("production", "web"), "placed by namespace");
+        assert!(!local.drives("prod", "api"));
+        store
+            .record_transition(&Transition {
+                id,
+                from: &EnginePhase::Pending,
+                to: &EnginePhase::Aborted,
+                cause: "taken_over",
+                detail: None,
+                evidence: None,
+                at_ms: 2,
+            })
+            .expect("close");
+        assert!(
+            !local.drives("prod", "web"),
+            "finished rollouts are nobody's"
+        );
     }
 
     #[test]

@@ -89,8 +89,10 @@ pub trait Verifier: Send + Sync + 'static {
 /// What this replica's own rollout engine has in hand.
 pub trait LocalRollouts: Send + Sync + 'static {
     /// Whether this replica's engine drives (or, having just become leader,
-    /// resumes) the rollout of `target`; the controller then leaves it alone.
-    fn drives(&self, target: &Target) -> bool;
+    /// resumes) a rollout of Deployment `namespace/name`; the controller then
+    /// leaves it alone. (By Deployment, not by [`Target`]: several
+    /// environments may share a namespace.)
+    fn drives(&self, namespace: &str, name: &str) -> bool;
 }
 
 /// How the controller runs.
@@ -301,7 +303,7 @@ impl Controller {
             && s.phase == Phase::Verifying
         {
             // This replica's engine drives it (`guard deploy` on this leader).
-            if self.local.as_ref().is_some_and(|l| l.drives(&target)) {
+            if self.local.as_ref().is_some_and(|l| l.drives(ns, name)) {
                 return Ok(());
             }
             // Another replica's engine drove it and that replica no longer leads.
