@@ -69,7 +69,7 @@ use crate::store::{RolloutRecord, Store, Transition};
 #[command(after_help = "\
 Runs until SIGINT or SIGTERM, then releases the Lease so another replica takes over at once.\n\
 Serves guard's API as `guard serve` does (POST /api/v1/deployments, rollouts, /api/v1/alerts, /metrics); \
-only the leader acts, followers answer /api/v1/* with 503 (the CLI retries). A leader that loses the Lease exits 1;\n\
+only the leader acts, followers answer /api/v1/* with 503 (the CLI retries). A leader that loses the Lease exits 1; \
 the next leader takes over every rollout in flight from the state on the Deployments (annotations guard.ultra-boost.dev/taken-over-*).\n\
 Cluster access: the pod's service account, or KUBECONFIG / ~/.kube/config outside a cluster.\n\
 Endpoints on --listen: GET /-/healthy, GET /-/ready, GET /-/leader (JSON), and with\n\
