@@ -199,9 +199,19 @@ fn run_promtool_tests(
     let rules_file = dir.join(format!("{name}.rules.json"));
     std::fs::write(&rules_file, serde_json::to_string_pretty(rules).unwrap()).unwrap();
     let test_file = dir.join(format!("{name}.test.json"));
+    // Without an order promtool evaluates the groups of one step in Go's map
+    // order (random): the alert group could read the recording rules of the
+    // step before. Prometheus evaluates groups concurrently, each at its own
+    // offset; the file's order (recordings, then alerts) is the one whose
+    // timings the workbook figures describe.
+    let order: Vec<Value> = rules["groups"]
+        .as_array()
+        .map(|groups| groups.iter().map(|g| g["name"].clone()).collect())
+        .unwrap_or_default();
     let doc = json!({
         "rule_files": [rules_file.to_string_lossy()],
         "evaluation_interval": evaluation_interval,
+        "group_eval_order": order,
         "tests": tests,
     });
     std::fs::write(&test_file, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
