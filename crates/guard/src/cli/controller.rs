@@ -173,13 +173,19 @@ struct VerifierByService {
 }
 
 impl Verifier for VerifierByService {
-    fn start(&self, target: &Target, stable: &Side, candidate: &Side) -> Box<dyn Verification> {
+    fn start(
+        &self,
+        target: &Target,
+        stable: &Side,
+        candidate: &Side,
+        canary_share: Option<f64>,
+    ) -> Box<dyn Verification> {
         match self
             .by_service
             .get(&target.service)
             .or(self.fallback.as_ref())
         {
-            Some(v) => v.start(target, stable, candidate),
+            Some(v) => v.start(target, stable, candidate, canary_share),
             None => Box::new(NoSlos),
         }
     }

@@ -83,7 +83,17 @@ pub trait Verification: Send {
 
 /// Starts verifications; one per candidate (per leader).
 pub trait Verifier: Send + Sync + 'static {
-    fn start(&self, target: &Target, stable: &Side, candidate: &Side) -> Box<dyn Verification>;
+    /// `canary_share` is the candidate's traffic share when it runs as a
+    /// canary beside the stable release (the judge then attributes errors by
+    /// the conditional binomial, so an outage hitting both is not blamed on
+    /// the candidate); `None` for a rolling update.
+    fn start(
+        &self,
+        target: &Target,
+        stable: &Side,
+        candidate: &Side,
+        canary_share: Option<f64>,
+    ) -> Box<dyn Verification>;
 }
 
 /// What this replica's own rollout engine has in hand.
@@ -526,9 +536,13 @@ impl Controller {
         let key = (ns.to_string(), name.to_string(), hash.to_string());
         let decision = {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-            let v = running
-                .entry(key.clone())
-                .or_insert_with(|| self.verifier.start(target, stable, &state.candidate));
+            let v = running.entry(key.clone()).or_insert_with(|| {
+                let canary_share =
+                    (state.strategy == Strategy::Canary && state.share > 0.0 && state.share < 1.0)
+                        .then_some(state.share);
+                self.verifier
+                    .start(target, stable, &state.candidate, canary_share)
+            });
             match &snapshot {
                 Some(s) => v.step(s, elapsed),
                 None => Decision::Continue,

@@ -19,17 +19,26 @@ pub struct JudgeVerifier {
 struct JudgeVerification {
     judge: Result<judge::Judge, String>,
     candidate: String,
+    /// The candidate's traffic share when it runs as a canary.
+    canary_share: Option<f64>,
     /// Cumulative counts at the previous step, per (role, slo).
     last: BTreeMap<(Role, String), Counts>,
     last_elapsed: Option<Duration>,
 }
 
 impl Verifier for JudgeVerifier {
-    fn start(&self, _target: &Target, _stable: &Side, candidate: &Side) -> Box<dyn Verification> {
+    fn start(
+        &self,
+        _target: &Target,
+        _stable: &Side,
+        candidate: &Side,
+        canary_share: Option<f64>,
+    ) -> Box<dyn Verification> {
         Box::new(JudgeVerification {
             judge: judge::Judge::new(self.policy.clone(), self.slos.clone())
                 .map_err(|e| e.to_string()),
             candidate: candidate.build.clone(),
+            canary_share,
             last: BTreeMap::new(),
             last_elapsed: None,
         })
@@ -109,7 +118,7 @@ impl Verification for JudgeVerification {
         let interval = judge::Interval {
             seconds,
             slos,
-            canary_share: None,
+            canary_share: self.canary_share,
             source_ok: true,
         };
         match judge.step(&interval) {
@@ -129,6 +138,77 @@ impl Verification for JudgeVerification {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn side(build: &str) -> Side {
+        Side {
+            build: build.into(),
+            image: None,
+            commit: None,
+            hash: None,
+            revision: None,
+        }
+    }
+
+    /// Cumulative counts after `second` seconds of `rps` requests per role at
+    /// `error_ratio` on both the stable build 1 and the candidate build 2.
+    fn both_failing(second: u64, rps: u64, error_ratio: f64) -> Snapshot {
+        let total = second * rps;
+        let bad = (total as f64 * error_ratio) as u64;
+        let release = |role, build: &str| crate::signals::ReleaseSignals {
+            role,
+            build: build.into(),
+            by_slo: [(
+                "availability".to_string(),
+                Counts {
+                    good: total - bad,
+                    total,
+                },
+            )]
+            .into(),
+        };
+        Snapshot {
+            releases: vec![release(Role::Stable, "1"), release(Role::Candidate, "2")],
+            staleness_seconds: Some(0.0),
+        }
+    }
+
+    /// The first non-continue decision within two minutes of 1 s steps.
+    fn verdict(canary_share: Option<f64>) -> Decision {
+        let verifier = JudgeVerifier {
+            policy: judge::Policy::default(),
+            slos: vec![judge::SloSpec::availability("availability", 0.999)],
+        };
+        let target = Target {
+            service: "ultra-boost".into(),
+            environment: "production".into(),
+        };
+        let mut v = verifier.start(&target, &side("1"), &side("2"), canary_share);
+        for second in 0..=120 {
+            let d = v.step(
+                &both_failing(second, 200, 0.02),
+                Duration::from_secs(second),
+            );
+            if d != Decision::Continue {
+                return d;
+            }
+        }
+        Decision::Continue
+    }
+
+    #[test]
+    fn an_outage_on_both_sides_holds_for_a_rolling_update_and_a_canary() {
+        // 20x the budget on the stable build as much as on the candidate: the
+        // judge compares the two (conditional binomial on the live errors) and
+        // asks a person instead of blaming the candidate.
+        for share in [None, Some(0.5)] {
+            match verdict(share) {
+                Decision::Hold { reason } => {
+                    assert!(reason.contains("outage both versions share"), "{reason}")
+                }
+                other => panic!("share {share:?}: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn deltas_absorb_resets() {
