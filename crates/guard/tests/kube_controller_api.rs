@@ -13,16 +13,15 @@
 mod kube_double;
 #[path = "support/kube_env.rs"]
 mod kube_env;
+#[path = "support/prometheus_api_double.rs"]
+mod prometheus_api_double;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::extract::{Query, State};
 use kube_env::{TestCluster, deployment, eventually};
+use prometheus_api_double::PrometheusApiDouble;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -38,87 +37,8 @@ impl Drop for Proc {
     }
 }
 
-/// A stand-in for Prometheus' HTTP API: `GET /api/v1/query?query=<expr>`
-/// answers an instant vector (`resultType: vector`, `value: [<unix seconds>,
-/// "<number>"]`), one series per build the test declared running, with a
-/// `build` label. Counters grow at `RPS` per second from the moment a build is
-/// declared; expressions selecting 5xx codes (`code=~"5.."`) count no errors,
-/// so every release is good. Queries are counted per build seen in answers.
-#[derive(Clone)]
-struct PrometheusApiDouble {
-    addr: std::net::SocketAddr,
-    builds: Arc<Mutex<BTreeMap<String, Instant>>>,
-    queries: Arc<AtomicU64>,
-}
-
+/// Requests a second per build in the Prometheus double (every build is good).
 const RPS: f64 = 400.0;
-
-async fn prom_query(
-    State(d): State<PrometheusApiDouble>,
-    Query(q): Query<BTreeMap<String, String>>,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let Some(expr) = q.get("query") else {
-        return (
-            axum::http::StatusCode::BAD_REQUEST,
-            axum::Json(json!({"status": "error", "errorType": "bad_data",
-                "error": "invalid parameter \"query\": parse error: no expression"})),
-        )
-            .into_response();
-    };
-    d.queries.fetch_add(1, Ordering::SeqCst);
-    let errors_only = expr.contains("code=~\"5..\"");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|t| t.as_secs_f64())
-        .unwrap_or(0.0);
-    let builds = d.builds.lock().expect("lock").clone();
-    let result: Vec<Value> = builds
-        .iter()
-        .map(|(build, since)| {
-            let value = if errors_only {
-                0.0
-            } else {
-                (since.elapsed().as_secs_f64() * RPS).floor()
-            };
-            json!({
-                "metric": {"__name__": "ultra_boost_http_requests_total", "job": "ultra-boost",
-                    "route": "/", "code": "200", "build": build, "instance": format!("pod-{build}:8080")},
-                "value": [now, value.to_string()],
-            })
-        })
-        .collect();
-    axum::Json(json!({"status": "success", "data": {"resultType": "vector", "result": result}}))
-        .into_response()
-}
-
-impl PrometheusApiDouble {
-    async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let d = PrometheusApiDouble {
-            addr: listener.local_addr().expect("addr"),
-            builds: Arc::default(),
-            queries: Arc::default(),
-        };
-        let app = axum::Router::new()
-            .route("/api/v1/query", axum::routing::get(prom_query))
-            .with_state(d.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        d
-    }
-
-    fn run_build(&self, build: &str) {
-        self.builds
-            .lock()
-            .expect("lock")
-            .entry(build.to_string())
-            .or_insert_with(Instant::now);
-    }
-}
 
 fn config(dir: &Path, prom: std::net::SocketAddr, namespace: &str) -> String {
     let slos = r#"
@@ -216,7 +136,7 @@ async fn kube_controller_serves_the_deploy_api_with_token_and_leader_only() {
     }
     let cluster = TestCluster::start("api").await;
     let double = cluster.double.as_ref().expect("double");
-    let prom = PrometheusApiDouble::start().await;
+    let prom = PrometheusApiDouble::start(RPS, 0.0).await;
     prom.run_build("1");
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = dir.path().join("kubeconfig");
@@ -362,7 +282,7 @@ async fn kube_controller_serves_the_deploy_api_with_token_and_leader_only() {
     })
     .await;
     assert_ne!(done["verdict"], "revert", "{done}");
-    assert!(prom.queries.load(Ordering::SeqCst) > 0);
+    assert!(prom.queries() > 0);
 
     // Canary: a `web-canary` Deployment with the build's image beside the stable one.
     let created: Value = http
