@@ -48,11 +48,12 @@
 //!   an outage that starts with the rollout makes the history stale exactly
 //!   when it matters. Only live baseline counts tell a canary's fault from a
 //!   shared outage. (Measured in the detection simulator, 1000 trials per
-//!   row: blaming the canary when the live baseline looked like its history
-//!   rather than like the canary's observed ratio reverted 2.4 % of
-//!   `shared-outage` trials at a 5 % share, because a canary crossing on 2
-//!   or 3 errors overstates its ratio; bounding that ratio from below made
-//!   the rule safe but never faster than the live conditional binomial.)
+//!   scenario: blaming the canary when the live baseline looked like its
+//!   history rather than like the canary's observed ratio reverted up to
+//!   2.5 % of shared outages at a 5 % share (6× and 20×, 10 and 100 rps),
+//!   because a canary crossing on 2 or 3 errors overstates its ratio;
+//!   bounding that ratio from below made the rule safe but never faster than
+//!   the live conditional binomial.)
 //! - Attributable budget burn (`slo::budget`) reaching the policy's share
 //!   reverts, before and after a promote.
 //!
