@@ -38,7 +38,7 @@ pub enum Command {
     History(status::HistoryArgs),
     /// Put an older build back (aborts a rollout in progress).
     Rollback(status::RollbackArgs),
-    /// Skip the rest of verification and promote the rollout in progress.
+    /// Skip the rest of verification and promote the rollout in progress (or end its post-promote watch early).
     Promote(status::CommandArgs),
     /// Stop the rollout in progress and put the previous build back.
     Abort(status::CommandArgs),
