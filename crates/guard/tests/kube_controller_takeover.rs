@@ -562,6 +562,7 @@ async fn kube_take_over_does_not_fight_a_newer_rollout() {
             namespace: Some(cluster.namespace.clone()),
             interval: Duration::from_millis(200),
             verify_deadline: Duration::from_secs(60),
+            ..ControllerSettings::default()
         },
         None,
     );
@@ -604,4 +605,193 @@ async fn kube_take_over_does_not_fight_a_newer_rollout() {
     stop.cancel();
     let _ = task.await;
     cluster.cleanup().await;
+}
+
+/// guard.yaml for the watch take-over: two rolling services whose releases
+/// guard-a's engine promotes quickly, then watches for `watch` seconds.
+fn watch_config(dir: &Path, prom: std::net::SocketAddr, ns: &str) -> String {
+    let mut services = String::new();
+    for (name, watch) in [("watch-good", "20s"), ("watch-sour", "60s")] {
+        services.push_str(&format!(
+            r#"  - name: {name}
+    replicas: 1
+    strategy: rolling
+    watch: {watch}
+    build:
+      image: "{IMAGE}-{name}:{{build}}"
+    environments:
+      - name: production
+        namespace: {ns}
+    slos:
+      - name: availability
+        objective: 99.9
+        sli: {{type: availability, route: /}}
+        prometheus:
+          total: ultra_boost_http_requests_total{{job="ultra-boost",route="/"}}
+          bad: ultra_boost_http_requests_total{{job="ultra-boost",route="/",code=~"5.."}}
+"#
+        ));
+    }
+    format!(
+        "store: {store}\napi:\n  listen: 127.0.0.1:0\nengine:\n  tick: 200ms\n  stale_after: 5s\npolicy:\n  min_verify_seconds: 1\n  max_verify_seconds: 60\n\
+         signals:\n  source: prometheus\n  prometheus:\n    url: http://{prom}\n    build_label: build\n    timeout: 1s\n\
+         services:\n{services}",
+        store = dir.join("guard.sqlite").display(),
+    )
+}
+
+/// The leader dies during the watch that follows its engine's promote: the
+/// next leader takes the watch over from the Deployment's state (until the
+/// promote time plus guard.yaml's `watch`), reverts a release that goes bad
+/// during it, and lets a good one stay once it is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_new_leader_takes_over_the_watch_after_a_promote() {
+    if kube_env::real_cluster() {
+        return; // The binary would need the cluster's Prometheus; double only.
+    }
+    let cluster = TestCluster::start("watch").await;
+    let double = cluster.double.as_ref().expect("double");
+    let prom = PrometheusApiDouble::start(2000.0, 0.2).await;
+    for build in ["1", "6", "7"] {
+        prom.run_build(build);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster:\n    server: {}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: double\n    user: u\n    namespace: default\ncurrent-context: c\n",
+            double.url()
+        ),
+    )
+    .expect("kubeconfig");
+    let ns = cluster.namespace.clone();
+    let mut homes = BTreeMap::new();
+    for identity in ["guard-a", "guard-b"] {
+        let home = dir.path().join(identity);
+        std::fs::create_dir_all(&home).expect("replica dir");
+        let path = home.join("guard.yaml");
+        std::fs::write(&path, watch_config(&home, prom.addr, &ns)).expect("guard.yaml");
+        homes.insert(identity, (home, path));
+    }
+    let deployments = cluster.deployments();
+    for name in ["watch-good", "watch-sour"] {
+        deployments
+            .create(&kube::api::PostParams::default(), &deployment(name, "1", 1))
+            .await
+            .expect("create");
+    }
+    let (home_a, config_a) = &homes["guard-a"];
+    let a = Controller::spawn(home_a, "guard-a", config_a, &kubeconfig, &ns);
+    let addr_a = a.address().await;
+    let http = reqwest::Client::new();
+    eventually(WAIT, "guard-a to lead", || async {
+        (leader(&http, &addr_a).await? == ("guard-a".into(), true)).then_some(())
+    })
+    .await;
+    let (home_b, config_b) = &homes["guard-b"];
+    let b = Controller::spawn(home_b, "guard-b", config_b, &kubeconfig, &ns);
+    let addr_b = b.address().await;
+
+    for (name, build) in [("watch-good", "6"), ("watch-sour", "7")] {
+        let resp = http
+            .post(format!("http://{addr_a}/api/v1/deployments"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"service": name, "environment": "production", "build": build, "requested_by": "ci"}))
+            .send()
+            .await
+            .expect("post deployment");
+        assert_eq!(resp.status().as_u16(), 201, "deploy {name}");
+    }
+    // guard-a's engine promotes both and watches them.
+    let mut promoted = BTreeMap::new();
+    for (name, build) in [("watch-good", "6"), ("watch-sour", "7")] {
+        let s = eventually(WAIT, &format!("guard-a to promote {name}"), || async {
+            let s = state(&deployments.get(name).await.ok()?)?;
+            (s.phase == Phase::Promoted && s.candidate.build == build).then_some(s)
+        })
+        .await;
+        assert_eq!(s.by.as_deref(), Some("engine:guard-a"), "{name}: {s:?}");
+        assert_eq!(s.watch_until, None);
+        promoted.insert(name, s);
+    }
+
+    // The leader dies during the watch; then build 7 goes bad.
+    drop(a);
+    prom.turn_bad("7");
+    eventually(WAIT, "guard-b to take the Lease", || async {
+        leader(&http, &addr_b).await.filter(|l| l.1).map(|_| ())
+    })
+    .await;
+
+    // Build 7 is reverted by guard-b within its watch.
+    let sour = eventually(
+        Duration::from_secs(60),
+        "guard-b to revert watch-sour",
+        || async {
+            let d = deployments.get("watch-sour").await.ok()?;
+            (state(&d)?.phase == Phase::Reverted).then_some(d)
+        },
+    )
+    .await;
+    let s = state(&sour).expect("state");
+    assert_eq!(s.by.as_deref(), Some("guard-b"), "{s:?}");
+    assert!(
+        s.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("after promotion")),
+        "{s:?}"
+    );
+    assert_eq!(
+        image_of(&sour).as_deref(),
+        Some("registry.k8s.io/pause:1"),
+        "back on build 1"
+    );
+    let a_sour = sour.annotations();
+    assert_eq!(
+        a_sour.get(ANNOTATION_REVERTED_BY).map(String::as_str),
+        Some("guard-b")
+    );
+    assert_eq!(
+        a_sour.get(ANNOTATION_TAKEN_OVER_FROM).map(String::as_str),
+        Some("guard-a")
+    );
+
+    // Build 6 was watched by guard-b until the promote time plus 20 s, then stays.
+    let good = deployments.get("watch-good").await.expect("get");
+    let s = state(&good).expect("state");
+    let until = promoted["watch-good"]
+        .updated_at
+        .checked_add(jiff::SignedDuration::from_secs(20))
+        .expect("until");
+    assert_eq!(
+        (s.phase, s.by.as_deref(), s.watch_until),
+        (Phase::Promoted, Some("guard-b"), Some(until)),
+        "{s:?}"
+    );
+    let over = eventually(
+        Duration::from_secs(40),
+        "the watch of watch-good to end",
+        || async {
+            let d = deployments.get("watch-good").await.ok()?;
+            state(&d)
+                .filter(|s| s.watch_until.is_none())
+                .map(|s| (d, s))
+        },
+    )
+    .await;
+    assert!(jiff::Timestamp::now() >= until, "the watch ended early");
+    assert_eq!(over.1.phase, Phase::Promoted);
+    assert_eq!(
+        image_of(&over.0),
+        Some(format!("{IMAGE}-watch-good:6")),
+        "the good build stays"
+    );
+    assert_eq!(over.0.annotations().get(ANNOTATION_REVERTED_BY), None);
+    let log = b.log();
+    assert_eq!(
+        log.matches("took over the post-promote watch").count(),
+        2,
+        "one take-over per watch, logged:\n{log}"
+    );
 }

@@ -120,6 +120,7 @@ impl Replica {
                 namespace: Some(cluster.namespace.clone()),
                 interval: Duration::from_millis(200),
                 verify_deadline: Duration::from_secs(60),
+                ..ControllerSettings::default()
             },
             None,
         );

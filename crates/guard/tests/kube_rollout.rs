@@ -55,6 +55,7 @@ fn start_controller(cluster: &TestCluster, identity: &str) -> Running {
             namespace: Some(cluster.namespace.clone()),
             interval: Duration::from_millis(200),
             verify_deadline: Duration::from_secs(60),
+            ..ControllerSettings::default()
         },
         Some(tx),
     );
@@ -293,6 +294,7 @@ async fn kube_revert_does_not_fight_a_newer_rollout() {
         stable_replicas: None,
         by: Some("guard-a".into()),
         reason: Some("test".into()),
+        watch_until: None,
     };
     let outcome = p
         .undo(

@@ -526,6 +526,10 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
 
     // The rollout engine of `guard deploy`, on the same platform and signals.
     let (slo_specs, target_settings) = judge_settings(&config);
+    let watch: HashMap<Target, Duration> = target_settings
+        .iter()
+        .map(|(t, s)| (t.clone(), s.watch))
+        .collect();
     let judge = PolicyJudge::new(config.policy.clone(), slo_specs, vec![])
         .context("configuring the judge")?;
     let engine = Engine::new(
@@ -580,6 +584,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
             namespace: args.namespace.clone(),
             interval: args.interval,
             verify_deadline: args.verify_deadline,
+            watch,
         },
         Some(events_tx.clone()),
     )
@@ -731,6 +736,7 @@ mod tests {
             stable_replicas: None,
             by: Some(by.into()),
             reason: None,
+            watch_until: None,
         }
     }
 

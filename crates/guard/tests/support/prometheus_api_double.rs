@@ -8,7 +8,8 @@
 //! Counters grow at `rps` per second from the moment a build is declared
 //! ([`PrometheusApiDouble::run_build`]). Expressions selecting 5xx codes
 //! (`code=~"5.."`) count errors: `bad_ratio` of the requests of builds whose
-//! name contains `bad`, none for the others. A query without `query` gets 400
+//! name contains `bad`, and of the requests a build served since
+//! [`PrometheusApiDouble::turn_bad`]; none for the others. A query without `query` gets 400
 //! with Prometheus' error body.
 #![allow(dead_code)]
 
@@ -28,6 +29,7 @@ pub struct PrometheusApiDouble {
     rps: f64,
     bad_ratio: f64,
     builds: Arc<Mutex<BTreeMap<String, Instant>>>,
+    soured: Arc<Mutex<BTreeMap<String, Instant>>>,
     queries: Arc<AtomicU64>,
 }
 
@@ -50,14 +52,16 @@ async fn query(
         .map(|t| t.as_secs_f64())
         .unwrap_or(0.0);
     let builds = d.builds.lock().expect("lock").clone();
+    let soured = d.soured.lock().expect("lock").clone();
     let result: Vec<Value> = builds
         .iter()
         .map(|(build, since)| {
             let total = (since.elapsed().as_secs_f64() * d.rps).floor();
-            let value = match (errors_only, build.contains("bad")) {
-                (false, _) => total,
-                (true, true) => (total * d.bad_ratio).floor(),
-                (true, false) => 0.0,
+            let value = match (errors_only, build.contains("bad"), soured.get(build)) {
+                (false, _, _) => total,
+                (true, true, _) => (total * d.bad_ratio).floor(),
+                (true, false, Some(at)) => (at.elapsed().as_secs_f64() * d.rps * d.bad_ratio).floor(),
+                (true, false, None) => 0.0,
             };
             let code = if errors_only { "500" } else { "200" };
             json!({
@@ -82,6 +86,7 @@ impl PrometheusApiDouble {
             rps,
             bad_ratio,
             builds: Arc::default(),
+            soured: Arc::default(),
             queries: Arc::default(),
         };
         let app = axum::Router::new()
@@ -96,6 +101,16 @@ impl PrometheusApiDouble {
     /// From now on, `build` serves traffic (its counters start at zero).
     pub fn run_build(&self, build: &str) {
         self.builds
+            .lock()
+            .expect("lock")
+            .entry(build.to_string())
+            .or_insert_with(Instant::now);
+    }
+
+    /// From now on `build` fails `bad_ratio` of its requests (a release that
+    /// goes bad after it was promoted).
+    pub fn turn_bad(&self, build: &str) {
+        self.soured
             .lock()
             .expect("lock")
             .entry(build.to_string())

@@ -345,6 +345,7 @@ pub async fn shift(
         // controller takes one over when this replica stops leading.
         by: Some(format!("{ENGINE_PREFIX}{}", p.settings().identity)),
         reason: Some(format!("canary at {:.0} %", share * 100.0)),
+        watch_until: None,
     };
     if state.as_ref() != Some(&next) {
         p.write_state(ns, name, stable.metadata.resource_version.as_deref(), &next)
@@ -550,7 +551,7 @@ pub async fn promote(
                 st.phase = Phase::Promoted;
                 st.share = 1.0;
                 st.updated_at = jiff::Timestamp::now();
-                st.by = Some(p.settings().identity.clone());
+                st.by = Some(st.next_by(&p.settings().identity));
                 st.reason = Some(format!("canary build {} promoted", candidate.number));
                 next.metadata
                     .annotations

@@ -35,6 +35,13 @@
 //!    with [`canary::abort`]. The conditional write makes the take-over
 //!    happen once; a newer rollout (a new template, or a new engine rollout
 //!    marked `engine:`) is never judged as the old one.
+//! 5. **Take over a watch.** An engine's promote keeps the `engine:` mark on
+//!    phase `promoted`; the engine then watches the release (guard.yaml's
+//!    `watch`) from its own store. If that replica stops leading within
+//!    promote time + `watch`, the new leader takes the watch over the same
+//!    way, recording `watch_until` in the state, and judges the release until
+//!    then: a revert verdict reverts it ("after promotion: …"), otherwise
+//!    `watch_until` is cleared when the time is up and the release stays.
 //!
 //! Guarantees: only the Lease holder acts; every write carries the
 //! `resourceVersion` it was computed from; the revert checks that the judged
@@ -114,6 +121,10 @@ pub struct ControllerSettings {
     pub interval: Duration,
     /// No verdict by then: `held`.
     pub verify_deadline: Duration,
+    /// The post-promote watch of each target's engine rollouts (guard.yaml's
+    /// `watch`), so that a new leader can finish the watch of a replica that
+    /// stopped leading. A target not listed is not watched after a take-over.
+    pub watch: HashMap<Target, Duration>,
 }
 
 impl Default for ControllerSettings {
@@ -122,6 +133,7 @@ impl Default for ControllerSettings {
             namespace: None,
             interval: Duration::from_secs(2),
             verify_deadline: Duration::from_secs(900),
+            watch: HashMap::new(),
         }
     }
 }
@@ -330,6 +342,34 @@ impl Controller {
                     .await;
             }
         }
+        if let Some(s) = &state
+            && s.phase == Phase::Promoted
+            && s.candidate.build == current_side.build
+            && s.candidate.hash.as_deref().is_none_or(|h| h == hash)
+            && !self.local.as_ref().is_some_and(|l| l.drives(ns, name))
+        {
+            if let Some(owner) = s.engine_watch_owner().filter(|o| *o != identity) {
+                let owner = owner.to_string();
+                return self
+                    .take_over_watch(ns, name, rv.as_deref(), &target, s.clone(), &owner)
+                    .await;
+            }
+            if let Some(until) = s.watch_until {
+                return match s.by.as_deref() {
+                    Some(by) if by == identity => {
+                        self.watch(ns, name, rv.as_deref(), &target, s.clone(), &hash, until)
+                            .await
+                    }
+                    // Another controller replica was watching and no longer leads.
+                    Some(by) => {
+                        let by = by.to_string();
+                        self.take_over_watch(ns, name, rv.as_deref(), &target, s.clone(), &by)
+                            .await
+                    }
+                    None => Ok(()),
+                };
+            }
+        }
         match rollout::next_step(state.as_ref(), &hash) {
             Next::Nothing => Ok(()),
             Next::Start { .. }
@@ -394,6 +434,7 @@ impl Controller {
                     stable_replicas: None,
                     by: Some(identity),
                     reason: Some(reason.clone()),
+                    watch_until: None,
                 };
                 self.write(ns, name, rv.as_deref(), &next).await?;
                 tracing::info!(deployment = %deployment, build = %current_side.build, ?phase, reason, "rollout noticed");
@@ -496,6 +537,108 @@ impl Controller {
                 deployment,
                 source: e,
             }),
+        }
+    }
+
+    /// Takes over the post-promote watch of a release promoted by `from`
+    /// (another replica's engine, or a controller replica that was watching
+    /// it) when the watch is not over yet: one write conditional on
+    /// resourceVersion, as for a rollout in flight.
+    async fn take_over_watch(
+        &self,
+        ns: &str,
+        name: &str,
+        rv: Option<&str>,
+        target: &Target,
+        mut state: RolloutState,
+        from: &str,
+    ) -> Result<(), ReconcileError> {
+        let until = match state.watch_until {
+            Some(until) => until,
+            None => {
+                let Some(watch) = self.settings.watch.get(target).copied() else {
+                    return Ok(());
+                };
+                let Ok(span) = jiff::SignedDuration::try_from(watch) else {
+                    return Ok(());
+                };
+                match state.updated_at.checked_add(span) {
+                    Ok(until) => until,
+                    Err(_) => return Ok(()),
+                }
+            }
+        };
+        let deployment = format!("{ns}/{name}");
+        let identity = self.platform.settings().identity.clone();
+        let now = jiff::Timestamp::now();
+        if now >= until || state.stable.is_none() {
+            // Over (or nothing to revert to): nothing to take over.
+            return Ok(());
+        }
+        let reason = format!(
+            "took over the watch of build {} from {from} (it stopped leading); burn the release causes until {until} still reverts it",
+            state.candidate.build
+        );
+        state.by = Some(identity.clone());
+        state.watch_until = Some(until);
+        state.updated_at = now;
+        state.reason = Some(reason.clone());
+        match self
+            .platform
+            .record_take_over(ns, name, rv, &state, from)
+            .await
+        {
+            Ok(_) => {
+                tracing::warn!(deployment = %deployment, build = %state.candidate.build, from,
+                    by = %identity, %until, "took over the post-promote watch of a release");
+                Ok(())
+            }
+            Err(e) if is_status(&e, 409) => Ok(()),
+            Err(e) => Err(ReconcileError::State {
+                deployment,
+                source: e,
+            }),
+        }
+    }
+
+    /// One step of a watch this replica took over: a revert verdict reverts
+    /// the promoted release; at `until` the watch ends and the release stays.
+    #[allow(clippy::too_many_arguments)]
+    async fn watch(
+        &self,
+        ns: &str,
+        name: &str,
+        rv: Option<&str>,
+        target: &Target,
+        mut state: RolloutState,
+        hash: &str,
+        until: jiff::Timestamp,
+    ) -> Result<(), ReconcileError> {
+        let Some(stable) = state.stable.clone() else {
+            return Ok(());
+        };
+        let deployment = format!("{ns}/{name}");
+        if jiff::Timestamp::now() >= until {
+            let key = (ns.to_string(), name.to_string(), hash.to_string());
+            self.forget(&key);
+            state.watch_until = None;
+            state.updated_at = jiff::Timestamp::now();
+            state.reason = Some(format!("watch over: build {} stays", state.candidate.build));
+            self.write(ns, name, rv, &state).await?;
+            tracing::info!(deployment = %deployment, build = %state.candidate.build,
+                "watch over: no burn attributable to the release; it stays");
+            return Ok(());
+        }
+        let (decision, key) = self.decide(ns, name, target, &state, &stable, hash).await?;
+        match decision {
+            Decision::Revert { reason } => {
+                let reason = format!("after promotion: {reason}");
+                state.watch_until = None;
+                self.revert_judged(ns, name, target, state, &stable, hash, &reason, &key)
+                    .await
+            }
+            // Passing, or undecided: keep watching until `until`.
+            _ => Ok(()),
         }
     }
 
@@ -699,53 +842,74 @@ impl Controller {
                 Ok(())
             }
             Decision::Revert { reason } => {
-                let base = state.clone();
-                let outcome = self
-                    .platform
-                    .undo(
-                        ns,
-                        name,
-                        Some(hash),
-                        stable.hash.as_deref(),
-                        &reason,
-                        |_from, to| {
-                            let mut s = base.clone();
-                            s.phase = Phase::Reverted;
-                            s.stable = Some(to.clone());
-                            s.updated_at = jiff::Timestamp::now();
-                            s.by = Some(identity.clone());
-                            s.reason = Some(reason.clone());
-                            s
-                        },
-                    )
-                    .await?;
-                self.forget(&key);
-                match outcome {
-                    UndoOutcome::Reverted { to } | UndoOutcome::AlreadyThere { to } => {
-                        tracing::warn!(deployment = %deployment, from = %state.candidate.build, to = %to.build, reason, "reverted");
-                        state.stable = Some(to);
-                        self.emit(notify::EventKind::Reverted, target, &state, &reason);
-                    }
-                    UndoOutcome::Superseded => {
-                        tracing::info!(deployment = %deployment, "a newer rollout replaced the judged build; not reverting it");
-                    }
-                    UndoOutcome::NothingToRevertTo => {
-                        state.phase = Phase::Held;
-                        state.reason = Some(format!(
-                            "{reason}; but no earlier ReplicaSet is left to revert to"
-                        ));
-                        self.write(ns, name, None, &state).await?;
-                        self.emit(
-                            notify::EventKind::Held,
-                            target,
-                            &state,
-                            state.reason.as_deref().unwrap_or_default(),
-                        );
-                    }
-                }
-                Ok(())
+                self.revert_judged(ns, name, target, state, &stable, hash, &reason, &key)
+                    .await
             }
         }
+    }
+
+    /// Reverts the judged candidate (`hash`) to `stable`, as `kubectl rollout
+    /// undo` does, unless a newer rollout replaced it; tells the team.
+    #[allow(clippy::too_many_arguments)]
+    async fn revert_judged(
+        &self,
+        ns: &str,
+        name: &str,
+        target: &Target,
+        mut state: RolloutState,
+        stable: &Side,
+        hash: &str,
+        reason: &str,
+        key: &RunKey,
+    ) -> Result<(), ReconcileError> {
+        let identity = self.platform.settings().identity.clone();
+        let deployment = format!("{ns}/{name}");
+        let reason = reason.to_string();
+        let base = state.clone();
+        let outcome = self
+            .platform
+            .undo(
+                ns,
+                name,
+                Some(hash),
+                stable.hash.as_deref(),
+                &reason,
+                |_from, to| {
+                    let mut s = base.clone();
+                    s.phase = Phase::Reverted;
+                    s.stable = Some(to.clone());
+                    s.updated_at = jiff::Timestamp::now();
+                    s.by = Some(identity.clone());
+                    s.reason = Some(reason.clone());
+                    s
+                },
+            )
+            .await?;
+        self.forget(key);
+        match outcome {
+            UndoOutcome::Reverted { to } | UndoOutcome::AlreadyThere { to } => {
+                tracing::warn!(deployment = %deployment, from = %state.candidate.build, to = %to.build, reason, "reverted");
+                state.stable = Some(to);
+                self.emit(notify::EventKind::Reverted, target, &state, &reason);
+            }
+            UndoOutcome::Superseded => {
+                tracing::info!(deployment = %deployment, "a newer rollout replaced the judged build; not reverting it");
+            }
+            UndoOutcome::NothingToRevertTo => {
+                state.phase = Phase::Held;
+                state.reason = Some(format!(
+                    "{reason}; but no earlier ReplicaSet is left to revert to"
+                ));
+                self.write(ns, name, None, &state).await?;
+                self.emit(
+                    notify::EventKind::Held,
+                    target,
+                    &state,
+                    state.reason.as_deref().unwrap_or_default(),
+                );
+            }
+        }
+        Ok(())
     }
 
     fn forget(&self, key: &RunKey) {

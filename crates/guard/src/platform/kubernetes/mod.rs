@@ -560,6 +560,7 @@ impl KubernetesPlatform {
                 // replica stops leading (see `controller`).
                 by: Some(format!("{ENGINE_PREFIX}{}", self.settings.identity)),
                 reason: Some("rolled out by guard deploy".into()),
+                watch_until: None,
             };
             let mut deployment = view.deployment.clone();
             deployment.spec.template = template;
@@ -610,7 +611,7 @@ impl KubernetesPlatform {
         {
             state.phase = phase;
             state.reason = Some(reason.into());
-            state.by = Some(self.settings.identity.clone());
+            state.by = Some(state.next_by(&self.settings.identity));
             state.updated_at = jiff::Timestamp::now();
             let rv = view.deployment.metadata.resource_version.clone();
             self.write_state(&ns, &name, rv.as_deref(), &state)
@@ -720,6 +721,7 @@ impl Platform for KubernetesPlatform {
                             stable_replicas: None,
                             by: Some(identity.clone()),
                             reason: Some(reason.clone()),
+                            watch_until: None,
                         }
                     },
                 )

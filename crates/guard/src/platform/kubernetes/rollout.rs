@@ -163,6 +163,12 @@ pub struct RolloutState {
     /// Why the phase is what it is (the verdict's reason).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// A promoted release still watched by a replica that took the
+    /// post-promote watch over from another replica's engine: burn
+    /// attributable to it until then still reverts it. `None` otherwise (the
+    /// engine that promoted keeps its watch in its own store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch_until: Option<jiff::Timestamp>,
 }
 
 /// Errors reading guard's own state back.
@@ -194,6 +200,26 @@ impl RolloutState {
             return None;
         }
         self.by.as_deref()?.strip_prefix(ENGINE_PREFIX)
+    }
+
+    /// The replica whose engine promoted this release and (as far as the
+    /// Deployment tells) may still be watching it: phase `promoted`, `by`
+    /// still `engine:<identity>`, no watch taken over yet.
+    pub fn engine_watch_owner(&self) -> Option<&str> {
+        if self.phase != Phase::Promoted || self.watch_until.is_some() {
+            return None;
+        }
+        self.by.as_deref()?.strip_prefix(ENGINE_PREFIX)
+    }
+
+    /// `by` for a write by `identity` that moves this rollout on: it stays
+    /// marked `engine:` when an engine drove it, so that a later leader can
+    /// tell an engine's rollout (and its watch) from a controller's.
+    pub fn next_by(&self, identity: &str) -> String {
+        match self.by.as_deref() {
+            Some(by) if by.starts_with(ENGINE_PREFIX) => format!("{ENGINE_PREFIX}{identity}"),
+            _ => identity.to_string(),
+        }
     }
 
     /// The annotation value.
@@ -556,6 +582,7 @@ mod tests {
             stable_replicas: None,
             by: None,
             reason: None,
+            watch_until: None,
         }
     }
 
@@ -591,6 +618,23 @@ mod tests {
         let s = state(Phase::Verifying, "b", Some("a"));
         let back: RolloutState = serde_json::from_str(&s.to_annotation()).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn an_engine_promote_keeps_its_mark_so_its_watch_can_be_taken_over() {
+        let mut s = state(Phase::Verifying, "b", Some("a"));
+        s.by = Some("engine:guard-a".into());
+        assert_eq!(s.next_by("guard-a"), "engine:guard-a");
+        s.phase = Phase::Promoted;
+        assert_eq!(s.engine_watch_owner(), Some("guard-a"));
+        s.watch_until = Some(jiff::Timestamp::UNIX_EPOCH);
+        assert_eq!(s.engine_watch_owner(), None, "already taken over");
+        s.watch_until = None;
+        s.by = Some("guard-b".into());
+        assert_eq!(s.engine_watch_owner(), None, "a controller promoted it");
+        assert_eq!(s.next_by("guard-a"), "guard-a");
+        s.by = None;
+        assert_eq!(s.next_by("guard-a"), "guard-a");
     }
 
     #[test]
