@@ -121,23 +121,16 @@ impl Drop for Controller {
     }
 }
 
-/// guard.yaml for one replica. `decides: false` gives a judge that needs an
-/// hour to promote and evidence for minutes to revert: that replica is
-/// surely still verifying when the test kills it, however loaded the machine.
-fn config(dir: &Path, prom: std::net::SocketAddr, ns: &str, decides: bool) -> String {
-    let policy = if decides {
-        "  min_verify_seconds: 1\n  max_verify_seconds: 60\n"
-    } else {
-        "  min_verify_seconds: 3000\n  max_verify_seconds: 3600\n  evidence_cap_per_second: 0.001\n"
-    };
-    let mut services = String::new();
-    for (name, strategy, _, replicas) in ROLLOUTS {
-        services.push_str(&format!(
-            r#"  - name: {name}
+/// One service of guard.yaml: `replicas` of `name`, rolled out by
+/// `strategy`, watched `watch` after a promote, judged on availability read
+/// from the Prometheus double.
+fn service_yaml(name: &str, strategy: &str, replicas: i32, watch: &str, ns: &str) -> String {
+    format!(
+        r#"  - name: {name}
     replicas: {replicas}
     strategy: {strategy}
     canary_steps: [25, 50]
-    watch: 1s
+    watch: {watch}
     build:
       image: "{IMAGE}-{name}:{{build}}"
     environments:
@@ -151,14 +144,46 @@ fn config(dir: &Path, prom: std::net::SocketAddr, ns: &str, decides: bool) -> St
           total: ultra_boost_http_requests_total{{job="ultra-boost",route="/"}}
           bad: ultra_boost_http_requests_total{{job="ultra-boost",route="/",code=~"5.."}}
 "#
-        ));
-    }
+    )
+}
+
+/// guard.yaml with `policy` (YAML lines) and `services` (from [`service_yaml`]).
+fn guard_yaml(dir: &Path, prom: std::net::SocketAddr, policy: &str, services: &str) -> String {
     format!(
         "store: {store}\napi:\n  listen: 127.0.0.1:0\nengine:\n  tick: 200ms\n  stale_after: 5s\npolicy:\n{policy}\
          signals:\n  source: prometheus\n  prometheus:\n    url: http://{prom}\n    build_label: build\n    timeout: 1s\n\
          services:\n{services}",
         store = dir.join("guard.sqlite").display(),
     )
+}
+
+/// guard.yaml for one replica. `decides: false` gives a judge that needs an
+/// hour to promote and evidence for minutes to revert: that replica is
+/// surely still verifying when the test kills it, however loaded the machine.
+fn config(dir: &Path, prom: std::net::SocketAddr, ns: &str, decides: bool) -> String {
+    let policy = if decides {
+        "  min_verify_seconds: 1\n  max_verify_seconds: 60\n"
+    } else {
+        "  min_verify_seconds: 3000\n  max_verify_seconds: 3600\n  evidence_cap_per_second: 0.001\n"
+    };
+    let services: String = ROLLOUTS
+        .iter()
+        .map(|(name, strategy, _, replicas)| service_yaml(name, strategy, *replicas, "1s", ns))
+        .collect();
+    guard_yaml(dir, prom, policy, &services)
+}
+
+/// A kubeconfig in `dir` pointing at the Kubernetes API double at `url`.
+fn write_kubeconfig(dir: &Path, url: &str) -> PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster:\n    server: {url}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: double\n    user: u\n    namespace: default\ncurrent-context: c\n"
+        ),
+    )
+    .expect("kubeconfig");
+    path
 }
 
 fn state(d: &Deployment) -> Option<RolloutState> {
@@ -181,6 +206,41 @@ async fn leader(http: &reqwest::Client, addr: &str) -> Option<(String, bool)> {
     Some((v["identity"].as_str()?.to_string(), v["leading"].as_bool()?))
 }
 
+/// Starts guard-a, waits until it leads, then starts guard-b (a follower).
+/// Returns each with its API address.
+async fn start_pair(
+    homes: &BTreeMap<&str, (PathBuf, PathBuf)>,
+    kubeconfig: &Path,
+    ns: &str,
+    http: &reqwest::Client,
+) -> ((Controller, String), (Controller, String)) {
+    let (home_a, config_a) = &homes["guard-a"];
+    let a = Controller::spawn(home_a, "guard-a", config_a, kubeconfig, ns);
+    let addr_a = a.address().await;
+    eventually(WAIT, "guard-a to lead", || async {
+        (leader(http, &addr_a).await? == ("guard-a".into(), true)).then_some(())
+    })
+    .await;
+    let (home_b, config_b) = &homes["guard-b"];
+    let b = Controller::spawn(home_b, "guard-b", config_b, kubeconfig, ns);
+    let addr_b = b.address().await;
+    ((a, addr_a), (b, addr_b))
+}
+
+/// `POST /api/v1/deployments` on `addr`: build `build` of `service`; the new rollout's id.
+async fn deploy(http: &reqwest::Client, addr: &str, service: &str, build: &str) -> i64 {
+    let resp = http
+        .post(format!("http://{addr}/api/v1/deployments"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"service": service, "environment": "production", "build": build, "requested_by": "ci"}))
+        .send()
+        .await
+        .expect("post deployment");
+    assert_eq!(resp.status().as_u16(), 201, "deploy {service}");
+    let created: Value = resp.json().await.expect("json");
+    created["id"].as_i64().expect("rollout id")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_new_leader_takes_over_engine_rollouts_in_flight_and_finishes_them_once() {
     if kube_env::real_cluster() {
@@ -194,15 +254,7 @@ async fn kube_new_leader_takes_over_engine_rollouts_in_flight_and_finishes_them_
         prom.run_build(build);
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster:\n    server: {}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: double\n    user: u\n    namespace: default\ncurrent-context: c\n",
-            double.url()
-        ),
-    )
-    .expect("kubeconfig");
+    let kubeconfig = write_kubeconfig(dir.path(), &double.url());
     let ns = cluster.namespace.clone();
     let mut configs = BTreeMap::new();
     for (identity, decides) in [("guard-a", false), ("guard-b", true)] {
@@ -224,17 +276,9 @@ async fn kube_new_leader_takes_over_engine_rollouts_in_flight_and_finishes_them_
     }
 
     // guard-a leads; guard-b follows.
-    let (home_a, config_a) = &configs["guard-a"];
-    let a = Controller::spawn(home_a, "guard-a", config_a, &kubeconfig, &ns);
-    let addr_a = a.address().await;
     let http = reqwest::Client::new();
-    eventually(WAIT, "guard-a to lead", || async {
-        (leader(&http, &addr_a).await? == ("guard-a".into(), true)).then_some(())
-    })
-    .await;
-    let (home_b, config_b) = &configs["guard-b"];
-    let b = Controller::spawn(home_b, "guard-b", config_b, &kubeconfig, &ns);
-    let addr_b = b.address().await;
+    let ((a, addr_a), (b, addr_b)) = start_pair(&configs, &kubeconfig, &ns, &http).await;
+    let (home_a, config_a) = &configs["guard-a"];
     assert_eq!(
         leader(&http, &addr_b).await,
         Some(("guard-b".into(), false))
@@ -243,16 +287,7 @@ async fn kube_new_leader_takes_over_engine_rollouts_in_flight_and_finishes_them_
     // Four rollouts through guard-a's deploy API.
     let mut ids = BTreeMap::new();
     for (name, _, build, _) in ROLLOUTS {
-        let resp = http
-            .post(format!("http://{addr_a}/api/v1/deployments"))
-            .bearer_auth(TOKEN)
-            .json(&json!({"service": name, "environment": "production", "build": build, "requested_by": "ci"}))
-            .send()
-            .await
-            .expect("post deployment");
-        assert_eq!(resp.status().as_u16(), 201, "deploy {name}");
-        let created: Value = resp.json().await.expect("json");
-        ids.insert(name, created["id"].as_i64().expect("rollout id"));
+        ids.insert(name, deploy(&http, &addr_a, name, build).await);
     }
     // Each is verifying under guard-a's engine, its candidate up and recorded.
     let mut before = BTreeMap::new();
@@ -608,35 +643,15 @@ async fn kube_take_over_does_not_fight_a_newer_rollout() {
 }
 
 /// guard.yaml for the watch take-over: two rolling services whose releases
-/// guard-a's engine promotes quickly, then watches for `watch` seconds.
+/// guard-a's engine promotes quickly, then watches for 20 s and 60 s.
 fn watch_config(dir: &Path, prom: std::net::SocketAddr, ns: &str) -> String {
-    let mut services = String::new();
-    for (name, watch) in [("watch-good", "20s"), ("watch-sour", "60s")] {
-        services.push_str(&format!(
-            r#"  - name: {name}
-    replicas: 1
-    strategy: rolling
-    watch: {watch}
-    build:
-      image: "{IMAGE}-{name}:{{build}}"
-    environments:
-      - name: production
-        namespace: {ns}
-    slos:
-      - name: availability
-        objective: 99.9
-        sli: {{type: availability, route: /}}
-        prometheus:
-          total: ultra_boost_http_requests_total{{job="ultra-boost",route="/"}}
-          bad: ultra_boost_http_requests_total{{job="ultra-boost",route="/",code=~"5.."}}
-"#
-        ));
-    }
-    format!(
-        "store: {store}\napi:\n  listen: 127.0.0.1:0\nengine:\n  tick: 200ms\n  stale_after: 5s\npolicy:\n  min_verify_seconds: 1\n  max_verify_seconds: 60\n\
-         signals:\n  source: prometheus\n  prometheus:\n    url: http://{prom}\n    build_label: build\n    timeout: 1s\n\
-         services:\n{services}",
-        store = dir.join("guard.sqlite").display(),
+    let services = service_yaml("watch-good", "rolling", 1, "20s", ns)
+        + &service_yaml("watch-sour", "rolling", 1, "60s", ns);
+    guard_yaml(
+        dir,
+        prom,
+        "  min_verify_seconds: 1\n  max_verify_seconds: 60\n",
+        &services,
     )
 }
 
@@ -656,15 +671,7 @@ async fn kube_new_leader_takes_over_the_watch_after_a_promote() {
         prom.run_build(build);
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster:\n    server: {}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: double\n    user: u\n    namespace: default\ncurrent-context: c\n",
-            double.url()
-        ),
-    )
-    .expect("kubeconfig");
+    let kubeconfig = write_kubeconfig(dir.path(), &double.url());
     let ns = cluster.namespace.clone();
     let mut homes = BTreeMap::new();
     for identity in ["guard-a", "guard-b"] {
@@ -681,27 +688,10 @@ async fn kube_new_leader_takes_over_the_watch_after_a_promote() {
             .await
             .expect("create");
     }
-    let (home_a, config_a) = &homes["guard-a"];
-    let a = Controller::spawn(home_a, "guard-a", config_a, &kubeconfig, &ns);
-    let addr_a = a.address().await;
     let http = reqwest::Client::new();
-    eventually(WAIT, "guard-a to lead", || async {
-        (leader(&http, &addr_a).await? == ("guard-a".into(), true)).then_some(())
-    })
-    .await;
-    let (home_b, config_b) = &homes["guard-b"];
-    let b = Controller::spawn(home_b, "guard-b", config_b, &kubeconfig, &ns);
-    let addr_b = b.address().await;
-
+    let ((a, addr_a), (b, addr_b)) = start_pair(&homes, &kubeconfig, &ns, &http).await;
     for (name, build) in [("watch-good", "6"), ("watch-sour", "7")] {
-        let resp = http
-            .post(format!("http://{addr_a}/api/v1/deployments"))
-            .bearer_auth(TOKEN)
-            .json(&json!({"service": name, "environment": "production", "build": build, "requested_by": "ci"}))
-            .send()
-            .await
-            .expect("post deployment");
-        assert_eq!(resp.status().as_u16(), 201, "deploy {name}");
+        deploy(&http, &addr_a, name, build).await;
     }
     // guard-a's engine promotes both and watches them.
     let mut promoted = BTreeMap::new();

@@ -513,31 +513,19 @@ impl Controller {
         state.by = Some(identity.clone());
         state.updated_at = now;
         state.reason = Some(reason.clone());
-        match self
-            .platform
-            .record_take_over(ns, name, rv, &state, owner)
-            .await
-        {
-            Ok(_) => {
-                tracing::warn!(
-                    deployment = %deployment,
-                    build = %state.candidate.build,
-                    strategy = ?state.strategy,
-                    from = owner,
-                    by = %identity,
-                    share = state.share,
-                    "took over a rollout in flight: the replica whose engine drove it no longer \
-                     holds the Lease; resuming its verification from the state on the Deployment"
-                );
-                Ok(())
-            }
-            // Changed since we read it (a newer rollout?): decide again on a fresh read.
-            Err(e) if is_status(&e, 409) => Ok(()),
-            Err(e) => Err(ReconcileError::State {
-                deployment,
-                source: e,
-            }),
+        if self.record_take_over(ns, name, rv, &state, owner).await? {
+            tracing::warn!(
+                deployment = %deployment,
+                build = %state.candidate.build,
+                strategy = ?state.strategy,
+                from = owner,
+                by = %identity,
+                share = state.share,
+                "took over a rollout in flight: the replica whose engine drove it no longer \
+                 holds the Lease; resuming its verification from the state on the Deployment"
+            );
         }
+        Ok(())
     }
 
     /// Takes over the post-promote watch of a release promoted by `from`
@@ -583,19 +571,33 @@ impl Controller {
         state.watch_until = Some(until);
         state.updated_at = now;
         state.reason = Some(reason.clone());
+        if self.record_take_over(ns, name, rv, &state, from).await? {
+            tracing::warn!(deployment = %deployment, build = %state.candidate.build, from,
+                by = %identity, %until, "took over the post-promote watch of a release");
+        }
+        Ok(())
+    }
+
+    /// Writes `state` as taken over from `from`, conditional on `rv`: `false`
+    /// when the Deployment changed since it was read (another writer won; the
+    /// next pass decides again on a fresh read).
+    async fn record_take_over(
+        &self,
+        ns: &str,
+        name: &str,
+        rv: Option<&str>,
+        state: &RolloutState,
+        from: &str,
+    ) -> Result<bool, ReconcileError> {
         match self
             .platform
-            .record_take_over(ns, name, rv, &state, from)
+            .record_take_over(ns, name, rv, state, from)
             .await
         {
-            Ok(_) => {
-                tracing::warn!(deployment = %deployment, build = %state.candidate.build, from,
-                    by = %identity, %until, "took over the post-promote watch of a release");
-                Ok(())
-            }
-            Err(e) if is_status(&e, 409) => Ok(()),
+            Ok(_) => Ok(true),
+            Err(e) if is_status(&e, 409) => Ok(false),
             Err(e) => Err(ReconcileError::State {
-                deployment,
+                deployment: format!("{ns}/{name}"),
                 source: e,
             }),
         }
