@@ -17,7 +17,7 @@ mod kube_env;
 mod prometheus_api_double;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use kube_env::{TestCluster, deployment, eventually};
@@ -97,24 +97,19 @@ fn spawn_controller(
     identity: &str,
     address_file: &Path,
 ) -> Proc {
-    let child = Command::new(env!("CARGO_BIN_EXE_guard"))
-        .arg("controller")
-        .args(["--config", &config.display().to_string()])
-        .args(["--listen", "127.0.0.1:0"])
-        .args(["--address-file", &address_file.display().to_string()])
-        .args(["--identity", identity, "--lease-namespace", namespace])
-        .args(["--namespace", namespace])
-        .args(["--lease-duration", "3s", "--renew-deadline", "2s"])
-        .args(["--retry-period", "200ms", "--interval", "200ms"])
-        .env("KUBECONFIG", kubeconfig)
-        .env("GUARD_API_TOKEN", TOKEN)
-        .env_remove("POD_NAME")
-        .env_remove("POD_NAMESPACE")
-        .env_remove("GUARD_GITHUB_WEBHOOK_SECRET")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn guard controller");
+    let child = kube_env::controller_command(
+        config,
+        kubeconfig,
+        namespace,
+        identity,
+        address_file,
+        ("3s", "2s"),
+    )
+    .env("GUARD_API_TOKEN", TOKEN)
+    .stdout(Stdio::null())
+    .stderr(Stdio::inherit())
+    .spawn()
+    .expect("spawn guard controller");
     Proc(child)
 }
 
@@ -139,15 +134,7 @@ async fn kube_controller_serves_the_deploy_api_with_token_and_leader_only() {
     let prom = PrometheusApiDouble::start(RPS, 0.0).await;
     prom.run_build("1");
     let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster:\n    server: {}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: double\n    user: u\n    namespace: default\ncurrent-context: c\n",
-            double.url()
-        ),
-    )
-    .expect("kubeconfig");
+    let kubeconfig = kube_env::write_kubeconfig(dir.path(), &double.url());
     let config_path = dir.path().join("guard.yaml");
     std::fs::write(
         &config_path,

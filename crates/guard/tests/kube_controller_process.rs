@@ -42,15 +42,7 @@ async fn kube_guard_controller_process_leads_guards_serves_webhooks_and_releases
     let cluster = TestCluster::start("proc").await;
     let double = cluster.double.as_ref().expect("double");
     let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster:\n    server: {}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: double\n    user: u\n    namespace: default\ncurrent-context: c\n",
-            double.url()
-        ),
-    )
-    .expect("kubeconfig");
+    let kubeconfig = kube_env::write_kubeconfig(dir.path(), &double.url());
     // The cluster's guard.yaml, with local paths and no network beyond loopback.
     let config = std::fs::read_to_string(workspace().join("deploy/kustomize/guard/guard.yaml"))
         .expect("guard.yaml");
@@ -90,46 +82,24 @@ async fn kube_guard_controller_process_leads_guards_serves_webhooks_and_releases
         .await
         .expect("create");
     let address_file = dir.path().join("addr");
-    let child = Command::new(env!("CARGO_BIN_EXE_guard"))
-        .arg("controller")
-        .args(["--config", &config_path.display().to_string()])
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--address-file",
-            &address_file.display().to_string(),
-        ])
-        .args([
-            "--identity",
-            "proc-a",
-            "--lease-namespace",
-            &cluster.namespace,
-            "--namespace",
-            &cluster.namespace,
-        ])
-        .args([
-            "--lease-duration",
-            "2s",
-            "--renew-deadline",
-            "1500ms",
-            "--retry-period",
-            "200ms",
-            "--interval",
-            "200ms",
-        ])
-        .args([
-            "--review-template",
-            &review.display().to_string(),
-            "--skip-image-check",
-        ])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("GUARD_GITHUB_WEBHOOK_SECRET", "s3cret")
-        .env_remove("POD_NAME")
-        .env_remove("POD_NAMESPACE")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn guard controller");
+    let child = kube_env::controller_command(
+        &config_path,
+        &kubeconfig,
+        &cluster.namespace,
+        "proc-a",
+        &address_file,
+        ("2s", "1500ms"),
+    )
+    .args([
+        "--review-template",
+        &review.display().to_string(),
+        "--skip-image-check",
+    ])
+    .env("GUARD_GITHUB_WEBHOOK_SECRET", "s3cret")
+    .stdout(Stdio::null())
+    .stderr(Stdio::inherit())
+    .spawn()
+    .expect("spawn guard controller");
     let mut proc = Proc(child);
     let addr = eventually(WAIT, "the controller to listen", || async {
         std::fs::read_to_string(&address_file)

@@ -24,7 +24,7 @@ mod prometheus_api_double;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use guard::platform::Strategy;
@@ -67,25 +67,20 @@ impl Controller {
         }
         let log = dir.join(format!("{identity}-{run}.log"));
         let addr_file = dir.join(format!("{identity}-{run}.addr"));
-        let child = Command::new(env!("CARGO_BIN_EXE_guard"))
-            .arg("controller")
-            .args(["--config", &config.display().to_string()])
-            .args(["--listen", "127.0.0.1:0"])
-            .args(["--address-file", &addr_file.display().to_string()])
-            .args(["--identity", identity, "--lease-namespace", ns])
-            .args(["--namespace", ns])
-            .args(["--lease-duration", "3s", "--renew-deadline", "2s"])
-            .args(["--retry-period", "200ms", "--interval", "200ms"])
-            .env("KUBECONFIG", kubeconfig)
-            .env("GUARD_API_TOKEN", TOKEN)
-            .env("RUST_LOG", "info,kube=warn,hyper=warn")
-            .env_remove("POD_NAME")
-            .env_remove("POD_NAMESPACE")
-            .env_remove("GUARD_GITHUB_WEBHOOK_SECRET")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn guard controller");
+        let child = kube_env::controller_command(
+            config,
+            kubeconfig,
+            ns,
+            identity,
+            &addr_file,
+            ("3s", "2s"),
+        )
+        .env("GUARD_API_TOKEN", TOKEN)
+        .env("RUST_LOG", "info,kube=warn,hyper=warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn guard controller");
         Controller {
             child,
             log,
@@ -173,19 +168,6 @@ fn config(dir: &Path, prom: std::net::SocketAddr, ns: &str, decides: bool) -> St
     guard_yaml(dir, prom, policy, &services)
 }
 
-/// A kubeconfig in `dir` pointing at the Kubernetes API double at `url`.
-fn write_kubeconfig(dir: &Path, url: &str) -> PathBuf {
-    let path = dir.join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster:\n    server: {url}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: double\n    user: u\n    namespace: default\ncurrent-context: c\n"
-        ),
-    )
-    .expect("kubeconfig");
-    path
-}
-
 fn state(d: &Deployment) -> Option<RolloutState> {
     RolloutState::read(d).ok().flatten()
 }
@@ -254,7 +236,7 @@ async fn kube_new_leader_takes_over_engine_rollouts_in_flight_and_finishes_them_
         prom.run_build(build);
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = write_kubeconfig(dir.path(), &double.url());
+    let kubeconfig = kube_env::write_kubeconfig(dir.path(), &double.url());
     let ns = cluster.namespace.clone();
     let mut configs = BTreeMap::new();
     for (identity, decides) in [("guard-a", false), ("guard-b", true)] {
@@ -671,7 +653,7 @@ async fn kube_new_leader_takes_over_the_watch_after_a_promote() {
         prom.run_build(build);
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = write_kubeconfig(dir.path(), &double.url());
+    let kubeconfig = kube_env::write_kubeconfig(dir.path(), &double.url());
     let ns = cluster.namespace.clone();
     let mut homes = BTreeMap::new();
     for identity in ["guard-a", "guard-b"] {

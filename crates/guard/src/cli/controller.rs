@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
 use crate::cli::serve::{
-    ConfigBuilds, DispatcherSink, StoreLog, StoreReleases, api_token, judge_settings,
+    ByService, ConfigBuilds, DispatcherSink, StoreLog, StoreReleases, api_token, judge_settings,
     signal_source, targets,
 };
 use crate::config;
@@ -58,11 +58,11 @@ use crate::platform::kubernetes::controller::{
 use crate::platform::kubernetes::rollout::{ENGINE_PREFIX, RolloutState, Side};
 use crate::platform::kubernetes::verify::JudgeVerifier;
 use crate::platform::kubernetes::{KubeSettings, KubernetesPlatform};
-use crate::platform::{BoxFuture, Build, Endpoint, Platform, Target};
+use crate::platform::{BoxFuture, Build, Platform, Target};
 use crate::review::image::{ImageCheck, RegistryCheck};
 use crate::review::template::ReviewTemplate;
 use crate::review::{ReviewSettings, Reviews};
-use crate::signals::{SignalError, SignalSource, Snapshot};
+use crate::signals::{SignalSource, Snapshot};
 use crate::store::{RolloutRecord, Store, Transition};
 
 #[derive(Debug, clap::Args)]
@@ -140,30 +140,6 @@ pub struct Args {
     /// Write the bound address to this file once listening (useful with port 0).
     #[arg(long, value_name = "PATH")]
     pub address_file: Option<PathBuf>,
-}
-
-/// One signal source per service (each has its own SLO mapping); the first
-/// service's for Deployments named like no service.
-struct ByService {
-    sources: HashMap<String, Arc<dyn SignalSource>>,
-    fallback: Option<Arc<dyn SignalSource>>,
-}
-
-impl SignalSource for ByService {
-    fn snapshot<'a>(
-        &'a self,
-        target: &'a Target,
-        endpoints: &'a [Endpoint],
-    ) -> BoxFuture<'a, Result<Snapshot, SignalError>> {
-        Box::pin(async move {
-            match self.sources.get(&target.service).or(self.fallback.as_ref()) {
-                Some(s) => s.snapshot(target, endpoints).await,
-                None => Err(SignalError::Unavailable {
-                    detail: format!("no signal source for {}", target.service),
-                }),
-            }
-        })
-    }
 }
 
 /// The judge with each service's SLOs (the first service's as fallback).

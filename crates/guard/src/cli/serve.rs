@@ -147,8 +147,13 @@ pub fn targets(config: &Config) -> Vec<Target> {
         .collect()
 }
 
-/// One signal source per service (each has its own SLO mapping).
-struct ByService(HashMap<String, Arc<dyn SignalSource>>);
+/// One signal source per service (each has its own SLO mapping), and the
+/// one to use for a target named like no service (the controller's
+/// Deployments that guard.yaml does not list), if any.
+pub(crate) struct ByService {
+    pub(crate) sources: HashMap<String, Arc<dyn SignalSource>>,
+    pub(crate) fallback: Option<Arc<dyn SignalSource>>,
+}
 
 impl SignalSource for ByService {
     fn snapshot<'a>(
@@ -157,7 +162,7 @@ impl SignalSource for ByService {
         endpoints: &'a [Endpoint],
     ) -> BoxFuture<'a, Result<Snapshot, SignalError>> {
         Box::pin(async move {
-            match self.0.get(&target.service) {
+            match self.sources.get(&target.service).or(self.fallback.as_ref()) {
                 Some(s) => s.snapshot(target, endpoints).await,
                 None => Err(SignalError::Unavailable {
                     detail: format!("no signal source for {}", target.service),
@@ -422,7 +427,10 @@ impl Runtime {
         let engine = Engine::new(
             store.clone(),
             Arc::new(platform.clone()),
-            Arc::new(ByService(sources)),
+            Arc::new(ByService {
+                sources,
+                fallback: None,
+            }),
             Arc::new(judge),
             Arc::new(DispatcherSink(dispatcher.clone())),
             metrics,

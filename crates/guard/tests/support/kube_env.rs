@@ -243,3 +243,46 @@ pub fn slow_verifier() -> guard::platform::kubernetes::verify::JudgeVerifier {
     v.policy.evidence_cap_per_second /= 10.0;
     v
 }
+
+/// A kubeconfig in `dir` pointing at the API server (or double) at `server`.
+pub fn write_kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster:\n    server: {server}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: double\n    user: u\n    namespace: default\ncurrent-context: c\n"
+        ),
+    )
+    .expect("kubeconfig");
+    path
+}
+
+/// The real `guard controller` as replica `identity` of namespace `ns`,
+/// through `kubeconfig`, listening on an OS-chosen port written to
+/// `address_file`, with a Lease of `lease` renewed within `renew` and
+/// 200 ms retry and reconcile periods; no pod or webhook-secret variables
+/// inherited. Callers add their own output, environment and flags.
+pub fn controller_command(
+    config: &std::path::Path,
+    kubeconfig: &std::path::Path,
+    ns: &str,
+    identity: &str,
+    address_file: &std::path::Path,
+    (lease, renew): (&str, &str),
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_guard"));
+    cmd.arg("controller")
+        .arg("--config")
+        .arg(config)
+        .args(["--listen", "127.0.0.1:0", "--address-file"])
+        .arg(address_file)
+        .args(["--identity", identity, "--lease-namespace", ns])
+        .args(["--namespace", ns])
+        .args(["--lease-duration", lease, "--renew-deadline", renew])
+        .args(["--retry-period", "200ms", "--interval", "200ms"])
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("POD_NAME")
+        .env_remove("POD_NAMESPACE")
+        .env_remove("GUARD_GITHUB_WEBHOOK_SECRET");
+    cmd
+}
