@@ -47,6 +47,14 @@ pub struct Args {
     #[arg(long, env = "ULTRA_BOOST_UNIX_SOCKET", value_name = "PATH")]
     pub unix_socket: Option<PathBuf>,
 
+    /// Accept client connections handed over by a front proxy on the same machine
+    /// through a Unix socket at this path (file descriptors passed with SCM_RIGHTS; a
+    /// one-byte protocol, see the crate docs). guard's router hands connections over
+    /// while a service runs one release, so requests then skip the proxy entirely.
+    /// Created at start, removed at exit, a stale socket replaced.
+    #[arg(long, env = "ULTRA_BOOST_HANDOFF_SOCKET", value_name = "PATH")]
+    pub handoff_socket: Option<PathBuf>,
+
     /// After SIGTERM/SIGINT, keep serving (with readiness 503) this long so load
     /// balancers stop sending traffic before the listener closes, e.g. `5s`, `500ms`.
     #[arg(long, env = "ULTRA_BOOST_DRAIN_DELAY", default_value = "5s", value_parser = parse_duration)]

@@ -23,6 +23,13 @@
 //! guard's local platform. The log line `listening` (field `address`) says the
 //! same for people.
 //!
+//! # Connections handed over by a proxy (`--handoff-socket PATH`)
+//! A front proxy on the same machine (guard's router) may pass accepted client
+//! connections over a Unix socket (`SCM_RIGHTS`) instead of relaying their
+//! requests; they are served and drained like any other. One-byte protocol:
+//! `c` + one descriptor hands a connection over, `r` asks the connections
+//! handed over so far to close after their next response (see `handoff.rs`).
+//!
 //! # Shutdown
 //! SIGTERM/SIGINT: readiness 503 at once; the service keeps serving for
 //! `--drain-delay` (default 5 s; responses carry `Connection: close` so
@@ -40,7 +47,8 @@
 //! | `ultra_boost_upstream_requests_total` | counter | `host`, `method`, `code` (status, or `none` when no response arrived) |
 //! | `ultra_boost_upstream_request_duration_seconds` | histogram (same buckets) | `host`, `method` |
 //! | `ultra_boost_upstream_errors_total` | counter | `host`, `kind` (`timeout`, `connect`, `status`, `other`) |
-//! | `ultra_boost_app_errors_total` | counter | `subsystem`, `kind` (`http`/`accept`, `http`/`connection`, `background`/`run_failed`, `background`/`client`, `background`/`local_work`, `metrics`/`procfs`, `metrics`/`encode`) |
+//! | `ultra_boost_app_errors_total` | counter | `subsystem`, `kind` (`http`/`accept`, `http`/`connection`, `background`/`run_failed`, `background`/`client`, `background`/`local_work`, `metrics`/`procfs`, `metrics`/`encode`, `handoff`/`accept`, `handoff`/`receive`, `handoff`/`descriptor`, `handoff`/`protocol`) |
+//! | `ultra_boost_handed_over_connections_total` | counter | |
 //! | `ultra_boost_background_runs_total` | counter | `outcome` (`success`, `failure`) |
 //! | `ultra_boost_background_run_duration_seconds` | histogram (same buckets) | |
 //! | `ultra_boost_background_last_success_timestamp_seconds` | gauge, Unix seconds, 0 before the first success | |
@@ -68,6 +76,7 @@ mod background;
 mod build_info;
 mod config;
 mod fault;
+mod handoff;
 mod metrics;
 mod process;
 mod server;
@@ -180,18 +189,23 @@ async fn run(args: Args) -> anyhow::Result<Stopped> {
     // Bound before the address file is written: whoever reads that file may
     // use the socket at once.
     let unix = match &args.unix_socket {
-        Some(path) => Some(bind_unix(path)?),
+        Some(path) => Some(bind_unix("--unix-socket", path)?),
+        None => None,
+    };
+    let handoff = match &args.handoff_socket {
+        Some(path) => Some(bind_unix("--handoff-socket", path)?),
         None => None,
     };
     if let Some(path) = &args.address_file {
         write_address_file(path, &address.to_string())?;
     }
-    info!(%address, unix_socket = ?args.unix_socket, "listening");
+    info!(%address, unix_socket = ?args.unix_socket, handoff_socket = ?args.handoff_socket, "listening");
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(server::serve(
         listener,
         unix,
+        handoff,
         app.clone(),
         stop_rx,
         args.shutdown_timeout,
@@ -246,33 +260,32 @@ async fn run(args: Args) -> anyhow::Result<Stopped> {
     // The receiver lives in the server task; if that task already ended, so did serving.
     let _ = stop_tx.send(true);
     let stopped = server.await.context("the server task panicked");
-    if let Some(path) = &args.unix_socket {
+    for path in [&args.unix_socket, &args.handoff_socket]
+        .into_iter()
+        .flatten()
+    {
         let _ = std::fs::remove_file(path);
     }
     stopped
 }
 
-/// Binds `--unix-socket`. A socket file already there is a leftover of a
-/// killed process (nobody else should own our path) and is replaced; any
-/// other kind of file is refused rather than deleted.
-fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+/// Binds the Unix socket of option `flag`. A socket file already there is a
+/// leftover of a killed process (nobody else should own our path) and is
+/// replaced; any other kind of file is refused rather than deleted.
+fn bind_unix(flag: &str, path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::FileTypeExt;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             anyhow::bail!(
-                "--unix-socket {}: a file that is not a socket is already there; not replacing it",
+                "{flag} {}: a file that is not a socket is already there; not replacing it",
                 path.display()
             );
         }
-        std::fs::remove_file(path).with_context(|| {
-            format!(
-                "--unix-socket {}: removing the stale socket",
-                path.display()
-            )
-        })?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("{flag} {}: removing the stale socket", path.display()))?;
     }
     tokio::net::UnixListener::bind(path)
-        .with_context(|| format!("binding --unix-socket {}", path.display()))
+        .with_context(|| format!("binding {flag} {}", path.display()))
 }
 
 /// Writes the bound address so that a starter of `--listen …:0` finds the port;

@@ -181,6 +181,8 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     /// `ultra_boost_app_errors_total`.
     pub app_errors: Family<AppErrorLabels, Counter>,
+    /// `ultra_boost_handed_over_connections_total`.
+    pub handed_over: Counter,
     background_runs: Family<OutcomeLabels, Counter>,
     /// `ultra_boost_background_run_duration_seconds`.
     pub background_duration: Histogram,
@@ -236,6 +238,12 @@ impl Metrics {
             "Errors inside the service, by subsystem and kind",
             app_errors.clone(),
         );
+        let handed_over = Counter::default();
+        registry.register(
+            "ultra_boost_handed_over_connections",
+            "Client connections a front proxy handed over on --handoff-socket",
+            handed_over.clone(),
+        );
         let background_runs = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "ultra_boost_background_runs",
@@ -274,6 +282,7 @@ impl Metrics {
             upstream_durations,
             upstream_errors,
             app_errors,
+            handed_over,
             background_runs,
             background_duration,
             background_last_success,

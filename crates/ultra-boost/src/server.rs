@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,10 +20,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::fault::Faults;
+use crate::handoff::{self, Handed};
 use crate::metrics::{Metrics, Route};
 
 /// Readiness as `/-/ready` reports it.
@@ -46,6 +47,9 @@ pub struct App {
     faults: Faults,
     root_body: Bytes,
     readiness: AtomicU8,
+    /// Raised by a proxy's recycle message (see [`handoff`]); a handed-over
+    /// connection from an older generation closes after its next response.
+    recycle_generation: AtomicU64,
 }
 
 impl App {
@@ -56,6 +60,7 @@ impl App {
             faults,
             root_body: Bytes::from(root_body),
             readiness: AtomicU8::new(Readiness::Starting as u8),
+            recycle_generation: AtomicU64::new(0),
         }
     }
 
@@ -71,6 +76,10 @@ impl App {
     /// Moves readiness on.
     pub fn set_readiness(&self, r: Readiness) {
         self.readiness.store(r as u8, Ordering::Release);
+    }
+
+    fn recycle_generation(&self) -> u64 {
+        self.recycle_generation.load(Ordering::Acquire)
     }
 }
 
@@ -96,8 +105,14 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Handles one request and records it.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+/// Handles one request and records it. `handed_at` is the recycle generation
+/// at which a proxy handed the request's connection over (`None` for
+/// connections accepted here).
+pub async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    handed_at: Option<u64>,
+) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let metrics = &*app.metrics;
     metrics.in_flight.inc();
@@ -105,8 +120,10 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
     let route = Route::of(req.uri().path());
     let method = req.method().clone();
     let mut resp = respond(&app, route, &req).await;
-    if app.readiness() == Readiness::Draining {
-        // Ask keep-alive clients to reconnect, which sends them to another replica.
+    let recycled = handed_at.is_some_and(|g| app.recycle_generation() > g);
+    if recycled || app.readiness() == Readiness::Draining {
+        // Ask keep-alive clients to reconnect, which sends them to another
+        // replica (or, recycled, back through the proxy that handed them over).
         resp.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
@@ -177,13 +194,14 @@ pub enum Stopped {
     TimedOut,
 }
 
-/// Accepts connections on `listener` (and on `unix`, when given) until `stop`
-/// turns true, then closes the listeners and waits up to `shutdown_timeout`
-/// for open connections: idle keep-alive connections close at once, requests
-/// in flight finish first.
+/// Accepts connections on `listener` (and on `unix`, when given, and those a
+/// proxy hands over on `handoff`) until `stop` turns true, then closes the
+/// listeners and waits up to `shutdown_timeout` for open connections: idle
+/// keep-alive connections close at once, requests in flight finish first.
 pub async fn serve(
     listener: TcpListener,
     unix: Option<UnixListener>,
+    handoff: Option<UnixListener>,
     app: Arc<App>,
     mut stop: watch::Receiver<bool>,
     shutdown_timeout: Duration,
@@ -191,6 +209,16 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new());
+    let (handed_tx, mut handed_rx) = mpsc::unbounded_channel();
+    let handing = handoff.is_some();
+    let channels = handoff.map(|l| {
+        let metrics = app.metrics.clone();
+        tokio::spawn(handoff::accept_channels(
+            l,
+            handed_tx.clone(),
+            move |kind| metrics.app_error("handoff", kind),
+        ))
+    });
     loop {
         tokio::select! {
             biased;
@@ -210,8 +238,25 @@ pub async fn serve(
                 Ok(stream) => serve_connection(&builder, &graceful, &app, stream),
                 Err(e) => accept_failed(&app, &e).await,
             },
+            Some(handed) = handed_rx.recv(), if handing => match handed {
+                Handed::Connection(stream) => {
+                    app.metrics.handed_over.inc();
+                    let at = app.recycle_generation();
+                    serve_connection_from(&builder, &graceful, &app, stream, Some(at));
+                }
+                Handed::Recycle => {
+                    app.recycle_generation.fetch_add(1, Ordering::AcqRel);
+                    debug!("handoff: recycling the connections handed over so far");
+                }
+            },
         }
     }
+    // Connections still on their way are closed with the channels.
+    if let Some(task) = channels {
+        task.abort();
+    }
+    drop(handed_rx);
+    drop(handed_tx);
     drop(unix);
     drop(listener);
     info!(
@@ -241,9 +286,21 @@ fn serve_connection<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    serve_connection_from(builder, graceful, app, stream, None)
+}
+
+fn serve_connection_from<S>(
+    builder: &http1::Builder,
+    graceful: &GracefulShutdown,
+    app: &Arc<App>,
+    stream: S,
+    handed_at: Option<u64>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let metrics = app.metrics.clone();
     let app = app.clone();
-    let svc = service_fn(move |req| handle(app.clone(), req));
+    let svc = service_fn(move |req| handle(app.clone(), req, handed_at));
     let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
     tokio::spawn(async move {
         if let Err(e) = conn.await {

@@ -384,6 +384,7 @@ fn help_explains_every_option_and_its_variable() {
         "ULTRA_BOOST_LISTEN",
         "ULTRA_BOOST_ADDRESS_FILE",
         "ULTRA_BOOST_UNIX_SOCKET",
+        "ULTRA_BOOST_HANDOFF_SOCKET",
         "ULTRA_BOOST_DRAIN_DELAY",
         "ULTRA_BOOST_SHUTDOWN_TIMEOUT",
         "ULTRA_BOOST_STARTUP_DELAY",
