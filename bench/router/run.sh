@@ -2,21 +2,27 @@
 # Benchmark of guard's router (the local platform's front door) against the
 # same replica reached directly, in one run on loopback.
 #
-# crates/guard/examples/router_bench.rs starts ultra-boost replicas through the
-# local platform and prints the router's and the replicas' addresses. wrk then
-# loads, per round, the replica directly and the router (same replica behind
-# it), back to back: throughput, p50 and p99 latency, and the router's CPU time
+# crates/guard/examples/router_bench.rs starts two identical services through
+# the local platform, each with its own router and replicas, and prints the
+# addresses: "router" in its steady state (one release: it hands client
+# connections over to the replicas, `--handoff-socket {handoff_socket}`), and
+# "relay" forced to relay every request, as every router does during a
+# rollout. wrk then loads, per round, a replica directly, the router and the
+# relay, back to back: throughput, p50 and p99 latency, and guard's CPU time
 # per request. Reported: the best round per path (the machine is shared; every
-# round is printed), throughput ratio router/direct and p99 added by the router,
-# against the goals of issue 5: >= 70 % of direct throughput, < 1 ms added p99.
+# round is printed), throughput ratio against direct and p99 added, for both
+# states, against the goals of issue 5: >= 70 % of direct throughput, < 1 ms
+# added p99.
 #
 # The replicas are started as `guard demo` starts them, with
-# `--unix-socket {unix_socket}`: the router reaches them over Unix sockets
-# while wrk reaches "direct" over TCP. -T makes the router use TCP too.
+# `--unix-socket {unix_socket} --handoff-socket {handoff_socket}`: relayed
+# requests reach them over Unix sockets while wrk reaches "direct" over TCP.
+# -T makes relayed requests use TCP too; -H starts the replicas without the
+# handoff socket (then "router" relays as well).
 #
-# Usage: bench/router/run.sh [-d SECONDS] [-c CONNECTIONS] [-t WRK_THREADS] [-r ROUNDS] [-n REPLICAS] [-s] [-T]
+# Usage: bench/router/run.sh [-d SECONDS] [-c CONNECTIONS] [-t WRK_THREADS] [-r ROUNDS] [-n REPLICAS] [-s] [-T] [-H]
 # -s skips the release build and uses the binaries already in target/release.
-# With -n 2 the router balances over 2 replicas while "direct" still hits one.
+# With -n 2 the routers balance over 2 replicas while "direct" still hits one.
 # Needs: cargo, wrk, curl (scripts/install-test-deps.sh installs wrk).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,9 +33,10 @@ wrk_threads=1
 rounds=3
 replicas=1
 skip_build=0
-replica_args=("--arg=--unix-socket={unix_socket}")
+unix_args=("--arg=--unix-socket={unix_socket}")
+handoff_args=("--arg=--handoff-socket={handoff_socket}")
 hop="unix socket"
-while getopts "d:c:t:r:n:sT" opt; do
+while getopts "d:c:t:r:n:sTH" opt; do
   case $opt in
     d) duration=$OPTARG ;;
     c) connections=$OPTARG ;;
@@ -37,8 +44,9 @@ while getopts "d:c:t:r:n:sT" opt; do
     r) rounds=$OPTARG ;;
     n) replicas=$OPTARG ;;
     s) skip_build=1 ;;
-    T) replica_args=(); hop="TCP" ;;
-    *) echo "usage: $0 [-d SECONDS] [-c CONNECTIONS] [-t WRK_THREADS] [-r ROUNDS] [-n REPLICAS] [-s] [-T]" >&2; exit 2 ;;
+    T) unix_args=(); hop="TCP" ;;
+    H) handoff_args=() ;;
+    *) echo "usage: $0 [-d SECONDS] [-c CONNECTIONS] [-t WRK_THREADS] [-r ROUNDS] [-n REPLICAS] [-s] [-T] [-H]" >&2; exit 2 ;;
   esac
 done
 
@@ -68,7 +76,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$rb" --bin "$ub" --replicas "$replicas" --arg=--drain-delay=0s "${replica_args[@]}" >"$tmp/out" 2>"$tmp/err" &
+"$rb" --bin "$ub" --replicas "$replicas" --relay-router --arg=--drain-delay=0s "${unix_args[@]}" "${handoff_args[@]}" >"$tmp/out" 2>"$tmp/err" &
 rb_pid=$!
 for _ in $(seq 1 1000); do
   if [ -s "$tmp/out" ]; then break; fi
@@ -81,18 +89,21 @@ for _ in $(seq 1 1000); do
 done
 line=$(head -n 1 "$tmp/out")
 router=$(sed -n 's/.*"router":"\([^"]*\)".*/\1/p' <<<"$line")
+relay=$(sed -n 's/.*"relay_router":"\([^"]*\)".*/\1/p' <<<"$line")
 direct=$(sed -n 's/.*"replicas":\["\([^"]*\)".*/\1/p' <<<"$line")
-if [ -z "$router" ] || [ -z "$direct" ]; then
+hands_over=$(sed -n 's/.*"hands_over":\([a-z]*\).*/\1/p' <<<"$line")
+if [ -z "$router" ] || [ -z "$relay" ] || [ -z "$direct" ]; then
   echo "bench: unexpected router_bench output: $line" >&2
   exit 1
 fi
-for a in "$router" "$direct"; do
+for a in "$router" "$relay" "$direct"; do
   if [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$a/")" != 200 ]; then
     echo "bench: http://$a/ does not answer 200" >&2
     exit 1
   fi
 done
-echo "== router $router, direct replica $direct ($replicas replica(s) behind the router, reached over $hop)" >&2
+if [ "$hands_over" = true ]; then steady="hands connections over"; else steady="relays (no handoff socket)"; fi
+echo "== router $router ($steady), relay $relay (relays over $hop), direct replica $direct; $replicas replica(s) behind each" >&2
 
 to_us() { # wrk latency like 1.23ms / 512.00us / 1.01s -> microseconds
   awk -v v="$1" 'BEGIN {
@@ -128,30 +139,35 @@ measure() { # url
 
 best_direct=""
 best_router=""
-printf '%-6s %-7s %12s %10s %10s %16s\n' round path req/s p50_us p99_us router_cpu_us/req
+best_relay=""
+better() { # candidate_line best_line -> success when candidate has more req/s
+  [ -z "$2" ] || awk -v a="${1%% *}" -v b="${2%% *}" 'BEGIN { exit !(a > b) }'
+}
+printf '%-6s %-7s %12s %10s %10s %15s\n' round path req/s p50_us p99_us guard_cpu_us/req
 for round in $(seq 1 "$rounds"); do
   d=$(measure "http://$direct/")
   r=$(measure "http://$router/")
-  read -r drps dp50 dp99 _ <<<"$d"
-  read -r rrps rp50 rp99 rcpu <<<"$r"
-  printf '%-6s %-7s %12s %10s %10s %16s\n' "$round" direct "$drps" "$dp50" "$dp99" "-"
-  printf '%-6s %-7s %12s %10s %10s %16s\n' "$round" router "$rrps" "$rp50" "$rp99" "$rcpu"
-  if [ -z "$best_direct" ] || awk -v a="$drps" -v b="${best_direct%% *}" 'BEGIN { exit !(a > b) }'; then
-    best_direct=$d
-  fi
-  if [ -z "$best_router" ] || awk -v a="$rrps" -v b="${best_router%% *}" 'BEGIN { exit !(a > b) }'; then
-    best_router=$r
-  fi
+  l=$(measure "http://$relay/")
+  for pair in "direct:$d" "router:$r" "relay:$l"; do
+    read -r rps p50 p99 cpu <<<"${pair#*:}"
+    [ "${pair%%:*}" = direct ] && cpu="-"
+    printf '%-6s %-7s %12s %10s %10s %15s\n' "$round" "${pair%%:*}" "$rps" "$p50" "$p99" "$cpu"
+  done
+  if better "$d" "$best_direct"; then best_direct=$d; fi
+  if better "$r" "$best_router"; then best_router=$r; fi
+  if better "$l" "$best_relay"; then best_relay=$l; fi
 done
 
-read -r drps _ dp99 _ <<<"$best_direct"
-read -r rrps _ rp99 rcpu <<<"$best_router"
+summary() { # label best_line
+  read -r drps _ dp99 _ <<<"$best_direct"
+  read -r rps _ p99 cpu <<<"$2"
+  awk -v label="$1" -v d="$drps" -v r="$rps" -v dp="$dp99" -v rp="$p99" -v c="$cpu" 'BEGIN {
+    ratio = r / d * 100
+    added = (rp - dp) / 1000
+    printf "%-34s %10.0f req/s vs direct %10.0f: ratio %5.1f %% (goal >= 70 %%: %s); p99 %7.3f ms, added %6.3f ms (goal < 1 ms: %s); guard CPU %.2f us/request\n", label, r, d, ratio, (ratio >= 70 ? "met" : "NOT met"), rp / 1000, added, (added < 1 ? "met" : "NOT met"), c
+  }'
+}
 echo
-echo "best of $rounds rounds, ${duration}s each, wrk -t$wrk_threads -c$connections, $replicas replica(s) behind the router over $hop"
-awk -v d="$drps" -v r="$rrps" -v dp="$dp99" -v rp="$rp99" -v c="$rcpu" 'BEGIN {
-  ratio = r / d * 100
-  added = (rp - dp) / 1000
-  printf "throughput  direct %10.0f req/s   router %10.0f req/s   ratio %5.1f %%  (goal >= 70 %%: %s)\n", d, r, ratio, (ratio >= 70 ? "met" : "NOT met")
-  printf "p99         direct %10.3f ms      router %10.3f ms      added %6.3f ms (goal < 1 ms: %s)\n", dp / 1000, rp / 1000, added, (added < 1 ? "met" : "NOT met")
-  printf "router CPU  %.2f us per request\n", c
-}'
+echo "best of $rounds rounds, ${duration}s each, wrk -t$wrk_threads -c$connections, $replicas replica(s) behind each router"
+summary "router, steady state ($steady)" "$best_router"
+summary "router relaying (rollouts), $hop" "$best_relay"

@@ -7,6 +7,11 @@
 //! Prints one JSON line once every replica is ready:
 //! `{"router":"127.0.0.1:PORT","replicas":["127.0.0.1:PORT",…],"pids":[…]}`,
 //! then serves until SIGINT/SIGTERM or until stdin closes, drains and exits.
+//!
+//! The router is in its steady state (one release: it hands connections over
+//! when the replicas take them, `--arg=--handoff-socket={handoff_socket}`).
+//! With `--relay-router` a second, identical service is started whose router
+//! relays every request, as during a rollout; its address is `relay_router`.
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -34,6 +39,9 @@ struct Args {
     /// Exit when stdin reaches end of file (for harnesses that hold a pipe).
     #[arg(long)]
     stdin_lifeline: bool,
+    /// Also start a second service whose router relays every request (handoff off).
+    #[arg(long)]
+    relay_router: bool,
 }
 
 #[tokio::main]
@@ -49,10 +57,20 @@ async fn main() -> anyhow::Result<()> {
         service: "ultra-boost".into(),
         environment: "bench".into(),
     };
+    let relay_target = Target {
+        service: "ultra-boost".into(),
+        environment: "bench-relay".into(),
+    };
     let mut cfg = LocalTargetConfig::new(target.clone(), args.listen);
     cfg.replicas = args.replicas;
+    let mut configs = vec![cfg];
+    if args.relay_router {
+        let mut relay = LocalTargetConfig::new(relay_target.clone(), "127.0.0.1:0".parse()?);
+        relay.replicas = args.replicas;
+        configs.push(relay);
+    }
     let mut registry = prometheus_client::registry::Registry::default();
-    let platform = LocalPlatform::start(vec![cfg], &mut registry)
+    let platform = LocalPlatform::start(configs, &mut registry)
         .await
         .context("starting the local platform")?;
     let mut command = vec![
@@ -72,6 +90,17 @@ async fn main() -> anyhow::Result<()> {
         .revert(&target, &build)
         .await
         .context("starting the replicas")?;
+    let relay_router = if args.relay_router {
+        platform
+            .revert(&relay_target, &build)
+            .await
+            .context("starting the relay service's replicas")?;
+        let router = platform.router(&relay_target)?;
+        router.set_handoff(false);
+        Some(router.local_addr().to_string())
+    } else {
+        None
+    };
     let observed = platform.observe(&target).await?;
     let replicas: Vec<String> = observed
         .endpoints
@@ -86,6 +115,8 @@ async fn main() -> anyhow::Result<()> {
     let pids = platform.replica_pids(&target)?;
     let line = serde_json::json!({
         "router": platform.router_addr(&target)?.to_string(),
+        "hands_over": platform.router(&target)?.hands_over(),
+        "relay_router": relay_router,
         "replicas": replicas,
         "pids": pids,
     });
@@ -111,8 +142,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let totals = platform.router_totals(&target)?;
     eprintln!(
-        "router_bench: {} requests, {} router failures, {} retries",
-        totals.requests, totals.failures, totals.retries
+        "router_bench: {} requests relayed, {} connections handed over, {} router failures, {} retries",
+        totals.requests, totals.handed_over, totals.failures, totals.retries
     );
     platform.shutdown().await;
     Ok(())

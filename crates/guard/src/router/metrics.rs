@@ -33,6 +33,14 @@ pub struct FailureLabels {
     pub kind: String,
 }
 
+/// Labels of `guard_router_handed_over_connections_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandoffLabels {
+    pub service: String,
+    pub environment: String,
+    pub build: String,
+}
+
 /// Labels of the router's latency histogram and retry counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
@@ -55,6 +63,7 @@ pub struct RouterMetrics {
     pub(crate) failures: Family<FailureLabels, Counter>,
     pub(crate) retries: Family<RouteLabels, Counter>,
     pub(crate) duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub(crate) handed_over: Family<HandoffLabels, Counter>,
 }
 
 impl RouterMetrics {
@@ -78,6 +87,11 @@ impl RouterMetrics {
             m.retries.clone(),
         );
         registry.register(
+            "guard_router_handed_over_connections",
+            "Client connections handed over to a replica (steady state: their requests skip the router)",
+            m.handed_over.clone(),
+        );
+        registry.register(
             "guard_router_request_duration_seconds",
             "Time from request to response headers through the router",
             m.duration.clone(),
@@ -92,6 +106,7 @@ impl RouterMetrics {
             failures: Family::default(),
             retries: Family::default(),
             duration: Family::new_with_constructor(latency_histogram),
+            handed_over: Family::default(),
         }
     }
 }
@@ -103,6 +118,7 @@ pub struct RouterTotals {
     pub(crate) requests: AtomicU64,
     pub(crate) failures: AtomicU64,
     pub(crate) retries: AtomicU64,
+    pub(crate) handed_over: AtomicU64,
 }
 
 /// A copy of [`RouterTotals`] at one moment.
@@ -115,6 +131,9 @@ pub struct TotalsSnapshot {
     pub failures: u64,
     /// Requests retried on another replica (not failures: the client got an answer).
     pub retries: u64,
+    /// Client connections handed over to a replica; their requests are not
+    /// in `requests` (the replicas count them).
+    pub handed_over: u64,
 }
 
 impl RouterTotals {
@@ -123,6 +142,7 @@ impl RouterTotals {
             requests: self.requests.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
+            handed_over: self.handed_over.load(Ordering::Relaxed),
         }
     }
 }
@@ -200,6 +220,18 @@ impl Labels {
                 service: self.service.clone(),
                 environment: self.environment.clone(),
                 kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn handed_over(&self, build: &str) {
+        self.totals.handed_over.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .handed_over
+            .get_or_create(&HandoffLabels {
+                service: self.service.clone(),
+                environment: self.environment.clone(),
+                build: build.to_string(),
             })
             .inc();
     }

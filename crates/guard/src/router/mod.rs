@@ -28,6 +28,29 @@
 //! no per-request allocation is made for the bookkeeping.
 //! 5. Only when no replica is ready, or every attempt failed, the router answers
 //!    503/502 itself; those are counted in `guard_router_failures_total`.
+//!
+//! # Handing connections over (steady state)
+//! Relaying costs a proxy in its own process about as much CPU per request as
+//! the replica spends answering it (issue 5's benchmark). When a service runs
+//! **one release** whose replicas take handed-over connections (ultra-boost's
+//! `--handoff-socket`, the local platform's `{handoff_socket}`) and the platform
+//! has switched handoff on ([`Router::set_handoff`]: a move converged, none in
+//! flight), the router passes each accepted client connection to a ready
+//! replica (round robin) over that Unix socket with `SCM_RIGHTS` and forgets
+//! it: the requests then go from client to replica with no proxy in between,
+//! and the replicas count them. Connections the router relays while handoff is
+//! on are answered with `Connection: close`, so their clients come back and
+//! are handed over too.
+//!
+//! Before traffic moves between releases the platform switches handoff off;
+//! the router then asks every replica to *recycle* the connections it was
+//! handed (close each after its next response), so their clients reconnect
+//! through the router, which relays them per request again: canary weights,
+//! retries and the per-release request counts hold for the whole rollout. A
+//! replica that is retired drains its handed-over connections like its own
+//! (readiness 503, `Connection: close` through the drain delay). What a
+//! handed-over connection does not get: the router's retry when its replica
+//! dies mid-request (the client sees the connection close).
 
 pub mod metrics;
 pub mod pool;
@@ -35,7 +58,7 @@ pub mod pool;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -115,6 +138,8 @@ struct Inner {
     pool: RwLock<Arc<Pool>>,
     labels: Labels,
     seq: AtomicU64,
+    /// Set by the platform while no move is in flight (see the module docs).
+    handoff: AtomicBool,
     cancel: CancellationToken,
 }
 
@@ -159,6 +184,7 @@ impl Router {
             pool: RwLock::new(Arc::new(Pool::default())),
             labels,
             seq: AtomicU64::new(0),
+            handoff: AtomicBool::new(false),
             cancel: CancellationToken::new(),
         });
         let tasks = Arc::new(tokio_util::task::TaskTracker::new());
@@ -198,6 +224,35 @@ impl Router {
                 b.close_idle();
             }
         }
+    }
+
+    /// Switches handing client connections over to the replicas on or off
+    /// (it happens only while the set is one release whose replicas all take
+    /// them). Switching off asks the replicas to send the connections they
+    /// were handed back through the router (recycle; see the module docs).
+    pub fn set_handoff(&self, on: bool) {
+        let was = self.inner.handoff.swap(on, Ordering::AcqRel);
+        if was == on {
+            return;
+        }
+        let pool = self.current_pool();
+        if on {
+            if pool.hands_over {
+                tracing::info!(service = %self.inner.config.service, environment = %self.inner.config.environment, "router hands client connections over to the replicas");
+            }
+        } else {
+            for b in pool.backends() {
+                b.recycle();
+            }
+            if pool.hands_over {
+                tracing::info!(service = %self.inner.config.service, environment = %self.inner.config.environment, "router relays every request again; replicas recycle the connections handed over");
+            }
+        }
+    }
+
+    /// Whether accepted connections are being handed over right now.
+    pub fn hands_over(&self) -> bool {
+        self.inner.handoff.load(Ordering::Acquire) && self.current_pool().hands_over
     }
 
     /// The releases and backends of the current set.
@@ -247,6 +302,9 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
                 }
             },
         };
+        let Some(stream) = hand_over(&inner, stream) else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         // Made once per connection, not per request.
         let forwarded_for = HeaderValue::from_str(&peer.ip().to_string()).ok();
@@ -273,6 +331,50 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
         .is_err()
     {
         tracing::warn!("router gave up waiting for client connections to close");
+    }
+}
+
+/// Hands `stream` to a replica when handoff is on; gives it back otherwise
+/// (or when the replica's channel failed: then the router relays it).
+fn hand_over(inner: &Inner, stream: tokio::net::TcpStream) -> Option<tokio::net::TcpStream> {
+    if !inner.handoff.load(Ordering::Acquire) {
+        return Some(stream);
+    }
+    let pool = Arc::clone(&inner.pool.read().unwrap_or_else(|e| e.into_inner()));
+    if !pool.hands_over {
+        return Some(stream);
+    }
+    let seq = inner.seq.fetch_add(1, Ordering::Relaxed);
+    let Some(pick) = pool.pick(seq, &[]).map(|p| p.backend) else {
+        // No ready replica: relayed, and answered 503 unless one turns ready.
+        return Some(stream);
+    };
+    // Counted as in flight while it changes hands, so a platform retiring the
+    // replica waits for the message to be in its socket before SIGTERM.
+    let _in_flight = pick.begin();
+    // Out of the router's event loop before another process reads it.
+    let std_stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::warn!(error = %err, "router could not detach a client connection");
+            return None;
+        }
+    };
+    match pick.hand_over(&std_stream) {
+        Ok(()) => {
+            inner.labels.handed_over(pick.build());
+            None
+        }
+        Err(err) => {
+            tracing::warn!(build = %pick.build(), addr = %pick.addr(), error = %err, "handing a client connection over failed; relaying it");
+            match tokio::net::TcpStream::from_std(std_stream) {
+                Ok(s) => Some(s),
+                Err(err) => {
+                    tracing::warn!(error = %err, "router could not take a client connection back");
+                    None
+                }
+            }
+        }
     }
 }
 
@@ -569,6 +671,12 @@ async fn handle(
                     rparts
                         .headers
                         .insert(HeaderName::from_static(BUILD_HEADER), v.clone());
+                }
+                if pool.hands_over && inner.handoff.load(Ordering::Relaxed) {
+                    // Reconnect, to be handed over (see the module docs).
+                    rparts
+                        .headers
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
                 record(&inner, &pool, pick.group, rparts.status.as_u16(), started);
                 let body = RouterBody::Upstream(UpstreamBody {

@@ -10,8 +10,13 @@
 //! request takes one (the most recently used first), opens a new one when none
 //! is idle, and gives it back when the response body has ended. A connection
 //! whose response was abandoned midway is closed, never reused.
+//!
+//! A backend started with a handoff socket also keeps the channel on which the
+//! router hands it whole client connections (see the router's docs).
 
+use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -35,6 +40,9 @@ pub struct Backend {
     /// instead of TCP to `addr` (same machine: the kernel does less per
     /// request; `addr` still names the replica in logs and for scrapes).
     unix_socket: Option<PathBuf>,
+    /// Where the replica takes client connections handed over (ultra-boost's
+    /// `--handoff-socket`), and the open channel to it.
+    handoff: Option<HandoffChannel>,
     /// The build as a header value, made once rather than per request.
     build_header: Option<http::HeaderValue>,
     /// `Host` for requests that came without one (HTTP/1.0 clients, probes).
@@ -43,6 +51,65 @@ pub struct Backend {
     in_flight: AtomicU64,
     /// Idle keep-alive connections, most recently used last.
     idle: Mutex<Vec<Sender>>,
+}
+
+/// The router's end of a replica's handoff socket, connected on first use.
+#[derive(Debug)]
+struct HandoffChannel {
+    path: PathBuf,
+    stream: Mutex<Option<std::os::unix::net::UnixStream>>,
+}
+
+/// The one-byte messages of the handoff protocol (ultra-boost's `handoff.rs`).
+const HANDOFF_CONNECTION: u8 = b'c';
+const HANDOFF_RECYCLE: u8 = b'r';
+
+impl HandoffChannel {
+    /// Sends one message, with `fd` attached when given, without blocking: a
+    /// full channel is an error (the caller relays the connection instead). A
+    /// failed channel is dropped and reopened on the next message.
+    fn send(&self, byte: u8, fd: Option<&std::net::TcpStream>) -> std::io::Result<()> {
+        use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+        let mut guard = self.stream.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            if fd.is_none() {
+                // Nothing was handed over on a channel never opened.
+                return Ok(());
+            }
+            let stream = std::os::unix::net::UnixStream::connect(&self.path)?;
+            stream.set_nonblocking(true)?;
+            *guard = Some(stream);
+        }
+        let Some(stream) = guard.as_ref() else {
+            return Ok(());
+        };
+        let fds = fd.map(|s| [s.as_raw_fd()]);
+        let cmsgs: Vec<ControlMessage> = fds
+            .as_ref()
+            .map(|f| vec![ControlMessage::ScmRights(f)])
+            .unwrap_or_default();
+        let sent = sendmsg::<()>(
+            stream.as_raw_fd(),
+            &[IoSlice::new(&[byte])],
+            &cmsgs,
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            None,
+        );
+        match sent {
+            Ok(1) => Ok(()),
+            Ok(_) => {
+                *guard = None;
+                Err(std::io::Error::other("the handoff channel took no byte"))
+            }
+            Err(errno) => {
+                let err = std::io::Error::from(errno);
+                if err.kind() != std::io::ErrorKind::WouldBlock {
+                    *guard = None;
+                }
+                Err(err)
+            }
+        }
+    }
 }
 
 /// The sending half of one keep-alive connection to a backend.
@@ -98,7 +165,7 @@ impl Backend {
     /// **not ready**: whoever adds it to a pool either waited for readiness and
     /// calls [`Backend::set_ready`], or lets the router's poller find out.
     pub fn new(build: impl Into<String>, addr: SocketAddr) -> Arc<Self> {
-        Self::build_backend(build.into(), addr, None)
+        Self::with_sockets(build, addr, None, None)
     }
 
     /// Like [`Backend::new`], for a replica that also serves on the Unix
@@ -108,10 +175,18 @@ impl Backend {
         addr: SocketAddr,
         path: PathBuf,
     ) -> Arc<Self> {
-        Self::build_backend(build.into(), addr, Some(path))
+        Self::with_sockets(build, addr, Some(path), None)
     }
 
-    fn build_backend(build: String, addr: SocketAddr, unix_socket: Option<PathBuf>) -> Arc<Self> {
+    /// A backend with an optional Unix socket for requests and an optional
+    /// handoff socket for whole client connections.
+    pub fn with_sockets(
+        build: impl Into<String>,
+        addr: SocketAddr,
+        unix_socket: Option<PathBuf>,
+        handoff_socket: Option<PathBuf>,
+    ) -> Arc<Self> {
+        let build = build.into();
         let host_header = http::HeaderValue::from_str(&addr.to_string())
             .unwrap_or_else(|_| http::HeaderValue::from_static("127.0.0.1"));
         Arc::new(Self {
@@ -120,6 +195,10 @@ impl Backend {
             build,
             addr,
             unix_socket,
+            handoff: handoff_socket.map(|path| HandoffChannel {
+                path,
+                stream: Mutex::new(None),
+            }),
             host_header,
             ready: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
@@ -167,6 +246,30 @@ impl Backend {
     /// The Unix socket the router uses for this replica, if any.
     pub fn unix_socket(&self) -> Option<&Path> {
         self.unix_socket.as_deref()
+    }
+
+    /// The handoff socket of this replica, if it takes connections handed over.
+    pub fn handoff_socket(&self) -> Option<&Path> {
+        self.handoff.as_ref().map(|h| h.path.as_path())
+    }
+
+    /// Hands `client` over to the replica (an error: it was not, and the
+    /// router still owns it).
+    pub(crate) fn hand_over(&self, client: &std::net::TcpStream) -> std::io::Result<()> {
+        match &self.handoff {
+            Some(h) => h.send(HANDOFF_CONNECTION, Some(client)),
+            None => Err(std::io::Error::other("the replica takes no handed-over connections")),
+        }
+    }
+
+    /// Asks the replica to close the connections handed over so far after
+    /// their next response, so their clients come back through the router.
+    pub(crate) fn recycle(&self) {
+        if let Some(h) = &self.handoff
+            && let Err(err) = h.send(HANDOFF_RECYCLE, None)
+        {
+            tracing::warn!(build = %self.build, addr = %self.addr, error = %err, "could not ask the replica to recycle the connections handed over");
+        }
     }
 
     /// Gives back a connection whose last response has fully arrived.
@@ -265,6 +368,8 @@ pub(crate) const CODE_SLOTS: usize = 600;
 #[derive(Debug, Default)]
 pub(crate) struct Pool {
     pub(crate) groups: Vec<Group>,
+    /// One release whose every replica takes handed-over connections.
+    pub(crate) hands_over: bool,
 }
 
 /// The index of the group and the backend chosen for one request.
@@ -275,7 +380,12 @@ pub(crate) struct Pick {
 
 impl Pool {
     pub(crate) fn new(specs: Vec<GroupSpec>) -> Self {
+        let hands_over = specs.len() == 1
+            && specs
+                .iter()
+                .all(|g| g.backends.iter().all(|b| b.handoff.is_some()));
         Self {
+            hands_over,
             groups: specs
                 .into_iter()
                 .map(|spec| Group {

@@ -21,6 +21,10 @@
 //! | `promote(c)` | `c` at `N` | per replica while old ones drain |
 //! | `revert(to)` | `to` at `N` | `to` only (others serve only while `to` has no ready replica) |
 //!
+//! While a move runs the router relays every request; once a move converged to
+//! one release (`promote`, `revert`) it hands client connections over to
+//! replicas that take them (`{handoff_socket}`, see the router docs).
+//!
 //! All calls are idempotent: a second call finds nothing missing and nothing
 //! surplus. `revert(to)` on a target where nothing runs simply starts `to`:
 //! it is also how the engine brings up the first release.
@@ -299,6 +303,9 @@ impl LocalPlatform {
         let rt = self.runtime(target)?;
         let _op = rt.op.lock().await;
         let started = Instant::now();
+        // Every request is relayed while replicas and weights move; the
+        // replicas send the connections they were handed back (recycle).
+        rt.router.set_handoff(false);
         {
             let mut st = rt.state.lock().unwrap_or_else(|e| e.into_inner());
             st.stable = Some(desired.stable.number.clone());
@@ -407,6 +414,8 @@ impl LocalPlatform {
             seconds = started.elapsed().as_secs_f64(),
             "replicas converged"
         );
+        // One release and nothing moving: connections may skip the router.
+        rt.router.set_handoff(desired.candidate.is_none());
         Ok(())
     }
 }

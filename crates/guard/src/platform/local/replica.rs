@@ -17,6 +17,12 @@
 //! request than a second TCP connection over loopback (see
 //! `bench/router/run.sh`). Programs without such an option just leave the
 //! placeholder out and are reached over TCP.
+//!
+//! Optional: an argument containing `{handoff_socket}` gets a socket path on
+//! which the program takes client connections the router hands over
+//! (ultra-boost: `--handoff-socket {handoff_socket}`; protocol in ultra-boost's
+//! docs). While the service runs one release the router then hands
+//! connections over instead of relaying their requests (see the router docs).
 //! `BUILD_NUMBER` and `GIT_COMMIT` are set from the build unless its `env` sets
 //! them.
 
@@ -113,17 +119,28 @@ pub(crate) fn probe_client() -> ProbeClient {
 
 /// The placeholder for the replica's Unix socket path (see the module doc).
 pub(crate) const UNIX_SOCKET_PLACEHOLDER: &str = "{unix_socket}";
+/// The placeholder for the replica's handoff socket path (see the module doc).
+pub(crate) const HANDOFF_SOCKET_PLACEHOLDER: &str = "{handoff_socket}";
 
 /// Builds the argument list: placeholders substituted, or the flags appended.
-pub(crate) fn arguments(build: &Build, address_file: &Path, unix_socket: &Path) -> Vec<String> {
+pub(crate) fn arguments(
+    build: &Build,
+    address_file: &Path,
+    unix_socket: &Path,
+    handoff_socket: &Path,
+) -> Vec<String> {
     let file = address_file.display().to_string();
     let socket = unix_socket.display().to_string();
+    let handoff = handoff_socket.display().to_string();
     let listen = "127.0.0.1:0";
     let args: Vec<String> = build
         .command
         .iter()
         .skip(1)
-        .map(|a| a.replace(UNIX_SOCKET_PLACEHOLDER, &socket))
+        .map(|a| {
+            a.replace(UNIX_SOCKET_PLACEHOLDER, &socket)
+                .replace(HANDOFF_SOCKET_PLACEHOLDER, &handoff)
+        })
         .collect();
     let templated = args
         .iter()
@@ -147,21 +164,33 @@ pub(crate) fn arguments(build: &Build, address_file: &Path, unix_socket: &Path) 
     }
 }
 
-/// Whether the build asks for a Unix socket (`{unix_socket}` in its command).
-fn wants_unix_socket(build: &Build) -> bool {
-    build
-        .command
-        .iter()
-        .skip(1)
-        .any(|a| a.contains(UNIX_SOCKET_PLACEHOLDER))
+/// Whether the build's command names `placeholder`.
+fn names(build: &Build, placeholder: &str) -> bool {
+    build.command.iter().skip(1).any(|a| a.contains(placeholder))
 }
 
-/// Where replica `id` puts its socket: in `dir`, unless that path would pass
-/// the kernel's limit for socket paths (108 bytes with the final NUL), then
-/// in the system's temporary directory.
-fn unix_socket_path(dir: &Path, id: u64) -> PathBuf {
+/// The socket `placeholder` names, when the build asks for it and the
+/// program created it (a warning when it did not).
+fn created_socket(build: &Build, pid: u32, placeholder: &str, path: PathBuf) -> Option<PathBuf> {
+    if !names(build, placeholder) {
+        return None;
+    }
+    if path.exists() {
+        return Some(path);
+    }
+    tracing::warn!(
+        build = %build.number, pid, path = %path.display(),
+        "the build's command names {placeholder} but the program did not create that socket; going without it"
+    );
+    None
+}
+
+/// Where replica `id` puts its socket `suffix`: in `dir`, unless that path
+/// would pass the kernel's limit for socket paths (108 bytes with the final
+/// NUL), then in the system's temporary directory.
+fn socket_path(dir: &Path, id: u64, suffix: &str) -> PathBuf {
     const SUN_PATH_MAX: usize = 107;
-    let name = format!("replica-{id}.sock");
+    let name = format!("replica-{id}.{suffix}");
     let in_dir = dir.join(&name);
     if in_dir.as_os_str().len() <= SUN_PATH_MAX {
         return in_dir;
@@ -188,9 +217,10 @@ pub(crate) async fn start(
     };
     let address_file = dir.join(format!("replica-{id}.addr"));
     let _ = std::fs::remove_file(&address_file);
-    let unix_socket = unix_socket_path(dir, id);
+    let unix_socket = socket_path(dir, id, "sock");
+    let handoff_socket = socket_path(dir, id, "handoff");
     let mut cmd = tokio::process::Command::new(program);
-    cmd.args(arguments(build, &address_file, &unix_socket))
+    cmd.args(arguments(build, &address_file, &unix_socket, &handoff_socket))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -241,19 +271,14 @@ pub(crate) async fn start(
     match wait_ready(&process, &address_file, ready_timeout, client).await {
         Ok(addr) => {
             let _ = std::fs::remove_file(&address_file);
-            let backend = if !wants_unix_socket(build) {
-                Backend::new(build.number.clone(), addr)
-            } else if unix_socket.exists() {
-                Backend::with_unix_socket(build.number.clone(), addr, unix_socket)
-            } else {
-                tracing::warn!(
-                    build = %build.number, pid, path = %unix_socket.display(),
-                    "the build's command names {UNIX_SOCKET_PLACEHOLDER} but the program did not create that socket; routing to it over TCP"
-                );
-                Backend::new(build.number.clone(), addr)
-            };
+            let backend = Backend::with_sockets(
+                build.number.clone(),
+                addr,
+                created_socket(build, pid, UNIX_SOCKET_PLACEHOLDER, unix_socket),
+                created_socket(build, pid, HANDOFF_SOCKET_PLACEHOLDER, handoff_socket),
+            );
             backend.set_ready(true);
-            tracing::info!(build = %build.number, pid, %addr, unix_socket = ?backend.unix_socket(), "replica ready");
+            tracing::info!(build = %build.number, pid, %addr, unix_socket = ?backend.unix_socket(), handoff_socket = ?backend.handoff_socket(), "replica ready");
             Ok(Replica {
                 build: build.number.clone(),
                 process,
