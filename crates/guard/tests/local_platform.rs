@@ -207,6 +207,91 @@ async fn a_build_with_a_unix_socket_is_routed_over_it_with_no_failed_request() {
     p.shutdown().await;
 }
 
+/// Answers given on connections the router handed over, all builds.
+fn handed_over(t: &replicas::Tally) -> u64 {
+    t.handed_over_by_build.values().sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_release_gets_connections_handed_over_and_every_move_is_relayed_with_no_failed_request()
+{
+    let (p, t, addr) = platform(2).await;
+    let router = p.router(&t).unwrap();
+    let handoff = ["--handoff-socket", "{handoff_socket}"];
+    let b1 = build("1", &handoff);
+    let b2 = build("2", &handoff);
+    p.revert(&t, &b1).await.unwrap();
+    assert!(router.hands_over(), "one release: connections are handed over");
+    let load = Load::start(format!("http://{addr}/"), 4, Duration::from_millis(1));
+    load.wait_for(100).await;
+    load.settle().await;
+    let steady = load.tally();
+    load.wait_for(200).await;
+    let after = load.tally();
+    assert_eq!(
+        handed_over(&after) - handed_over(&steady),
+        after.total() - steady.total(),
+        "in steady state every answer comes from a replica on a handed-over connection: {after:?}"
+    );
+    let totals = p.router_totals(&t).unwrap();
+    assert!(
+        (1..=8).contains(&totals.handed_over),
+        "a connection per worker, not per request: {totals:?}"
+    );
+
+    // A canary relays every request: weights hold again, the connections the
+    // replicas were handed come back through the router (recycle).
+    p.shift(&t, &b1, &b2, Strategy::Canary, 0.25).await.unwrap();
+    assert!(!router.hands_over());
+    load.settle().await;
+    let before = load.tally();
+    load.wait_for(800).await;
+    let during = load.tally();
+    assert_eq!(
+        handed_over(&during),
+        handed_over(&before),
+        "nothing skips the router during a move: {during:?}"
+    );
+    let relayed = |t: &replicas::Tally, b: &str| t.by_build.get(b).copied().unwrap_or(0);
+    let n2 = relayed(&during, "2") - relayed(&before, "2");
+    let n = during.total() - before.total();
+    let share = n2 as f64 / n as f64;
+    assert!(
+        (0.15..=0.35).contains(&share),
+        "candidate share {share} of {n} relayed requests, weight 0.25"
+    );
+
+    // Promoted: one release again, handed over again (relayed connections
+    // are asked to reconnect and come back to be handed over).
+    p.promote(&t, &b2).await.unwrap();
+    assert!(router.hands_over());
+    load.settle().await;
+    let promoted = load.tally();
+    load.wait_for(200).await;
+    let later = load.tally();
+    assert_eq!(
+        handed_over(&later) - handed_over(&promoted),
+        later.total() - promoted.total(),
+        "{later:?}"
+    );
+    assert!(later.handed_over_by_build.get("2").copied().unwrap_or(0) >= 200);
+
+    // And back, rolling: build 2's replicas drain their handed-over
+    // connections like their own.
+    p.shift(&t, &b2, &b1, Strategy::Rolling, 1.0).await.unwrap();
+    p.promote(&t, &b1).await.unwrap();
+    load.wait_for(200).await;
+    let tally = load.stop().await;
+    assert_eq!(tally.router_failures(), 0, "{tally:?}");
+    assert_eq!(p.router_totals(&t).unwrap().failures, 0);
+    assert_eq!(
+        tally.by_code.keys().copied().collect::<Vec<_>>(),
+        [200],
+        "{tally:?}"
+    );
+    p.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_build_that_never_gets_ready_stops_the_move_with_the_old_replicas_serving() {
     let t = replicas::target();

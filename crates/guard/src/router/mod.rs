@@ -360,20 +360,22 @@ fn hand_over(inner: &Inner, stream: tokio::net::TcpStream) -> Option<tokio::net:
             return None;
         }
     };
-    match pick.hand_over(&std_stream) {
-        Ok(()) => {
+    match pick.hand_over(&std_stream, &inner.handoff) {
+        Ok(true) => {
             inner.labels.handed_over(pick.build());
-            None
+            return None;
         }
+        // Switched off meanwhile.
+        Ok(false) => {}
         Err(err) => {
             tracing::warn!(build = %pick.build(), addr = %pick.addr(), error = %err, "handing a client connection over failed; relaying it");
-            match tokio::net::TcpStream::from_std(std_stream) {
-                Ok(s) => Some(s),
-                Err(err) => {
-                    tracing::warn!(error = %err, "router could not take a client connection back");
-                    None
-                }
-            }
+        }
+    }
+    match tokio::net::TcpStream::from_std(std_stream) {
+        Ok(s) => Some(s),
+        Err(err) => {
+            tracing::warn!(error = %err, "router could not take a client connection back");
+            None
         }
     }
 }

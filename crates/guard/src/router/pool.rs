@@ -67,21 +67,32 @@ const HANDOFF_RECYCLE: u8 = b'r';
 impl HandoffChannel {
     /// Sends one message, with `fd` attached when given, without blocking: a
     /// full channel is an error (the caller relays the connection instead). A
-    /// failed channel is dropped and reopened on the next message.
-    fn send(&self, byte: u8, fd: Option<&std::net::TcpStream>) -> std::io::Result<()> {
+    /// failed channel is dropped and reopened on the next message. With
+    /// `allowed`, nothing is sent (`Ok(false)`) unless it holds once the
+    /// channel is ours: a connection is never handed over after the recycle
+    /// that follows switching handoff off.
+    fn send(
+        &self,
+        byte: u8,
+        fd: Option<&std::net::TcpStream>,
+        allowed: Option<&AtomicBool>,
+    ) -> std::io::Result<bool> {
         use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
         let mut guard = self.stream.lock().unwrap_or_else(|e| e.into_inner());
+        if allowed.is_some_and(|a| !a.load(Ordering::Acquire)) {
+            return Ok(false);
+        }
         if guard.is_none() {
             if fd.is_none() {
                 // Nothing was handed over on a channel never opened.
-                return Ok(());
+                return Ok(true);
             }
             let stream = std::os::unix::net::UnixStream::connect(&self.path)?;
             stream.set_nonblocking(true)?;
             *guard = Some(stream);
         }
         let Some(stream) = guard.as_ref() else {
-            return Ok(());
+            return Ok(true);
         };
         let fds = fd.map(|s| [s.as_raw_fd()]);
         let cmsgs: Vec<ControlMessage> = fds
@@ -96,7 +107,7 @@ impl HandoffChannel {
             None,
         );
         match sent {
-            Ok(1) => Ok(()),
+            Ok(1) => Ok(true),
             Ok(_) => {
                 *guard = None;
                 Err(std::io::Error::other("the handoff channel took no byte"))
@@ -253,12 +264,18 @@ impl Backend {
         self.handoff.as_ref().map(|h| h.path.as_path())
     }
 
-    /// Hands `client` over to the replica (an error: it was not, and the
-    /// router still owns it).
-    pub(crate) fn hand_over(&self, client: &std::net::TcpStream) -> std::io::Result<()> {
+    /// Hands `client` over to the replica if `allowed` still holds:
+    /// `Ok(true)` when it was; otherwise the router still owns it.
+    pub(crate) fn hand_over(
+        &self,
+        client: &std::net::TcpStream,
+        allowed: &AtomicBool,
+    ) -> std::io::Result<bool> {
         match &self.handoff {
-            Some(h) => h.send(HANDOFF_CONNECTION, Some(client)),
-            None => Err(std::io::Error::other("the replica takes no handed-over connections")),
+            Some(h) => h.send(HANDOFF_CONNECTION, Some(client), Some(allowed)),
+            None => Err(std::io::Error::other(
+                "the replica takes no handed-over connections",
+            )),
         }
     }
 
@@ -266,7 +283,7 @@ impl Backend {
     /// their next response, so their clients come back through the router.
     pub(crate) fn recycle(&self) {
         if let Some(h) = &self.handoff
-            && let Err(err) = h.send(HANDOFF_RECYCLE, None)
+            && let Err(err) = h.send(HANDOFF_RECYCLE, None, None)
         {
             tracing::warn!(build = %self.build, addr = %self.addr, error = %err, "could not ask the replica to recycle the connections handed over");
         }

@@ -78,6 +78,22 @@ pub fn client() -> HttpClient {
 
 /// One GET; returns the status and the build that answered (router header).
 pub async fn get(client: &HttpClient, url: &str) -> Result<(u16, Option<String>), String> {
+    let a = fetch(client, url).await?;
+    Ok((a.status, a.relayed_by))
+}
+
+/// One answer and who gave it.
+pub struct Answer {
+    pub status: u16,
+    /// The build named by the router's header: the router relayed the request.
+    pub relayed_by: Option<String>,
+    /// The build in ultra-boost's `GET /` body (also when a replica answered
+    /// on a connection the router handed over, without the router's header).
+    pub body_build: Option<String>,
+}
+
+/// One GET, with both ways of telling which build answered.
+pub async fn fetch(client: &HttpClient, url: &str) -> Result<Answer, String> {
     let req = http::Request::get(url)
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
@@ -86,16 +102,25 @@ pub async fn get(client: &HttpClient, url: &str) -> Result<(u16, Option<String>)
         .map_err(|_| "timeout".to_string())?
         .map_err(|e| format!("{e:?}"))?;
     let status = resp.status().as_u16();
-    let build = resp
+    let relayed_by = resp
         .headers()
         .get(guard::router::BUILD_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(String::from);
-    resp.into_body()
+    let body = resp
+        .into_body()
         .collect()
         .await
-        .map_err(|e| format!("body: {e}"))?;
-    Ok((status, build))
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    let body_build = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("build")?.as_str().map(String::from));
+    Ok(Answer {
+        status,
+        relayed_by,
+        body_build,
+    })
 }
 
 /// What a load run saw.
@@ -103,6 +128,9 @@ pub async fn get(client: &HttpClient, url: &str) -> Result<(u16, Option<String>)
 pub struct Tally {
     pub by_code: BTreeMap<u16, u64>,
     pub by_build: BTreeMap<String, u64>,
+    /// Answers a replica gave on a connection the router handed over (no
+    /// router header; the build is read from the body), by build.
+    pub handed_over_by_build: BTreeMap<String, u64>,
     pub errors: u64,
     pub first_errors: Vec<String>,
 }
@@ -149,14 +177,17 @@ impl Load {
                 tokio::spawn(async move {
                     let c = client();
                     while !stop.is_cancelled() {
-                        let r = get(&c, &url).await;
+                        let r = fetch(&c, &url).await;
                         {
                             let mut t = tally.lock().unwrap();
                             match r {
-                                Ok((code, build)) => {
-                                    *t.by_code.entry(code).or_default() += 1;
-                                    if let Some(b) = build {
+                                Ok(a) => {
+                                    *t.by_code.entry(a.status).or_default() += 1;
+                                    if let Some(b) = a.relayed_by {
                                         *t.by_build.entry(b).or_default() += 1;
+                                    } else if let Some(b) = a.body_build {
+                                        *t.by_build.entry(b.clone()).or_default() += 1;
+                                        *t.handed_over_by_build.entry(b).or_default() += 1;
                                     }
                                 }
                                 Err(e) => {
