@@ -148,8 +148,9 @@ pub struct RawService {
 
 /// A command line and environment. `{build}` in any string becomes the build
 /// number; `{ultra_boost}` becomes the located `ultra-boost` binary;
-/// `{unix_socket}` is left for the local platform, which puts a socket path
-/// there and routes to the replica over that socket.
+/// `{unix_socket}` and `{handoff_socket}` are left for the local platform,
+/// which puts socket paths there: the router relays requests to the replica
+/// over the first and hands it client connections over the second.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawBuildTemplate {
@@ -1001,7 +1002,7 @@ services:
     canary_steps: [25, 50]
     watch: 5s
     build:
-      command: ["{ultra_boost}", "--drain-delay", "1s", "--background-interval", "1s", "--unix-socket", "{unix_socket}"]
+      command: ["{ultra_boost}", "--drain-delay", "1s", "--background-interval", "1s", "--unix-socket", "{unix_socket}", "--handoff-socket", "{handoff_socket}"]
       env:
         ULTRA_BOOST_LOG_LEVEL: warn
     builds:

@@ -221,7 +221,10 @@ async fn one_release_gets_connections_handed_over_and_every_move_is_relayed_with
     let b1 = build("1", &handoff);
     let b2 = build("2", &handoff);
     p.revert(&t, &b1).await.unwrap();
-    assert!(router.hands_over(), "one release: connections are handed over");
+    assert!(
+        router.hands_over(),
+        "one release: connections are handed over"
+    );
     let load = Load::start(format!("http://{addr}/"), 4, Duration::from_millis(1));
     load.wait_for(100).await;
     load.settle().await;

@@ -269,7 +269,10 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
             r.router_failed_requests
         );
     }
-    println!("{} requests sent through the router", report.total_requests);
+    println!(
+        "{} requests sent to the router's address (relayed, or served on connections it handed over)",
+        report.total_requests
+    );
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     }

@@ -166,7 +166,11 @@ pub(crate) fn arguments(
 
 /// Whether the build's command names `placeholder`.
 fn names(build: &Build, placeholder: &str) -> bool {
-    build.command.iter().skip(1).any(|a| a.contains(placeholder))
+    build
+        .command
+        .iter()
+        .skip(1)
+        .any(|a| a.contains(placeholder))
 }
 
 /// The socket `placeholder` names, when the build asks for it and the
@@ -220,11 +224,16 @@ pub(crate) async fn start(
     let unix_socket = socket_path(dir, id, "sock");
     let handoff_socket = socket_path(dir, id, "handoff");
     let mut cmd = tokio::process::Command::new(program);
-    cmd.args(arguments(build, &address_file, &unix_socket, &handoff_socket))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    cmd.args(arguments(
+        build,
+        &address_file,
+        &unix_socket,
+        &handoff_socket,
+    ))
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
     if !build.env.contains_key("BUILD_NUMBER") {
         cmd.env("BUILD_NUMBER", &build.number);
     }
