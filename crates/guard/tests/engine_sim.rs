@@ -51,6 +51,15 @@ fn policy() -> judge::Policy {
 }
 
 fn rig(db: &std::path::Path, platform: Arc<SimPlatform>, source: Option<Arc<SimSource>>) -> Rig {
+    rig_with(db, platform, source, policy())
+}
+
+fn rig_with(
+    db: &std::path::Path,
+    platform: Arc<SimPlatform>,
+    source: Option<Arc<SimSource>>,
+    policy: judge::Policy,
+) -> Rig {
     let source = source.unwrap_or_else(|| {
         Arc::new(SimSource::new(
             platform.clone(),
@@ -61,7 +70,7 @@ fn rig(db: &std::path::Path, platform: Arc<SimPlatform>, source: Option<Arc<SimS
     });
     let store = Arc::new(Store::open(db).expect("store"));
     let judge = PolicyJudge::new(
-        policy(),
+        policy,
         HashMap::new(),
         vec![judge::SloSpec::availability("availability", 0.999)],
     )
@@ -273,6 +282,76 @@ async fn source_outage_holds_never_promotes_and_resumes_when_it_returns() {
     assert!(
         causes.contains(&"source_down".to_string()) && causes.contains(&"source_up".to_string()),
         "{causes:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_release_held_for_too_little_traffic_is_still_judged_and_reverted_when_it_burns() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let platform = Arc::new(SimPlatform::default());
+    // 20 requests a second, 10 % of them to the canary: nowhere near enough
+    // to pass a 99.9 % SLO within the 1 s deadline.
+    let source = Arc::new(SimSource::new(
+        platform.clone(),
+        20.0,
+        vec!["availability".into()],
+        0.0,
+    ));
+    let rig = rig_with(
+        &dir.path().join("held.db"),
+        platform,
+        Some(source),
+        judge::Policy {
+            max_verify_seconds: 1.0,
+            ..policy()
+        },
+    );
+    first_release(&rig);
+    let id = rig
+        .engine
+        .deploy(&target(), build("2"), Strategy::Canary, "test")
+        .expect("deploy");
+    let held = wait_for(&rig.store, id, "held", Duration::from_secs(10), |p| {
+        matches!(p, Phase::Held { .. })
+    })
+    .await;
+    let Phase::Held { reason, .. } = &held else {
+        unreachable!()
+    };
+    assert!(reason.contains("too little traffic"), "{reason}");
+    // Held: a person is told and nothing promotes on its own.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(matches!(
+        rig.store.rollout(id).expect("r").phase,
+        Phase::Held { .. }
+    ));
+
+    // The held canary starts failing half its requests: still judged, it is
+    // reverted without waiting for the person.
+    rig.source.set_error_ratio("2", "availability", 0.5);
+    let end = wait_for(
+        &rig.store,
+        id,
+        "terminal",
+        Duration::from_secs(20),
+        Phase::is_terminal,
+    )
+    .await;
+    assert_eq!(end, Phase::Reverted);
+    let r = rig.store.rollout(id).expect("r");
+    assert!(
+        r.reason
+            .as_deref()
+            .is_some_and(|x| x.starts_with("while held:")),
+        "{:?}",
+        r.reason
+    );
+    assert_eq!(rig.platform.state(&target()), (Some("1".into()), None, 0.0));
+    assert!(
+        !rig.platform
+            .actions()
+            .iter()
+            .any(|(_, a)| a.starts_with("promote"))
     );
 }
 

@@ -17,7 +17,11 @@
 //!    intervals during its watch period, during which attributable budget
 //!    burn reaching [`Policy::max_budget_share`] turns it into `Revert`;
 //!    `Revert` is latched; `Hold` (shared outage, too little traffic by the
-//!    deadline, source down) asks a person and is *not* latched.
+//!    deadline, source down) asks a person and is *not* latched: guard's
+//!    engine keeps feeding a release held by the judge, and a later `Revert`
+//!    (the evidence became conclusive) reverts it before the person acts (the
+//!    always-valid bound below holds however long it is watched; the detection
+//!    simulator follows held trials for a day and counts those reverts).
 //!
 //! [`Judge`] is `Serialize`/`Deserialize`, so the engine may persist it with
 //! the rollout and resume after a crash exactly where it stopped.

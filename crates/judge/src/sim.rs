@@ -175,6 +175,13 @@ pub struct ScenarioResult {
     /// Median share (%) of the 30 d budget (at `rps`) that the release's
     /// errors burned before the verdict.
     pub budget_burned_pct_median: f64,
+    /// Share of trials held at the deadline that the judge, still fed while
+    /// the release is held (as guard's engine does), reverted within
+    /// [`HELD_WATCH_SECONDS`] of the hold.
+    pub reverted_while_held_rate: f64,
+    /// Share of trials reverted, during verification or while held, before
+    /// the release's errors burned [`BUDGET_GOAL_PCT`] % of the 30 d budget.
+    pub reverted_before_budget_goal_rate: f64,
     /// Median seconds a Flagger-style threshold check needs to roll back;
     /// `null` when it fires in fewer than half the trials within the
     /// verification deadline.
@@ -190,7 +197,23 @@ pub struct Trial {
     pub seconds: f64,
     /// The release's bad events until it.
     pub release_bad: u64,
+    /// For a trial held at the deadline: seconds (from the start) and the
+    /// release's bad events when the judge, still fed, reverted it within
+    /// [`HELD_WATCH_SECONDS`].
+    pub reverted_while_held: Option<(f64, u64)>,
 }
+
+/// How long the simulator keeps feeding the judge after a hold: guard's
+/// engine keeps judging a held release until a person acts on it (and
+/// reverts it on conclusive evidence); a day is when a person has looked.
+pub const HELD_WATCH_SECONDS: f64 = 86_400.0;
+
+/// Interval of the intervals fed while held (the verdict depends on the
+/// counts, not on the slicing; minutes keep a day of trials fast).
+pub const HELD_WATCH_INTERVAL_SECONDS: f64 = 60.0;
+
+/// The budget share (%) a 2× release must be reverted before (issue 4).
+pub const BUDGET_GOAL_PCT: f64 = 2.0;
 
 /// Runs `trials` trials of `scenario` under `policy` with `seed`.
 pub fn run(
@@ -229,6 +252,23 @@ pub fn run(
         revert_rate: count(Verdict::Revert) / n,
         promote_rate: count(Verdict::Promote) / n,
         hold_rate: count(Verdict::Hold) / n,
+        reverted_while_held_rate: outcomes
+            .iter()
+            .filter(|t| t.reverted_while_held.is_some())
+            .count() as f64
+            / n,
+        reverted_before_budget_goal_rate: outcomes
+            .iter()
+            .filter(|t| {
+                let bad = match (t.verdict, t.reverted_while_held) {
+                    (Verdict::Revert, _) => t.release_bad,
+                    (_, Some((_, bad))) => bad,
+                    _ => return false,
+                };
+                100.0 * bad as f64 / period_budget < BUDGET_GOAL_PCT
+            })
+            .count() as f64
+            / n,
         median_seconds: quantile(&mut seconds, 0.5),
         p95_seconds: quantile(&mut seconds, 0.95),
         oracle_seconds: oracle_seconds(scenario, policy, release_rps),
@@ -325,10 +365,24 @@ pub fn run_trial(
         interval.slos[0].baseline = Counts::new(n_base - bad_base, n_base);
         let decision = judge.step(&interval)?;
         if decision.verdict != Verdict::Continue {
+            let seconds = second as f64 * interval.seconds;
+            let reverted_while_held = if decision.verdict == Verdict::Hold {
+                watch_held(
+                    scenario,
+                    &mut judge,
+                    &mut interval,
+                    seconds,
+                    release_bad,
+                    rng,
+                )?
+            } else {
+                None
+            };
             return Ok(Trial {
                 verdict: decision.verdict,
-                seconds: second as f64 * interval.seconds,
+                seconds,
                 release_bad,
+                reverted_while_held,
             });
         }
     }
@@ -337,7 +391,60 @@ pub fn run_trial(
         verdict: Verdict::Hold,
         seconds: limit as f64 * interval.seconds,
         release_bad,
+        reverted_while_held: None,
     })
+}
+
+/// Keeps feeding a held trial's judge the same traffic for
+/// [`HELD_WATCH_SECONDS`], a minute at a time (errors still drawn second by
+/// second, so bursts stay bursts), and returns when and after how many of the
+/// release's bad events it reverted, if it did.
+fn watch_held(
+    scenario: &Scenario,
+    judge: &mut Judge,
+    interval: &mut Interval,
+    held_at: f64,
+    mut release_bad: u64,
+    rng: &mut StdRng,
+) -> Result<Option<(f64, u64)>, JudgeError> {
+    let p0 = 1.0 - scenario.objective;
+    let p_release = (scenario.multiple * p0).min(1.0);
+    let p_base = (scenario.baseline_multiple * p0).min(1.0);
+    let per_second = scenario.rps;
+    let seconds = HELD_WATCH_INTERVAL_SECONDS;
+    interval.seconds = seconds;
+    let steps = (HELD_WATCH_SECONDS / seconds).ceil() as u64;
+    for step in 1..=steps {
+        let requests = (per_second * seconds).round() as u64;
+        let (n_release, n_base) = match scenario.canary_share {
+            Some(w) => {
+                let c = sample_binomial(rng, requests, w);
+                (c, requests - c)
+            }
+            None => (requests, 0),
+        };
+        let bad_release = match scenario.errors {
+            ErrorModel::Independent => sample_binomial(rng, n_release, p_release),
+            model => {
+                // Second by second, as during verification.
+                let whole = seconds as u64;
+                let mut bad = 0;
+                for s in 0..whole {
+                    let share = n_release / whole + u64::from(s < n_release % whole);
+                    bad += sample_bad(rng, share, p_release, model);
+                }
+                bad
+            }
+        };
+        let bad_base = sample_binomial(rng, n_base, p_base);
+        release_bad += bad_release;
+        interval.slos[0].candidate = Counts::new(n_release - bad_release, n_release);
+        interval.slos[0].baseline = Counts::new(n_base - bad_base, n_base);
+        if judge.step(interval)?.verdict == Verdict::Revert {
+            return Ok(Some((held_at + step as f64 * seconds, release_bad)));
+        }
+    }
+    Ok(None)
 }
 
 fn sample_binomial(rng: &mut StdRng, n: u64, p: f64) -> u64 {
@@ -447,8 +554,11 @@ pub struct GoalCheck {
 /// Checks the goals of issue 4 against benchmark rows:
 /// false revert ≤ 1 % at multiples ≤ 1 and in `bursty`; revert ≥ 99 % at
 /// multiples ≥ 6; median time ≤ max(1.5 × oracle, 2 s) at multiples ≥ 6;
-/// 2× releases reverted (≥ 99 %) with a median budget burn below 2 %; no
-/// revert in `shared-outage`.
+/// 2× releases reverted (≥ 99 %) before they burned 2 % of the budget; no
+/// revert in `shared-outage`. Reverts count whether they came during
+/// verification or later while the release was held (guard keeps judging a
+/// held release), so a held release's late revert counts against the false
+/// revert and shared-outage goals as much as for the others.
 pub fn check_goals(rows: &[ScenarioResult]) -> Vec<GoalCheck> {
     let mut out = Vec::new();
     for r in rows {
@@ -468,19 +578,17 @@ pub fn check_goals(rows: &[ScenarioResult]) -> Vec<GoalCheck> {
             })
         };
         let independent = r.scenario == "release" || r.scenario == "canary";
+        let reverted = r.revert_rate + r.reverted_while_held_rate;
+        let reverts = format!(
+            "revert rate {:.2}% + {:.2}% while held",
+            r.revert_rate * 100.0,
+            r.reverted_while_held_rate * 100.0
+        );
         if (independent && r.multiple <= 1.0) || r.scenario == "bursty" {
-            check(
-                "false revert <= 1%",
-                r.revert_rate <= 0.01,
-                format!("revert rate {:.2}%", r.revert_rate * 100.0),
-            );
+            check("false revert <= 1%", reverted <= 0.01, reverts.clone());
         }
         if independent && r.multiple >= 6.0 {
-            check(
-                "revert >= 99%",
-                r.revert_rate >= 0.99,
-                format!("revert rate {:.2}%", r.revert_rate * 100.0),
-            );
+            check("revert >= 99%", reverted >= 0.99, reverts.clone());
             let bound = (1.5 * r.oracle_seconds).max(2.0);
             check(
                 "median time <= max(1.5 x oracle, 2 s)",
@@ -494,10 +602,10 @@ pub fn check_goals(rows: &[ScenarioResult]) -> Vec<GoalCheck> {
         if independent && r.multiple == 2.0 {
             check(
                 "2x reverted before 2% of budget",
-                r.revert_rate >= 0.99 && r.budget_burned_pct_median < 2.0,
+                r.reverted_before_budget_goal_rate >= 0.99,
                 format!(
-                    "revert rate {:.2}%, median budget burned {:.4}%",
-                    r.revert_rate * 100.0,
+                    "{:.2}% reverted before {BUDGET_GOAL_PCT}% of the budget ({reverts}), median budget burned by the verdict {:.4}%",
+                    r.reverted_before_budget_goal_rate * 100.0,
                     r.budget_burned_pct_median
                 ),
             );
@@ -505,12 +613,8 @@ pub fn check_goals(rows: &[ScenarioResult]) -> Vec<GoalCheck> {
         if r.scenario == "shared-outage" {
             check(
                 "no revert in shared-outage",
-                r.revert_rate == 0.0,
-                format!(
-                    "revert rate {:.2}%, hold rate {:.2}%",
-                    r.revert_rate * 100.0,
-                    r.hold_rate * 100.0
-                ),
+                reverted == 0.0,
+                format!("{reverts}, hold rate {:.2}%", r.hold_rate * 100.0),
             );
         }
     }

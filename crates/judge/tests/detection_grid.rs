@@ -122,3 +122,37 @@ fn pre_rollout_history_reaches_the_judge() {
     let clean_history = run(&s, &Policy::default());
     assert_eq!(clean_history.revert_rate, 1.0, "{clean_history:?}");
 }
+
+#[test]
+fn a_held_release_is_still_judged_bad_ones_revert_good_ones_stay_held() {
+    // 2 % of 10 rps to the canary: 0.2 canary requests a second, a few
+    // hundred by the one-hour deadline, too few to tell 2× from 1× (held);
+    // a day of further watching (guard keeps judging a held release) has
+    // enough to revert a 2× canary, well before it burns 2 % of the budget
+    // (which takes weeks at that share).
+    let canary = |multiple: f64| Scenario {
+        name: "canary".into(),
+        objective: 0.999,
+        multiple,
+        baseline_multiple: 1.0,
+        history_multiple: 1.0,
+        rps: 10.0,
+        canary_share: Some(0.02),
+        errors: ErrorModel::Independent,
+    };
+    let policy = Policy::default();
+    let bad = sim::run(&canary(4.0), &policy, 40, SEED).expect("valid");
+    assert!(bad.hold_rate >= 0.5, "{bad:?}");
+    assert!(
+        bad.reverted_while_held_rate >= 0.9 * bad.hold_rate,
+        "{bad:?}"
+    );
+    assert!(bad.reverted_before_budget_goal_rate >= 0.9, "{bad:?}");
+    let good = sim::run(&canary(1.0), &policy, 40, SEED).expect("valid");
+    assert!(good.hold_rate >= 0.9, "{good:?}");
+    // α = 1 %: 3 or more of 40 has probability < 1 %.
+    assert!(
+        good.revert_rate + good.reverted_while_held_rate <= 2.0 / 40.0,
+        "{good:?}"
+    );
+}

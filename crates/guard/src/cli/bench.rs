@@ -43,7 +43,9 @@ pub struct DetectionArgs {
     /// One JSON object per scenario per line on stdout (keys: scenario,
     /// slo_objective, multiple, rps, canary_share, trials, revert_rate,
     /// promote_rate, hold_rate, median_seconds, p95_seconds, oracle_seconds,
-    /// budget_burned_pct_median, threshold_check_seconds).
+    /// budget_burned_pct_median, threshold_check_seconds; and
+    /// reverted_while_held_rate, reverted_before_budget_goal_rate: guard keeps
+    /// judging a held release for as long as it is held, simulated for a day).
     #[arg(long)]
     pub json: bool,
     /// Run only scenarios with this name (release, canary, shared-outage,
@@ -135,7 +137,7 @@ fn detection(args: DetectionArgs) -> anyhow::Result<i32> {
 
 fn header() -> String {
     format!(
-        "{:<24} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>10} {:>8}",
+        "{:<24} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>11} {:>9} {:>9} {:>9} {:>10} {:>8}",
         "scenario",
         "x",
         "rps",
@@ -143,6 +145,7 @@ fn header() -> String {
         "revert%",
         "promote%",
         "hold%",
+        "held>rev%",
         "median_s",
         "p95_s",
         "oracle_s",
@@ -153,7 +156,7 @@ fn header() -> String {
 
 fn table_row(r: &judge::sim::ScenarioResult) -> String {
     format!(
-        "{:<24} {:>6} {:>6} {:>6} {:>8.2} {:>8.2} {:>8.2} {:>9.1} {:>9.1} {:>9.1} {:>10.5} {:>8}",
+        "{:<24} {:>6} {:>6} {:>6} {:>8.2} {:>8.2} {:>8.2} {:>11.2} {:>9.1} {:>9.1} {:>9.1} {:>10.5} {:>8}",
         r.scenario,
         r.multiple,
         r.rps,
@@ -161,6 +164,7 @@ fn table_row(r: &judge::sim::ScenarioResult) -> String {
         r.revert_rate * 100.0,
         r.promote_rate * 100.0,
         r.hold_rate * 100.0,
+        r.reverted_while_held_rate * 100.0,
         r.median_seconds,
         r.p95_seconds,
         r.oracle_seconds,

@@ -880,6 +880,15 @@ impl RolloutTask {
             return Some(Input::WatchElapsed);
         }
         let verifying = matches!(phase, Phase::Verifying { .. } | Phase::Watching { .. });
+        // Held because the judge could not decide: still judged, so that
+        // conclusive evidence reverts the release before a person gets to it.
+        let judge_hold = matches!(
+            phase,
+            Phase::Held {
+                cause: HoldCause::Judge,
+                ..
+            }
+        );
         let source_hold = matches!(
             phase,
             Phase::Held {
@@ -887,7 +896,7 @@ impl RolloutTask {
                 ..
             }
         );
-        if !verifying && !source_hold {
+        if !verifying && !source_hold && !judge_hold {
             return None;
         }
         let engine = self.engine.clone();
@@ -945,6 +954,9 @@ impl RolloutTask {
         }
         match self.judge(&phase, snapshot.as_ref(), true, now) {
             Decision::Continue => None,
+            // While held only a revert moves the rollout; the rest waits
+            // for a person.
+            Decision::Pass { .. } | Decision::Hold { .. } if judge_hold => None,
             decision => Some(Input::Judged(decision)),
         }
     }
@@ -997,7 +1009,9 @@ impl RolloutTask {
         now: i64,
     ) -> Decision {
         let (step, share) = match phase {
-            Phase::Verifying { step, share } => (Some(*step), *share),
+            Phase::Verifying { step, share } | Phase::Held { step, share, .. } => {
+                (Some(*step), *share)
+            }
             _ => (self.step, 1.0),
         };
         let stable_build = self

@@ -11,6 +11,9 @@
 //!                   ▼                  ▼                     │revert (attributable burn)
 //!               Verifying           Paused ─resume─►   Promoting ─acted─► Watching ─elapsed─► Promoted
 //! ```
+//! A hold by the judge (not by a source outage) is still judged: conclusive
+//! evidence against the release moves it from `Held` to `Reverting`
+//! ("while held: …") without waiting for the person who was told.
 //! Persisting rule: the engine stores the *new* phase before calling the
 //! platform for its action, so a phase with an action means "this action may or
 //! may not have happened yet"; re-running it is safe because platform actions
@@ -37,7 +40,8 @@ pub enum HoldCause {
     /// The signal source is down or stale: resumes on its own when it answers again.
     SourceDown,
     /// The judge cannot decide (too little traffic by the deadline, an outage
-    /// shared with the baseline): waits for a person.
+    /// shared with the baseline): waits for a person to promote, and is still
+    /// judged meanwhile, so conclusive evidence against the release reverts it.
     Judge,
 }
 
@@ -56,7 +60,9 @@ pub enum Phase {
     /// Nothing moves until a person resumes; traffic stays at `share`. Action: none.
     Paused { step: usize, share: f64 },
     /// guard cannot decide; traffic stays at `share` and a person is told. A
-    /// source outage clears itself when the source answers again. Action: none.
+    /// source outage clears itself when the source answers again; a hold by
+    /// the judge turns into a revert if the evidence becomes conclusive
+    /// against the release. Action: none.
     Held {
         step: usize,
         share: f64,
@@ -351,6 +357,19 @@ pub fn transition(
             reason: format!("after promotion: {reason}"),
             cause: RevertCause::Judge,
         },
+        // Held by the judge (too little traffic by the deadline, an outage
+        // shared with the baseline) is still judged: conclusive evidence
+        // reverts without waiting for the person who was told.
+        (
+            P::Held {
+                cause: HoldCause::Judge,
+                ..
+            },
+            Input::Judged(Decision::Revert { reason }),
+        ) => P::Reverting {
+            reason: format!("while held: {reason}"),
+            cause: RevertCause::Judge,
+        },
         (P::Watching { .. }, Input::WatchElapsed) => P::Promoted,
         (_, Input::Command(cmd)) => return command(phase, *cmd),
         // Everything else changes nothing: a verdict while shifting, a failed
@@ -536,6 +555,50 @@ mod tests {
         );
         assert_eq!(step(&jh, Input::SourceUp), jh);
         assert_eq!(step(&jh, Input::Command(Command::Resume)), v);
+    }
+
+    #[test]
+    fn a_judge_hold_reverts_on_conclusive_evidence_but_never_promotes_itself() {
+        let v = Phase::Verifying {
+            step: 0,
+            share: 0.05,
+        };
+        let jh = step(
+            &v,
+            Input::Judged(Decision::Hold {
+                reason: "too little traffic".into(),
+            }),
+        );
+        assert_eq!(step(&jh, pass()), jh, "a person promotes a held release");
+        let reverting = step(
+            &jh,
+            Input::Judged(Decision::Revert {
+                reason: "burning".into(),
+            }),
+        );
+        assert_eq!(
+            reverting,
+            Phase::Reverting {
+                reason: "while held: burning".into(),
+                cause: RevertCause::Judge,
+            }
+        );
+        // A hold for a source outage is not judged: no data is not evidence.
+        let sh = step(
+            &v,
+            Input::SourceDown {
+                detail: "timeout".into(),
+            },
+        );
+        assert_eq!(
+            step(
+                &sh,
+                Input::Judged(Decision::Revert {
+                    reason: "burning".into()
+                })
+            ),
+            sh
+        );
     }
 
     #[test]
