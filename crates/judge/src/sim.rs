@@ -176,8 +176,8 @@ pub struct ScenarioResult {
     /// errors burned before the verdict.
     pub budget_burned_pct_median: f64,
     /// Share of trials held at the deadline that the judge, still fed while
-    /// the release is held (as guard's engine does), reverted within
-    /// [`HELD_WATCH_SECONDS`] of the hold.
+    /// the release is held (as guard's engine does), reverted later (followed
+    /// as [`held_watch_seconds`] says).
     pub reverted_while_held_rate: f64,
     /// Share of trials reverted, during verification or while held, before
     /// the release's errors burned [`BUDGET_GOAL_PCT`] % of the 30 d budget.
@@ -198,15 +198,26 @@ pub struct Trial {
     /// The release's bad events until it.
     pub release_bad: u64,
     /// For a trial held at the deadline: seconds (from the start) and the
-    /// release's bad events when the judge, still fed, reverted it within
-    /// [`HELD_WATCH_SECONDS`].
+    /// release's bad events when the judge, still fed, reverted it (followed
+    /// as [`held_watch_seconds`] says).
     pub reverted_while_held: Option<(f64, u64)>,
 }
 
-/// How long the simulator keeps feeding the judge after a hold: guard's
-/// engine keeps judging a held release until a person acts on it (and
-/// reverts it on conclusive evidence); a day is when a person has looked.
+/// At least this long the simulator keeps feeding the judge after a hold:
+/// guard's engine keeps judging a held release until a person acts on it
+/// (and reverts it on conclusive evidence); within a day a person has looked.
 pub const HELD_WATCH_SECONDS: f64 = 86_400.0;
+
+/// How long the simulator follows a held trial: until the release would have
+/// burned [`BUDGET_GOAL_PCT`] % of the budget at its true error ratio (the
+/// horizon of the 2× goal), at least [`HELD_WATCH_SECONDS`] and at most the
+/// SLO's period. Long horizons make the false-revert figures stricter: a good
+/// release held for weeks gets that many more chances to be reverted wrongly.
+pub fn held_watch_seconds(scenario: &Scenario, period_seconds: f64) -> f64 {
+    let share = scenario.canary_share.unwrap_or(1.0);
+    let to_goal = BUDGET_GOAL_PCT / 100.0 * period_seconds / (scenario.multiple * share).max(1e-9);
+    to_goal.clamp(HELD_WATCH_SECONDS, period_seconds)
+}
 
 /// Interval of the intervals fed while held (the verdict depends on the
 /// counts, not on the slicing; minutes keep a day of trials fast).
@@ -367,11 +378,12 @@ pub fn run_trial(
         if decision.verdict != Verdict::Continue {
             let seconds = second as f64 * interval.seconds;
             let reverted_while_held = if decision.verdict == Verdict::Hold {
+                let horizon = held_watch_seconds(scenario, slo.period_seconds);
                 watch_held(
                     scenario,
                     &mut judge,
                     &mut interval,
-                    seconds,
+                    (seconds, horizon),
                     release_bad,
                     rng,
                 )?
@@ -395,15 +407,15 @@ pub fn run_trial(
     })
 }
 
-/// Keeps feeding a held trial's judge the same traffic for
-/// [`HELD_WATCH_SECONDS`], a minute at a time (errors still drawn second by
-/// second, so bursts stay bursts), and returns when and after how many of the
+/// Keeps feeding a held trial's judge the same traffic for `horizon` seconds
+/// after `held_at`, a minute at a time (errors still drawn second by second,
+/// so bursts stay bursts), and returns when and after how many of the
 /// release's bad events it reverted, if it did.
 fn watch_held(
     scenario: &Scenario,
     judge: &mut Judge,
     interval: &mut Interval,
-    held_at: f64,
+    (held_at, horizon): (f64, f64),
     mut release_bad: u64,
     rng: &mut StdRng,
 ) -> Result<Option<(f64, u64)>, JudgeError> {
@@ -413,7 +425,7 @@ fn watch_held(
     let per_second = scenario.rps;
     let seconds = HELD_WATCH_INTERVAL_SECONDS;
     interval.seconds = seconds;
-    let steps = (HELD_WATCH_SECONDS / seconds).ceil() as u64;
+    let steps = (horizon / seconds).ceil() as u64;
     for step in 1..=steps {
         let requests = (per_second * seconds).round() as u64;
         let (n_release, n_base) = match scenario.canary_share {

@@ -126,10 +126,11 @@ fn pre_rollout_history_reaches_the_judge() {
 #[test]
 fn a_held_release_is_still_judged_bad_ones_revert_good_ones_stay_held() {
     // 2 % of 10 rps to the canary: 0.2 canary requests a second, a few
-    // hundred by the one-hour deadline, too few to tell 2× from 1× (held);
-    // a day of further watching (guard keeps judging a held release) has
-    // enough to revert a 2× canary, well before it burns 2 % of the budget
-    // (which takes weeks at that share).
+    // hundred by the one-hour deadline, too few to tell 4× from 1× (held).
+    // guard keeps judging a held release; the simulator follows it until it
+    // would have burned 2 % of the budget (weeks at that share, capped at the
+    // 30-day period): enough to revert a 4× canary in time, and a good one
+    // gets weeks of chances to be reverted wrongly.
     let canary = |multiple: f64| Scenario {
         name: "canary".into(),
         objective: 0.999,
