@@ -216,22 +216,3 @@ fn a_channel_breaking_the_protocol_is_closed_and_counted_and_serving_goes_on() {
             .starts_with("HTTP/1.1 200 OK\r\n")
     );
 }
-
-#[test]
-fn handoff_socket_path_holding_another_file_is_refused_and_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("not-a-socket");
-    std::fs::write(&path, "keep me").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ultra-boost"))
-        .args(["--listen", "127.0.0.1:0", "--handoff-socket"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("--handoff-socket") && err.contains("not a socket"),
-        "{err}"
-    );
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
-}

@@ -467,22 +467,24 @@ fn unix_socket_serves_the_same_endpoints_replaces_a_stale_socket_and_is_removed_
 }
 
 #[test]
-fn unix_socket_path_holding_another_file_is_refused_and_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("not-a-socket");
-    std::fs::write(&path, "keep me").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ultra-boost"))
-        .args(["--listen", "127.0.0.1:0", "--unix-socket"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("--unix-socket")
-            && err.contains(path.to_str().unwrap())
-            && err.contains("not a socket"),
-        "{err}"
-    );
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
+fn a_socket_path_holding_another_file_is_refused_and_kept() {
+    for flag in ["--unix-socket", "--handoff-socket"] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("not-a-socket");
+        std::fs::write(&path, "keep me").unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_ultra-boost"))
+            .args(["--listen", "127.0.0.1:0", flag])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{flag}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(flag)
+                && err.contains(path.to_str().unwrap())
+                && err.contains("not a socket"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
+    }
 }
