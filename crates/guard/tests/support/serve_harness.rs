@@ -24,7 +24,9 @@ pub fn ultra_boost_bin() -> PathBuf {
 }
 
 /// A guard.yaml for one service `ultra-boost` in environment `test`: build 1
-/// good (initial), 2 good, 3 answers 5 % errors, 4 adds 300 ms.
+/// good (initial), 2 good, 3 answers 5 % errors, 4 adds 300 ms. Replicas are
+/// started as `guard demo` starts them: relayed requests over a Unix socket,
+/// client connections handed over while one release runs.
 pub fn config(watch: &str) -> String {
     format!(
         r#"store: guard.db
@@ -45,7 +47,7 @@ services:
     replicas: 2
     watch: {watch}
     build:
-      command: ["{ub}", "--drain-delay", "100ms", "--log-level", "warn"]
+      command: ["{ub}", "--drain-delay", "100ms", "--log-level", "warn", "--unix-socket", "{{unix_socket}}", "--handoff-socket", "{{handoff_socket}}"]
     builds:
       "3":
         env: {{ ULTRA_BOOST_FAULT_ERROR_RATE: "0.05", ULTRA_BOOST_FAULT_SEED: "7" }}
