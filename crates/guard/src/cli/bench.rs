@@ -45,7 +45,9 @@ pub struct DetectionArgs {
     /// promote_rate, hold_rate, median_seconds, p95_seconds, oracle_seconds,
     /// budget_burned_pct_median, threshold_check_seconds; and
     /// reverted_while_held_rate, reverted_before_budget_goal_rate: guard keeps
-    /// judging a held release for as long as it is held, simulated for a day).
+    /// judging a held release for as long as it is held, simulated until the
+    /// release would have burned 2 % of the budget, at least a day, at most
+    /// the SLO's 30-day period).
     #[arg(long)]
     pub json: bool,
     /// Run only scenarios with this name (release, canary, shared-outage,
@@ -129,7 +131,7 @@ fn detection(args: DetectionArgs) -> anyhow::Result<i32> {
         }
         writeln!(
             out,
-            "times in seconds; oracle = Wald's expected time for an SPRT that knows the true multiple, at the release's own traffic; flagger = success rate >= 99% per 1 m interval, rollback after 5 failed intervals (- = does not fire)"
+            "times in seconds; oracle = Wald's expected time for an SPRT that knows the true multiple, at the release's own traffic; held>rev = held at the deadline and reverted later (guard keeps judging a held release; followed until it would have burned 2% of the budget, 1 to 30 days); flagger = success rate >= 99% per 1 m interval, rollback after 5 failed intervals (- = does not fire)"
         )?;
     }
     Ok(0)

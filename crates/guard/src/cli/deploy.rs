@@ -13,6 +13,8 @@ use crate::engine::phase::Phase;
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Exit codes with --wait: 0 promoted, 2 reverted, 3 held or aborted by a person, 1 error.\n\
+A held rollout waits for a person to promote or abort it; guard keeps judging it meanwhile and\n\
+reverts it on its own if the evidence against the release becomes conclusive.\n\
 Example (CI): guard deploy ultra-boost --env production --build 86 --wait"
 )]
 pub struct Args {
