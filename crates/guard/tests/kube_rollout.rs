@@ -46,15 +46,29 @@ struct Running {
 
 /// Starts a controller that leads from the start (no Lease; see kube_lease.rs for that).
 fn start_controller(cluster: &TestCluster, identity: &str) -> Running {
+    start_controller_with(
+        cluster,
+        identity,
+        Arc::new(SyntheticSignals::new(2000.0, 0.2)),
+        Duration::from_secs(60),
+    )
+}
+
+fn start_controller_with(
+    cluster: &TestCluster,
+    identity: &str,
+    signals: Arc<SyntheticSignals>,
+    verify_deadline: Duration,
+) -> Running {
     let (tx, events) = mpsc::unbounded_channel();
     let controller = Controller::new(
         platform(cluster, identity),
-        Arc::new(SyntheticSignals::new(2000.0, 0.2)),
+        signals,
         Arc::new(test_verifier()),
         ControllerSettings {
             namespace: Some(cluster.namespace.clone()),
             interval: Duration::from_millis(200),
-            verify_deadline: Duration::from_secs(60),
+            verify_deadline,
             ..ControllerSettings::default()
         },
         Some(tx),
@@ -237,6 +251,69 @@ async fn kube_bad_release_is_reverted_to_the_previous_replicaset_template() {
     roll_to(&cluster, "web", "3").await;
     let next = wait_phase(&cluster, "web", Phase::Promoted, "3").await;
     assert_eq!(next.stable.as_ref().map(|s| s.build.as_str()), Some("1"));
+    running.stop.cancel();
+    cluster.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_a_held_rollout_is_still_judged_and_reverted_when_it_burns() {
+    let cluster = TestCluster::start("held").await;
+    let api = cluster.deployments();
+    api.create(&PostParams::default(), &deployment("web", "1", 2))
+        .await
+        .expect("create");
+    // 5 requests a second: far too few to pass a 99.9 % SLO in 2 s.
+    let signals = Arc::new(SyntheticSignals::new(5.0, 0.5));
+    let mut running =
+        start_controller_with(&cluster, "guard-a", signals.clone(), Duration::from_secs(2));
+    wait_phase(&cluster, "web", Phase::Baseline, "1").await;
+    let good_rs = replica_set_of_build(&cluster, "1").await;
+
+    roll_to(&cluster, "web", "2").await;
+    let held = wait_phase(&cluster, "web", Phase::Held, "2").await;
+    assert!(
+        held.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("no verdict")),
+        "{held:?}"
+    );
+    // Held: left for a person, nothing reverted or promoted on its own.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let still = state_of(&api, "web").await.expect("state");
+    assert_eq!(still.phase, Phase::Held);
+
+    // Build 2 starts failing half its requests while held: reverted.
+    signals.turn_bad("2");
+    let reverted = wait_phase(&cluster, "web", Phase::Reverted, "2").await;
+    assert!(
+        reverted
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("while held:")),
+        "{reverted:?}"
+    );
+    let d = api.get("web").await.expect("get");
+    assert_eq!(
+        d.spec.template,
+        rollout::strip_hash(rollout::template_of(&good_rs).expect("template")),
+        "build 1's template back"
+    );
+    let kinds: Vec<notify::EventKind> = [
+        next_event(&mut running.events, "started").await,
+        next_event(&mut running.events, "held").await,
+        next_event(&mut running.events, "reverted").await,
+    ]
+    .iter()
+    .map(|e| e.kind)
+    .collect();
+    assert_eq!(
+        kinds,
+        [
+            notify::EventKind::Started,
+            notify::EventKind::Held,
+            notify::EventKind::Reverted
+        ]
+    );
     running.stop.cancel();
     cluster.cleanup().await;
 }

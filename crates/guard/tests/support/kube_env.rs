@@ -165,12 +165,14 @@ pub async fn next_event(
 
 /// A signal source double: every build seen in the endpoints serves `rps`
 /// requests per second from the moment it is first seen; builds whose name
-/// contains `bad` fail `bad_ratio` of them, others none. Counts are a pure
-/// function of elapsed time, so runs are deterministic up to timing.
+/// contains `bad` fail `bad_ratio` of them, others none (until
+/// [`SyntheticSignals::turn_bad`]). Counts are a pure function of elapsed
+/// time, so runs are deterministic up to timing.
 pub struct SyntheticSignals {
     pub rps: f64,
     pub bad_ratio: f64,
     first_seen: Mutex<HashMap<String, Instant>>,
+    turned_bad: Mutex<HashMap<String, Instant>>,
 }
 
 impl SyntheticSignals {
@@ -179,7 +181,16 @@ impl SyntheticSignals {
             rps,
             bad_ratio,
             first_seen: Mutex::new(HashMap::new()),
+            turned_bad: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// From now on `build` fails `bad_ratio` of its requests too.
+    pub fn turn_bad(&self, build: &str) {
+        self.turned_bad
+            .lock()
+            .expect("lock")
+            .insert(build.to_string(), Instant::now());
     }
 }
 
@@ -198,8 +209,11 @@ impl SignalSource for SyntheticSignals {
                 }
                 let since = *seen.entry(e.build.clone()).or_insert_with(Instant::now);
                 let total = (since.elapsed().as_secs_f64() * self.rps) as u64;
+                let turned = self.turned_bad.lock().expect("lock").get(&e.build).copied();
                 let bad = if e.build.contains("bad") {
                     (total as f64 * self.bad_ratio) as u64
+                } else if let Some(t) = turned {
+                    ((t.elapsed().as_secs_f64() * self.rps * self.bad_ratio) as u64).min(total)
                 } else {
                     0
                 };

@@ -15,7 +15,8 @@
 //!    ([`KubernetesPlatform::undo`]) together with phase `reverted` and the
 //!    reverted-by/-reason/-to annotations, in one conditional write. `hold`
 //!    (or no verdict by the deadline): phase `held`, the Deployment is left
-//!    for a person.
+//!    for a person; a held rolling rollout is still judged by the replica
+//!    that held it, and a revert verdict reverts it ("while held: …").
 //!
 //! Rollouts started through guard's deploy API (`guard deploy`, the rollout
 //! engine of the leading replica) carry `by: engine:<identity>` in the state
@@ -370,6 +371,16 @@ impl Controller {
                 };
             }
         }
+        // A rolling rollout this replica held is still judged (see `watch_held`).
+        if let Some(s) = &state
+            && s.phase == Phase::Held
+            && s.strategy == Strategy::Rolling
+            && s.engine_owner().is_none()
+            && s.candidate.hash.as_deref() == Some(hash.as_str())
+            && self.is_running(&(ns.to_string(), name.to_string(), hash.clone()))
+        {
+            return self.watch_held(ns, name, &target, s.clone(), &hash).await;
+        }
         match rollout::next_step(state.as_ref(), &hash) {
             Next::Nothing => Ok(()),
             Next::Start { .. }
@@ -394,6 +405,9 @@ impl Controller {
                 Ok(())
             }
             Next::Start { stable } => {
+                // Whatever was being judged on this Deployment (a held
+                // rollout, say) is superseded by the new template.
+                self.forget_deployment(ns, name);
                 let owned = rollout::owned_by(&view.deployment, &view.replica_sets);
                 let stable = stable.or_else(|| {
                     rollout::revert_target(&owned, current, None)
@@ -644,6 +658,35 @@ impl Controller {
         }
     }
 
+    /// Steps the verification of a rolling rollout this replica held (too
+    /// little traffic by the deadline, an outage shared with the baseline):
+    /// the hold waits for a person, but conclusive evidence against the
+    /// release reverts it meanwhile ("while held: …"), as guard's engine does.
+    /// Only a verification still running here is stepped: after a failover,
+    /// or once a revert found nothing to revert to, the hold is left to the
+    /// person.
+    async fn watch_held(
+        &self,
+        ns: &str,
+        name: &str,
+        target: &Target,
+        state: RolloutState,
+        hash: &str,
+    ) -> Result<(), ReconcileError> {
+        let Some(stable) = state.stable.clone() else {
+            return Ok(());
+        };
+        let (decision, key) = self.decide(ns, name, target, &state, &stable, hash).await?;
+        match decision {
+            Decision::Revert { reason } => {
+                let reason = format!("while held: {reason}");
+                self.revert_judged(ns, name, target, state, &stable, hash, &reason, &key)
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Asks the candidate's verification (started on first use) for a
     /// decision on the latest signals; the deadline runs from the recorded start.
     async fn decide(
@@ -838,8 +881,8 @@ impl Controller {
                 state.by = Some(identity);
                 state.reason = Some(reason.clone());
                 self.write(ns, name, rv, &state).await?;
-                self.forget(&key);
-                tracing::warn!(deployment = %deployment, build = %state.candidate.build, reason, "held for a person");
+                // The verification keeps running: see `watch_held`.
+                tracing::warn!(deployment = %deployment, build = %state.candidate.build, reason, "held for a person; still judged, a conclusive revert verdict reverts it");
                 self.emit(notify::EventKind::Held, target, &state, &reason);
                 Ok(())
             }
@@ -912,6 +955,19 @@ impl Controller {
             }
         }
         Ok(())
+    }
+
+    fn is_running(&self, key: &RunKey) -> bool {
+        self.running
+            .lock()
+            .map(|r| r.contains_key(key))
+            .unwrap_or(false)
+    }
+
+    fn forget_deployment(&self, ns: &str, name: &str) {
+        if let Ok(mut r) = self.running.lock() {
+            r.retain(|(n, d, _), _| !(n == ns && d == name));
+        }
     }
 
     fn forget(&self, key: &RunKey) {
