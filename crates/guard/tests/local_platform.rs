@@ -238,21 +238,24 @@ async fn one_release_gets_connections_handed_over_and_every_move_is_relayed_with
     );
     let totals = p.router_totals(&t).unwrap();
     assert!(
-        (1..=8).contains(&totals.handed_over),
-        "a connection per worker, not per request: {totals:?}"
+        totals.handed_over >= 1 && totals.handed_over * 10 <= after.total(),
+        "connections are handed over, not requests: {totals:?} for {} answers",
+        after.total()
     );
 
     // A canary relays every request: weights hold again, the connections the
     // replicas were handed come back through the router (recycle).
+    let handed_connections = p.router_totals(&t).unwrap().handed_over;
     p.shift(&t, &b1, &b2, Strategy::Canary, 0.25).await.unwrap();
     assert!(!router.hands_over());
     load.settle().await;
     let before = load.tally();
     load.wait_for(800).await;
     let during = load.tally();
-    assert_eq!(
-        handed_over(&during),
-        handed_over(&before),
+    // Each recycled connection answers at most once more (with
+    // `Connection: close`); settling has used up the ones in use.
+    assert!(
+        handed_over(&during) - handed_over(&before) <= handed_connections,
         "nothing skips the router during a move: {during:?}"
     );
     let relayed = |t: &replicas::Tally, b: &str| t.by_build.get(b).copied().unwrap_or(0);
@@ -272,10 +275,13 @@ async fn one_release_gets_connections_handed_over_and_every_move_is_relayed_with
     let promoted = load.tally();
     load.wait_for(200).await;
     let later = load.tally();
-    assert_eq!(
-        handed_over(&later) - handed_over(&promoted),
-        later.total() - promoted.total(),
-        "{later:?}"
+    // A relayed connection answers at most once more (with `Connection:
+    // close`); settling has used up the ones in use.
+    let relayed =
+        (later.total() - promoted.total()) - (handed_over(&later) - handed_over(&promoted));
+    assert!(
+        relayed <= 8,
+        "{relayed} relayed answers after the promote: {later:?}"
     );
     assert!(later.handed_over_by_build.get("2").copied().unwrap_or(0) >= 200);
 
