@@ -362,18 +362,14 @@ pub fn run_trial(
         let want = scenario.rps + carry;
         let requests = want.floor() as u64;
         carry = want - requests as f64;
-        let (n_release, n_base) = match scenario.canary_share {
-            Some(w) => {
-                let c = sample_binomial(rng, requests, w);
-                (c, requests - c)
-            }
-            None => (requests, 0),
-        };
-        let bad_release = sample_bad(rng, n_release, p_release, scenario.errors);
-        let bad_base = sample_binomial(rng, n_base, p_base);
-        release_bad += bad_release;
-        interval.slos[0].candidate = Counts::new(n_release - bad_release, n_release);
-        interval.slos[0].baseline = Counts::new(n_base - bad_base, n_base);
+        release_bad += draw(
+            scenario,
+            (p_release, p_base),
+            requests,
+            1,
+            rng,
+            &mut interval,
+        );
         let decision = judge.step(&interval)?;
         if decision.verdict != Verdict::Continue {
             let seconds = second as f64 * interval.seconds;
@@ -428,35 +424,56 @@ fn watch_held(
     let steps = (horizon / seconds).ceil() as u64;
     for step in 1..=steps {
         let requests = (per_second * seconds).round() as u64;
-        let (n_release, n_base) = match scenario.canary_share {
-            Some(w) => {
-                let c = sample_binomial(rng, requests, w);
-                (c, requests - c)
-            }
-            None => (requests, 0),
-        };
-        let bad_release = match scenario.errors {
-            ErrorModel::Independent => sample_binomial(rng, n_release, p_release),
-            model => {
-                // Second by second, as during verification.
-                let whole = seconds as u64;
-                let mut bad = 0;
-                for s in 0..whole {
-                    let share = n_release / whole + u64::from(s < n_release % whole);
-                    bad += sample_bad(rng, share, p_release, model);
-                }
-                bad
-            }
-        };
-        let bad_base = sample_binomial(rng, n_base, p_base);
-        release_bad += bad_release;
-        interval.slos[0].candidate = Counts::new(n_release - bad_release, n_release);
-        interval.slos[0].baseline = Counts::new(n_base - bad_base, n_base);
+        release_bad += draw(
+            scenario,
+            (p_release, p_base),
+            requests,
+            seconds as u64,
+            rng,
+            interval,
+        );
         if judge.step(interval)?.verdict == Verdict::Revert {
             return Ok(Some((held_at + step as f64 * seconds, release_bad)));
         }
     }
     Ok(None)
+}
+
+/// Draws `requests` spread over `seconds` whole seconds into `interval`'s
+/// counts (split between canary and baseline by the canary's share) and
+/// returns the release's bad events. Bursty errors are drawn second by
+/// second, so a burst never spans seconds; independent ones at once.
+fn draw(
+    scenario: &Scenario,
+    (p_release, p_base): (f64, f64),
+    requests: u64,
+    seconds: u64,
+    rng: &mut StdRng,
+    interval: &mut Interval,
+) -> u64 {
+    let (n_release, n_base) = match scenario.canary_share {
+        Some(w) => {
+            let c = sample_binomial(rng, requests, w);
+            (c, requests - c)
+        }
+        None => (requests, 0),
+    };
+    let bad_release = match scenario.errors {
+        ErrorModel::Independent => sample_binomial(rng, n_release, p_release),
+        model => {
+            let seconds = seconds.max(1);
+            (0..seconds)
+                .map(|s| {
+                    let share = n_release / seconds + u64::from(s < n_release % seconds);
+                    sample_bad(rng, share, p_release, model)
+                })
+                .sum()
+        }
+    };
+    let bad_base = sample_binomial(rng, n_base, p_base);
+    interval.slos[0].candidate = Counts::new(n_release - bad_release, n_release);
+    interval.slos[0].baseline = Counts::new(n_base - bad_base, n_base);
+    bad_release
 }
 
 fn sample_binomial(rng: &mut StdRng, n: u64, p: f64) -> u64 {

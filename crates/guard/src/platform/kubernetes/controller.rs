@@ -645,17 +645,11 @@ impl Controller {
                 "watch over: no burn attributable to the release; it stays");
             return Ok(());
         }
-        let (decision, key) = self.decide(ns, name, target, &state, &stable, hash).await?;
-        match decision {
-            Decision::Revert { reason } => {
-                let reason = format!("after promotion: {reason}");
-                state.watch_until = None;
-                self.revert_judged(ns, name, target, state, &stable, hash, &reason, &key)
-                    .await
-            }
-            // Passing, or undecided: keep watching until `until`.
-            _ => Ok(()),
-        }
+        // Recorded only by a revert, which ends the watch; passing or
+        // undecided, the watch goes on until `until`.
+        state.watch_until = None;
+        self.revert_on_verdict(ns, name, target, state, &stable, hash, "after promotion")
+            .await
     }
 
     /// Steps the verification of a rolling rollout this replica held (too
@@ -676,11 +670,30 @@ impl Controller {
         let Some(stable) = state.stable.clone() else {
             return Ok(());
         };
-        let (decision, key) = self.decide(ns, name, target, &state, &stable, hash).await?;
+        self.revert_on_verdict(ns, name, target, state, &stable, hash, "while held")
+            .await
+    }
+
+    /// Steps the candidate's verification and reverts it on a revert verdict,
+    /// the reason prefixed by `context`; any other verdict changes nothing
+    /// (the post-promote watch and a hold both wait for something else).
+    /// `state` is what the revert records (with its phase set by the revert).
+    #[allow(clippy::too_many_arguments)]
+    async fn revert_on_verdict(
+        &self,
+        ns: &str,
+        name: &str,
+        target: &Target,
+        state: RolloutState,
+        stable: &Side,
+        hash: &str,
+        context: &str,
+    ) -> Result<(), ReconcileError> {
+        let (decision, key) = self.decide(ns, name, target, &state, stable, hash).await?;
         match decision {
             Decision::Revert { reason } => {
-                let reason = format!("while held: {reason}");
-                self.revert_judged(ns, name, target, state, &stable, hash, &reason, &key)
+                let reason = format!("{context}: {reason}");
+                self.revert_judged(ns, name, target, state, stable, hash, &reason, &key)
                     .await
             }
             _ => Ok(()),
