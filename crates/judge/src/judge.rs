@@ -390,11 +390,11 @@ impl Judge {
             if t.baseline.total == 0 {
                 SloStatus::Burning
             } else {
-                let s = self.shared_llr(t);
-                shared_statistic = Some(s);
-                if t.baseline_test.revert_statistic() >= t.ln_a || s >= t.ln_a {
+                let (alike, blame) = self.attribution(t);
+                shared_statistic = Some(-blame);
+                if t.baseline_test.revert_statistic() >= t.ln_a || alike >= t.ln_a {
                     SloStatus::SharedOutage
-                } else if s <= -t.ln_a {
+                } else if blame >= t.ln_a {
                     SloStatus::Burning
                 } else {
                     SloStatus::Undecided
@@ -425,11 +425,17 @@ impl Judge {
         }
     }
 
-    /// Log likelihood ratio, by the conditional binomial on the live errors,
-    /// of "the baseline fails like the canary" against "the canary alone is
-    /// as many times worse than a healthy baseline as it is observed to be".
-    /// Positive: shared outage.
-    fn shared_llr(&self, t: &Track) -> f64 {
+    /// The conditional binomial on the live errors, as two log likelihood
+    /// ratios: `alike`, of "the baseline fails like the canary" against "the
+    /// canary fails the smallest policy multiple times as often as its
+    /// baseline" (positive: a shared outage), and `blame`, the mixture over
+    /// the policy multiples of "the canary fails that many times as often as
+    /// its baseline" against "alike". Under "alike" every term of the mixture
+    /// is a martingale over the errors, so `blame` ever reaching `ln A` has
+    /// chance at most `1/A` however the errors arrive and whenever it is
+    /// looked at (Ville); a ratio fitted to the counts so far, as the
+    /// alternative, gives no such bound.
+    fn attribution(&self, t: &Track) -> (f64, f64) {
         let (kc, nc) = (t.candidate.bad() as f64, t.candidate.total as f64);
         let (kb, nb) = (t.baseline.bad() as f64, t.baseline.total as f64);
         // The canary's share of events as measured (the router's weight is
@@ -441,8 +447,14 @@ impl Judge {
             .iter()
             .copied()
             .fold(f64::INFINITY, f64::min);
-        let ratio = ((kc / nc) / t.p_null).max(min_multiple);
-        -stats::conditional_llr(kc, kb, share, ratio)
+        let alike = -stats::conditional_llr(kc, kb, share, min_multiple);
+        let terms: Vec<f64> = self
+            .policy
+            .multiples
+            .iter()
+            .map(|&r| stats::conditional_llr(kc, kb, share, r))
+            .collect();
+        (alike, stats::log_mean_exp(&terms))
     }
 
     /// Share of the period's budget burned beyond the baseline ratio `p_base`,
@@ -517,8 +529,8 @@ fn burning_reason(e: &Evidence, spec: &SloSpec, policy: &Policy) -> String {
             e.upper_bound,
             match e.shared_statistic {
                 Some(s) => format!(
-                    "; baseline healthy: {} of {} bad, LLR {s:.2}",
-                    e.baseline_bad, e.baseline_events
+                    "; the canary's fault, not its baseline's: baseline {} of {} bad, canary-against-baseline LLR {:.2} ≥ {:.2}",
+                    e.baseline_bad, e.baseline_events, -s, e.upper_bound
                 ),
                 None => String::new(),
             }
@@ -912,6 +924,47 @@ mod tests {
             }
         }
         assert_eq!(verdict, Verdict::Revert);
+    }
+
+    #[test]
+    fn canary_blame_is_a_mixture_over_ratios_by_hand() {
+        let mut j = judge(Policy::default());
+        let mut d = j.step(&interval((10, 500), (1, 500), Some(0.5))).unwrap();
+        if d.verdict == Verdict::Continue {
+            d = j.step(&interval((10, 500), (1, 500), Some(0.5))).unwrap();
+        }
+        // 20 canary and 2 baseline errors at an equal share; per ratio r,
+        // θ = r/(r + 1): 20·ln(2θ) + 2·ln(2(1 − θ)) = 4.94271 (r = 2),
+        // 7.56749 (4), 8.27440 (6), 8.43772 (14.4), 6.98953 (50); the log
+        // of their mean is 7.75789.
+        assert_eq!(d.verdict, Verdict::Revert, "{}", d.reason);
+        let blame = -d.evidence[0].shared_statistic.unwrap();
+        assert!((blame - 7.757_89).abs() < 1e-4, "{blame}");
+        assert!(d.reason.contains("the canary's fault"), "{}", d.reason);
+    }
+
+    #[test]
+    fn a_half_share_canary_is_blamed_on_its_eighth_unanswered_error() {
+        // At a 50 % share each error is a fair coin under "alike": seven
+        // canary errors and none on the baseline (chance 1/128) stay below
+        // the bound, the eighth (1/256) reaches it: ln mean_r (2θ_r)^8 =
+        // 4.5964 ≥ ln 99 = 4.5951.
+        for (second_bad, blamed) in [(3, false), (4, true)] {
+            let mut j = judge(Policy::default());
+            j.step(&interval((4, 500), (0, 500), Some(0.5))).unwrap();
+            let d = j
+                .step(&interval((second_bad, 500), (0, 500), Some(0.5)))
+                .unwrap();
+            let e = &d.evidence[0];
+            assert!(e.statistic >= e.upper_bound, "the canary's own test burns");
+            assert_eq!(
+                e.status == SloStatus::Burning,
+                blamed,
+                "{} canary errors: {}",
+                4 + second_bad,
+                d.reason
+            );
+        }
     }
 
     #[test]

