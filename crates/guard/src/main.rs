@@ -8,6 +8,17 @@ async fn main() -> std::process::ExitCode {
     let cli = guard::cli::Cli::parse();
     match guard::cli::run(cli).await {
         Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        // A reader that stopped reading (`guard bench detection --json | head`)
+        // is not an error of guard's: stop quietly, as Unix tools do.
+        Err(err)
+            if err.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            std::process::ExitCode::SUCCESS
+        }
         Err(err) => {
             eprintln!("guard: error: {err:#}");
             std::process::ExitCode::from(1)

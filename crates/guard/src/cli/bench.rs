@@ -132,7 +132,7 @@ fn detection(args: DetectionArgs) -> anyhow::Result<i32> {
         }
         writeln!(
             out,
-            "times in seconds; oracle = Wald's expected time for an SPRT that knows the true multiple, at the release's own traffic; held>rev = held at the deadline and reverted later (guard keeps judging a held release; followed until it would have burned 2% of the budget, 1 to 30 days); flagger = success rate >= 99% per 1 m interval, rollback after 5 failed intervals (- = does not fire)"
+            "times in seconds; oracle = Wald's expected time for an SPRT that knows the true multiple, at the release's own traffic; attrib = the same for telling a canary's fault from an outage its baseline shares (conditional binomial on the errors; a canary's time goal uses the larger of the two); held>rev = held at the deadline and reverted later (guard keeps judging a held release; followed until it would have burned 2% of the budget, 1 to 30 days); flagger = success rate >= 99% per 1 m interval, rollback after 5 failed intervals (- = does not fire)"
         )?;
     }
     Ok(0)

@@ -1,0 +1,131 @@
+//! `guard bench detection` as a script uses it: the real binary, `--json`
+//! lines with the documented keys, a canary's attribution limit next to its
+//! own-traffic oracle, and clear errors for bad input.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn guard(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_guard"))
+        .args(args)
+        .output()
+        .expect("run guard")
+}
+
+#[test]
+fn json_rows_carry_every_documented_key_and_the_canary_attribution_limit() {
+    let out = guard(&[
+        "bench",
+        "detection",
+        "--trials",
+        "3",
+        "--seed",
+        "7",
+        "--scenario",
+        "shared-outage",
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert_eq!(rows.len(), 6, "3 rates × 2 shares: {stdout}");
+    for row in &rows {
+        for key in [
+            "scenario",
+            "slo_objective",
+            "multiple",
+            "rps",
+            "canary_share",
+            "trials",
+            "revert_rate",
+            "promote_rate",
+            "hold_rate",
+            "median_seconds",
+            "p95_seconds",
+            "oracle_seconds",
+            "attribution_oracle_seconds",
+            "budget_burned_pct_median",
+            "threshold_check_seconds",
+            "reverted_while_held_rate",
+            "reverted_before_budget_goal_rate",
+        ] {
+            assert!(row.get(key).is_some(), "key {key} missing: {row}");
+        }
+        assert_eq!(row["scenario"], "shared-outage");
+        // Both versions fail alike: nothing to attribute.
+        assert!(row["attribution_oracle_seconds"].is_null(), "{row}");
+    }
+
+    // A canary worse than its baseline has an attribution limit; with an
+    // equal-traffic baseline it is the slower of the two questions.
+    let out = guard(&[
+        "bench",
+        "detection",
+        "--trials",
+        "2",
+        "--scenario",
+        "canary",
+        "--json",
+    ]);
+    assert!(out.status.success());
+    let canaries: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(canaries.len(), 36, "6 multiples × 3 rates × 2 shares");
+    for row in &canaries {
+        let multiple = row["multiple"].as_f64().expect("multiple");
+        let attribution = row["attribution_oracle_seconds"].as_f64();
+        assert_eq!(attribution.is_some(), multiple > 1.0, "{row}");
+        if let Some(a) = attribution
+            && row["canary_share"].as_f64() == Some(0.5)
+        {
+            let own = row["oracle_seconds"].as_f64().expect("oracle");
+            assert!(a > 2.0 * own, "{row}");
+        }
+    }
+
+    // The table names the goals and how many were met.
+    let out = guard(&[
+        "bench",
+        "detection",
+        "--trials",
+        "3",
+        "--scenario",
+        "shared-outage",
+    ]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(table.contains("attrib_s"), "{table}");
+    assert!(table.contains("goals:"), "{table}");
+    assert!(table.contains("of 6 checks met"), "{table}");
+}
+
+#[test]
+fn bad_input_is_refused_with_a_reason_and_a_non_zero_exit() {
+    let out = guard(&["bench", "detection", "--scenario", "nope"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("\"nope\" is not a scenario") && stderr.contains("shared-outage"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "nothing printed for a refused run");
+
+    let out = guard(&["bench", "detection", "--trials", "0"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--trials"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
