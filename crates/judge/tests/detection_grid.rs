@@ -91,6 +91,24 @@ fn shared_outage_holds_and_bursts_do_not_revert() {
 }
 
 #[test]
+fn a_bad_canary_at_an_equal_share_is_reverted_within_the_attribution_limit() {
+    // 6× canary beside a healthy baseline taking the other half of 1000 rps.
+    // Blaming it needs evidence that the baseline does not fail alike, which
+    // its errors give at KL(6/7 ‖ 1/2) = 0.283 nats each: Wald's limit is
+    // 4.5 s against 1.6 s for the canary's own traffic alone.
+    let policy = Policy::default();
+    let mut s = release(6.0);
+    s.name = "canary".into();
+    s.canary_share = Some(0.5);
+    let r = run(&s, &policy);
+    assert!(r.revert_rate >= 0.95, "{r:?}");
+    let limit = sim::time_limit_seconds(&r);
+    assert_eq!(Some(limit), r.attribution_oracle_seconds, "{r:?}");
+    assert!((4.3..4.8).contains(&limit), "{r:?}");
+    assert!(r.median_seconds <= (1.5 * limit).max(2.0), "{r:?}");
+}
+
+#[test]
 fn same_seed_same_figures() {
     let s = release(6.0);
     let policy = Policy::default();
