@@ -380,7 +380,17 @@ impl Judge {
         );
         let baseline_ratio = ratio(base);
         let statistic = t.candidate_test.revert_statistic();
-        let budget_burned = self.attributable_burn(spec, t, baseline_ratio.unwrap_or(0.0));
+        // Blame only what the baseline's own counts cannot explain: over a
+        // long watch the raw ratio of 300 s of quiet history (3000 events, 0
+        // or 1 bad at 10 rps) would blame a release at its baseline's true
+        // rate for most of its errors. Without baseline counts, the budget's
+        // own pace is the yardstick.
+        let p_base_for_burn = if base.total > 0 {
+            stats::ratio_upper_bound(base.bad() as f64, base.total as f64, t.ln_a)
+        } else {
+            t.p0
+        };
+        let budget_burned = self.attributable_burn(spec, t, p_base_for_burn);
         let mut shared_statistic = None;
         let status = if events == 0 {
             SloStatus::NoData
@@ -701,9 +711,10 @@ mod tests {
         assert!((e.pass_statistic - l2.max(l14)).abs() < 1e-9);
         assert!((e.upper_bound - 99f64.ln()).abs() < 1e-12);
         assert_eq!((e.events, e.bad), (1000, 3));
-        // Budget: 3 bad of 1000 in 1 s; N_T = 1000 · 2 592 000; no baseline,
-        // so every error is the release's: 3 / (0.001 · 2.592e9) = 1.157e-6.
-        assert!((e.budget_burned_pct - 100.0 * 3.0 / 2.592e6).abs() < 1e-9);
+        // Budget: 3 bad of 1000 in 1 s; N_T = 1000 · 2 592 000; no baseline
+        // counts, so the errors beyond the objective's pace (1 of 1000) are
+        // the release's: 2 / (0.001 · 2.592e9) = 7.716e-7.
+        assert!((e.budget_burned_pct - 100.0 * 2.0 / 2.592e6).abs() < 1e-9);
         assert_eq!(d.verdict, Verdict::Continue);
     }
 
@@ -973,7 +984,11 @@ mod tests {
             max_budget_share: 0.000_02, // small, so the test is short
             ..Policy::default()
         };
-        let mut j = judge(policy);
+        // The stable build failed 0 of 300 000 before the rollout: its upper
+        // confidence bound (ln A = ln 99) is 1 − 99^(−1/300000) = 1.53e-5.
+        let mut j = judge(policy)
+            .with_baseline_history("availability", Counts::new(300_000, 300_000))
+            .unwrap();
         for _ in 0..30 {
             j.step(&interval((0, 1000), (0, 0), None)).unwrap();
         }
@@ -981,8 +996,8 @@ mod tests {
         assert_eq!(d.verdict, Verdict::Promote);
         assert!(d.watching);
         // Now at 1.5×: too little to cross the mixture bound quickly, but the
-        // attributable burn grows: 1.5 bad/s against a budget of
-        // 0.001 · 1000 · 2 592 000 = 2.592e6 → 2e-5 after ≈ 35 s of 1.5/s
+        // attributable burn grows: 1.5 − 0.015 bad/s against a budget of
+        // 0.001 · 1000 · 2 592 000 = 2.592e6 → 2e-5 after ≈ 35 s
         // (counted over all 30 + t seconds of traffic).
         let mut reverted = None;
         for s in 1..=200 {

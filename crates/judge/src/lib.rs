@@ -66,7 +66,10 @@
 //!   bounding that ratio from below made the rule safe but never faster than
 //!   the live conditional binomial.)
 //! - Attributable budget burn (`slo::budget`) reaching the policy's share
-//!   reverts, before and after a promote.
+//!   reverts, before and after a promote. The release is blamed for errors
+//!   beyond the baseline's upper confidence bound (at the revert test's
+//!   level; the objective's rate when there are no baseline counts), so
+//!   the noise of a short history is not blamed on it over a long watch.
 //!
 //! Counts are accumulated into blocks of [`Policy::block_seconds`] before the
 //! tests see them, so the verdict depends on the counts, not on how finely
@@ -318,8 +321,8 @@ pub struct Evidence {
     /// is blamed at `−upper_bound` or below (positive: the errors split as
     /// the traffic does, as in an outage both share).
     pub shared_statistic: Option<f64>,
-    /// Share of the period's error budget burned beyond the baseline, in
-    /// percent (`2.0` is 2 %).
+    /// Share of the period's error budget burned beyond the baseline (its
+    /// error ratio's upper confidence bound), in percent (`2.0` is 2 %).
     pub budget_burned_pct: f64,
 }
 

@@ -133,6 +133,31 @@ pub fn ratio_lower_bound(bad: f64, total: f64, ln_level: f64) -> f64 {
     hi
 }
 
+/// One-sided upper confidence bound on a Bernoulli failure probability from
+/// `bad` failures in `total` trials, by the Chernoff bound: the largest
+/// `p >= bad/total` with `total · KL(bad/total ‖ p) <= ln_level`, so the
+/// true ratio lies above it with probability at most `exp(−ln_level)`
+/// (0 failures in 3000 trials at `ln 100`: `1 − 100^(−1/3000)` = 0.00153).
+/// `1` without trials: nothing is known.
+pub fn ratio_upper_bound(bad: f64, total: f64, ln_level: f64) -> f64 {
+    if !(total > 0.0) {
+        return 1.0;
+    }
+    let p_hat = (bad / total).clamp(0.0, 1.0);
+    let excess = |p: f64| total * kl_bernoulli(p_hat, p) - ln_level;
+    // KL(p̂ ‖ p) rises from 0 at p = p̂ to +∞ at p → 1: bisect on [p̂, 1).
+    let (mut lo, mut hi) = (p_hat, 1.0);
+    for _ in 0..100 {
+        let mid = 0.5 * (lo + hi);
+        if mid >= 1.0 || excess(mid) > 0.0 {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    lo
+}
+
 /// Failure probability under alternative `multiple` when the null is
 /// `p_null` and the budget is `p0`: the release burns `multiple − 1` budgets
 /// beyond the null, `p_null + (multiple − 1)·p0`, kept below 1.
@@ -417,6 +442,22 @@ mod tests {
             d.phi()
         );
         assert!(close(d.phi(), 3.686, 1e-3), "{}", d.phi());
+    }
+
+    #[test]
+    fn ratio_upper_bound_by_hand() {
+        // No failure in 3000: n·KL(0 ‖ p) = −n·ln(1 − p) = ln 100 at
+        // p = 1 − 100^(−1/3000) = 0.00153388.
+        let u = ratio_upper_bound(0.0, 3000.0, 100f64.ln());
+        assert!(close(u, 1.0 - 100f64.powf(-1.0 / 3000.0), 1e-12), "{u}");
+        // 3 in 3000 at ln 100: 0.0038890 (3000·KL(0.001 ‖ u) = 4.60517).
+        let u = ratio_upper_bound(3.0, 3000.0, 100f64.ln());
+        assert!(close(u, 0.003_889_03, 1e-7), "{u}");
+        assert!(close(3000.0 * kl_bernoulli(0.001, u), 100f64.ln(), 1e-9));
+        // Many events: close to the ratio.
+        let u = ratio_upper_bound(300.0, 300_000.0, 99f64.ln());
+        assert!((0.0011..0.0012).contains(&u), "{u}");
+        assert_eq!(ratio_upper_bound(0.0, 0.0, 4.6), 1.0);
     }
 
     #[test]
