@@ -140,7 +140,7 @@ pub fn ratio_lower_bound(bad: f64, total: f64, ln_level: f64) -> f64 {
 /// (0 failures in 3000 trials at `ln 100`: `1 − 100^(−1/3000)` = 0.00153).
 /// `1` without trials: nothing is known.
 pub fn ratio_upper_bound(bad: f64, total: f64, ln_level: f64) -> f64 {
-    if !(total > 0.0) {
+    if total.is_nan() || total <= 0.0 {
         return 1.0;
     }
     let p_hat = (bad / total).clamp(0.0, 1.0);
