@@ -137,7 +137,12 @@ fn attribution_oracle_is_wald_on_the_conditional_binomial() {
     s.name = "canary".into();
     s.rps = 100.0;
     s.canary_share = Some(0.5);
-    let policy = Policy::default();
+    // α = β = 0.01, as in the figures above (the default β is 0.005).
+    let policy = Policy {
+        alpha: 0.01,
+        beta: 0.01,
+        ..Policy::default()
+    };
     let a = sim::attribution_oracle_seconds(&s, &policy).expect("a canary worse than its baseline");
     assert!((a - 12.93).abs() < 0.05, "{a}");
     let own = sim::oracle_seconds(&s, &policy, 50.0);
