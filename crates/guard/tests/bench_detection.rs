@@ -121,6 +121,15 @@ fn bad_input_is_refused_with_a_reason_and_a_non_zero_exit() {
     );
     assert!(out.stdout.is_empty(), "nothing printed for a refused run");
 
+    let out = guard(&["bench", "detection", "--blame-alpha", "2"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--blame-alpha") && stderr.contains("strictly between 0 and 1"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "nothing printed for a refused run");
+
     let out = guard(&["bench", "detection", "--trials", "0"]);
     assert!(!out.status.success());
     assert!(

@@ -404,7 +404,7 @@ impl Judge {
                 shared_statistic = Some(-blame);
                 if t.baseline_test.revert_statistic() >= t.ln_a || alike >= t.ln_a {
                     SloStatus::SharedOutage
-                } else if blame >= t.ln_a {
+                } else if blame >= blame_bound(&self.policy, t.ln_a) {
                     SloStatus::Burning
                 } else {
                     SloStatus::Undecided
@@ -540,12 +540,24 @@ fn burning_reason(e: &Evidence, spec: &SloSpec, policy: &Policy) -> String {
             match e.shared_statistic {
                 Some(s) => format!(
                     "; the canary's fault, not its baseline's: baseline {} of {} bad, canary-against-baseline LLR {:.2} ≥ {:.2}",
-                    e.baseline_bad, e.baseline_events, -s, e.upper_bound
+                    e.baseline_bad,
+                    e.baseline_events,
+                    -s,
+                    blame_bound(policy, e.upper_bound)
                 ),
                 None => String::new(),
             }
         )
     }
+}
+
+/// The bound the canary-against-baseline mixture must reach to blame the
+/// canary: `ln((1 − β)/blame_alpha)`, or the revert bound `ln_a` when the
+/// policy sets no `blame_alpha`.
+fn blame_bound(policy: &Policy, ln_a: f64) -> f64 {
+    policy
+        .blame_alpha
+        .map_or(ln_a, |a| ((1.0 - policy.beta) / a).ln())
 }
 
 fn add(acc: &mut Counts, c: Counts) {
@@ -563,6 +575,16 @@ fn validate_policy(p: &Policy) -> Result<(), JudgeError> {
         if !(v > 0.0 && v < 0.5) {
             return err(field, format!("must be in (0, 0.5), e.g. 0.01; got {v}"));
         }
+    }
+    if let Some(a) = p.blame_alpha
+        && !(a > 0.0 && a < 1.0)
+    {
+        return err(
+            "blame_alpha",
+            format!(
+                "must be strictly between 0 and 1 (e.g. 0.001), or left out to use alpha; got {a}"
+            ),
+        );
     }
     if !(p.max_budget_share > 0.0 && p.max_budget_share <= 1.0) {
         return err(
@@ -976,6 +998,39 @@ mod tests {
                 d.reason
             );
         }
+    }
+
+    #[test]
+    fn a_stricter_blame_alpha_needs_more_unanswered_canary_errors() {
+        // blame_alpha = 0.001: ln(0.995/0.001) = 6.9027; eleven unanswered
+        // canary errors at a 50 % share give 6.4618, twelve 7.0929.
+        let policy = Policy {
+            blame_alpha: Some(0.001),
+            ..Policy::default()
+        };
+        for (second_bad, blamed) in [(7, false), (8, true)] {
+            let mut j = judge(policy.clone());
+            j.step(&interval((4, 500), (0, 500), Some(0.5))).unwrap();
+            let d = j
+                .step(&interval((second_bad, 500), (0, 500), Some(0.5)))
+                .unwrap();
+            assert_eq!(
+                d.evidence[0].status == SloStatus::Burning,
+                blamed,
+                "{} canary errors: {}",
+                4 + second_bad,
+                d.reason
+            );
+            if blamed {
+                assert!(d.reason.contains("≥ 6.90"), "{}", d.reason);
+            }
+        }
+        let bad = Policy {
+            blame_alpha: Some(1.5),
+            ..Policy::default()
+        };
+        let err = Judge::new(bad, vec![SloSpec::availability("a", 0.999)]).unwrap_err();
+        assert!(err.to_string().contains("blame_alpha"), "{err}");
     }
 
     #[test]

@@ -159,6 +159,13 @@ pub struct Policy {
     /// Chance of promoting a release that burns at one of
     /// [`Policy::multiples`].
     pub beta: f64,
+    /// Chance of blaming a canary for an outage its live baseline shares
+    /// (`None`: [`Policy::alpha`]). Smaller means fewer reverts in shared
+    /// outages and slower canary reverts: blaming needs `ln((1 − β)/
+    /// blame_alpha)` nats from the conditional binomial of the errors, and at
+    /// an equal-traffic baseline that evidence comes 3–5× slower than the
+    /// canary's own (`sim::attribution_oracle_seconds`).
+    pub blame_alpha: Option<f64>,
     /// Share of the SLO period's error budget a release may burn beyond its
     /// baseline before it is reverted, e.g. `0.02` (2 %).
     pub max_budget_share: f64,
@@ -195,6 +202,7 @@ impl Default for Policy {
         Self {
             alpha,
             beta,
+            blame_alpha: None,
             max_budget_share: 0.02,
             min_verify_seconds: 30.0,
             max_verify_seconds: 3600.0,

@@ -51,6 +51,13 @@ pub struct DetectionArgs {
     /// the SLO's 30-day period).
     #[arg(long)]
     pub json: bool,
+    /// Blame a canary for its burn only at this level (the judge policy's
+    /// `blame_alpha`; default: its `alpha`, 0.01). Smaller gives fewer
+    /// reverts in `shared-outage` and slower canary reverts; the goals and
+    /// oracles stay those of the default policy, so the table shows the
+    /// trade.
+    #[arg(long, value_name = "P")]
+    pub blame_alpha: Option<f64>,
     /// Run only scenarios with this name (release, canary, shared-outage,
     /// bursty); repeatable.
     #[arg(long = "scenario", value_name = "NAME")]
@@ -75,7 +82,16 @@ fn detection(args: DetectionArgs) -> anyhow::Result<i32> {
             );
         }
     }
-    let policy = judge::Policy::default();
+    let policy = judge::Policy {
+        blame_alpha: args.blame_alpha,
+        ..judge::Policy::default()
+    };
+    // The judge names the field and the reason; say it before any work.
+    judge::Judge::new(
+        policy.clone(),
+        vec![judge::SloSpec::availability("availability", 0.999)],
+    )
+    .context("--blame-alpha")?;
     let grid: Vec<_> = judge::sim::grid()
         .into_iter()
         .filter(|s| args.scenarios.is_empty() || args.scenarios.contains(&s.name))
