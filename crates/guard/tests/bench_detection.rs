@@ -112,29 +112,29 @@ fn json_rows_carry_every_documented_key_and_the_canary_attribution_limit() {
 
 #[test]
 fn bad_input_is_refused_with_a_reason_and_a_non_zero_exit() {
-    let out = guard(&["bench", "detection", "--scenario", "nope"]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("\"nope\" is not a scenario") && stderr.contains("shared-outage"),
-        "{stderr}"
-    );
-    assert!(out.stdout.is_empty(), "nothing printed for a refused run");
-
-    let out = guard(&["bench", "detection", "--blame-alpha", "2"]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("--blame-alpha") && stderr.contains("strictly between 0 and 1"),
-        "{stderr}"
-    );
-    assert!(out.stdout.is_empty(), "nothing printed for a refused run");
-
-    let out = guard(&["bench", "detection", "--trials", "0"]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--trials"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // (flag, value, what stderr must say)
+    for (flag, value, says) in [
+        (
+            "--scenario",
+            "nope",
+            &["\"nope\" is not a scenario", "shared-outage"][..],
+        ),
+        (
+            "--blame-alpha",
+            "2",
+            &["--blame-alpha", "strictly between 0 and 1"],
+        ),
+        ("--trials", "0", &["--trials"]),
+    ] {
+        let out = guard(&["bench", "detection", flag, value]);
+        assert!(!out.status.success(), "{flag} {value} accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for part in says {
+            assert!(stderr.contains(part), "{flag} {value}: {stderr}");
+        }
+        assert!(
+            out.stdout.is_empty(),
+            "{flag} {value}: nothing printed for a refused run"
+        );
+    }
 }
