@@ -189,6 +189,9 @@ impl Platform for SimPlatform {
 struct Accum {
     total: f64,
     bad: HashMap<String, f64>,
+    /// Good events last reported per SLO: a real counter pair never lets
+    /// `total − bad` fall, so neither does this double.
+    good: HashMap<String, u64>,
 }
 
 /// Cumulative counts per release, growing with the wall clock at `rps` per
@@ -281,13 +284,13 @@ impl SignalSource for SimSource {
                     *bad += n * r;
                     let total = acc.total.floor() as u64;
                     let bad = (bad.floor() as u64).min(total);
-                    by_slo.insert(
-                        slo.clone(),
-                        Counts {
-                            good: total - bad,
-                            total,
-                        },
-                    );
+                    // Whole bad events can round up before the whole events
+                    // that carry them: keep good from going down, or the
+                    // engine's differences would drop those errors.
+                    let last_good = acc.good.entry(slo.clone()).or_default();
+                    let good = (total - bad).max(*last_good).min(total);
+                    *last_good = good;
+                    by_slo.insert(slo.clone(), Counts { good, total });
                 }
                 releases.push(ReleaseSignals {
                     role,
