@@ -125,6 +125,25 @@ async fn wait_for(
     }
 }
 
+/// Waits (up to 10 s) until rollout `id` is held and returns the hold's reason.
+async fn wait_held(rig: &Rig, id: i64) -> String {
+    let held = wait_for(&rig.store, id, "held", Duration::from_secs(10), |p| {
+        matches!(p, Phase::Held { .. })
+    })
+    .await;
+    match held {
+        Phase::Held { reason, .. } => reason,
+        other => panic!("waited for a hold, got {other:?}"),
+    }
+}
+
+/// After `pause`, rollout `id` is still held: nothing moved it on its own.
+async fn assert_still_held(rig: &Rig, id: i64, pause: Duration) {
+    tokio::time::sleep(pause).await;
+    let phase = rig.store.rollout(id).expect("rollout").phase;
+    assert!(matches!(phase, Phase::Held { .. }), "{phase:?}");
+}
+
 fn first_release(rig: &Rig) {
     rig.platform.install(&target(), "1");
     rig.store
@@ -240,22 +259,12 @@ async fn source_outage_holds_never_promotes_and_resumes_when_it_returns() {
         .engine
         .deploy(&target(), build("2"), Strategy::Rolling, "test")
         .expect("deploy");
-    let held = wait_for(&rig.store, id, "held", Duration::from_secs(10), |p| {
-        matches!(p, Phase::Held { .. })
-    })
-    .await;
-    let Phase::Held { reason, .. } = held else {
-        unreachable!()
-    };
+    let reason = wait_held(&rig, id).await;
     assert!(reason.contains("signal source down"), "{reason}");
     let status = rig.engine.live_status(id).expect("live");
     assert!(!status.source_ok);
     // Well past the verification time a healthy source would need: still held.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(matches!(
-        rig.store.rollout(id).expect("r").phase,
-        Phase::Held { .. }
-    ));
+    assert_still_held(&rig, id, Duration::from_millis(1500)).await;
     assert!(
         !rig.platform
             .actions()
@@ -311,20 +320,10 @@ async fn a_release_held_for_too_little_traffic_is_still_judged_and_reverted_when
         .engine
         .deploy(&target(), build("2"), Strategy::Canary, "test")
         .expect("deploy");
-    let held = wait_for(&rig.store, id, "held", Duration::from_secs(10), |p| {
-        matches!(p, Phase::Held { .. })
-    })
-    .await;
-    let Phase::Held { reason, .. } = &held else {
-        unreachable!()
-    };
+    let reason = wait_held(&rig, id).await;
     assert!(reason.contains("too little traffic"), "{reason}");
     // Held: a person is told and nothing promotes on its own.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(matches!(
-        rig.store.rollout(id).expect("r").phase,
-        Phase::Held { .. }
-    ));
+    assert_still_held(&rig, id, Duration::from_millis(500)).await;
 
     // The held canary starts failing half its requests: still judged, it is
     // reverted without waiting for the person.
