@@ -125,6 +125,11 @@ async fn wait_for(
     }
 }
 
+/// Waits (up to `deadline`) until rollout `id` ends and returns its last phase.
+async fn wait_terminal(rig: &Rig, id: i64, deadline: Duration) -> Phase {
+    wait_for(&rig.store, id, "terminal", deadline, Phase::is_terminal).await
+}
+
 /// Waits (up to 10 s) until rollout `id` is held and returns the hold's reason.
 async fn wait_held(rig: &Rig, id: i64) -> String {
     let held = wait_for(&rig.store, id, "held", Duration::from_secs(10), |p| {
@@ -164,14 +169,7 @@ async fn good_build_is_promoted_after_every_step_and_the_watch() {
         .engine
         .deploy(&target(), build("2"), Strategy::Rolling, "test")
         .expect("deploy");
-    let end = wait_for(
-        &rig.store,
-        id,
-        "terminal",
-        Duration::from_secs(20),
-        Phase::is_terminal,
-    )
-    .await;
+    let end = wait_terminal(&rig, id, Duration::from_secs(20)).await;
     assert_eq!(end, Phase::Promoted);
     let actions: Vec<String> = rig.platform.actions().into_iter().map(|(_, a)| a).collect();
     assert_eq!(actions, vec!["shift 2 0.5", "shift 2 1", "promote 2"]);
@@ -221,14 +219,7 @@ async fn erroring_build_is_reverted_and_the_old_build_runs() {
         .engine
         .deploy(&target(), build("3"), Strategy::Canary, "test")
         .expect("deploy");
-    let end = wait_for(
-        &rig.store,
-        id,
-        "terminal",
-        Duration::from_secs(20),
-        Phase::is_terminal,
-    )
-    .await;
+    let end = wait_terminal(&rig, id, Duration::from_secs(20)).await;
     assert_eq!(end, Phase::Reverted);
     let r = rig.store.rollout(id).expect("r");
     assert_eq!(r.verdict.as_deref(), Some("revert"));
@@ -272,14 +263,7 @@ async fn source_outage_holds_never_promotes_and_resumes_when_it_returns() {
             .any(|(_, a)| a.starts_with("promote"))
     );
     rig.source.down.store(false, Ordering::SeqCst);
-    let end = wait_for(
-        &rig.store,
-        id,
-        "terminal",
-        Duration::from_secs(20),
-        Phase::is_terminal,
-    )
-    .await;
+    let end = wait_terminal(&rig, id, Duration::from_secs(20)).await;
     assert_eq!(end, Phase::Promoted);
     let causes: Vec<String> = rig
         .store
@@ -328,14 +312,7 @@ async fn a_release_held_for_too_little_traffic_is_still_judged_and_reverted_when
     // The held canary starts failing half its requests: still judged, it is
     // reverted without waiting for the person.
     rig.source.set_error_ratio("2", "availability", 0.5);
-    let end = wait_for(
-        &rig.store,
-        id,
-        "terminal",
-        Duration::from_secs(20),
-        Phase::is_terminal,
-    )
-    .await;
+    let end = wait_terminal(&rig, id, Duration::from_secs(20)).await;
     assert_eq!(end, Phase::Reverted);
     let r = rig.store.rollout(id).expect("r");
     assert!(
@@ -396,14 +373,7 @@ async fn a_source_outage_during_the_watch_stretches_it_and_promote_ends_it() {
             by_hand
         } else {
             rig.source.down.store(false, Ordering::SeqCst);
-            wait_for(
-                &rig.store,
-                id,
-                "terminal",
-                Duration::from_secs(10),
-                Phase::is_terminal,
-            )
-            .await
+            wait_terminal(&rig, id, Duration::from_secs(10)).await
         };
         assert_eq!(end, Phase::Promoted, "build {number}");
     }
@@ -444,14 +414,7 @@ async fn commands_pause_resume_and_abort() {
         .expect("resume");
     assert!(matches!(resumed, Phase::Verifying { .. }));
     rig.engine.command(id, Command::Abort).await.expect("abort");
-    let end = wait_for(
-        &rig.store,
-        id,
-        "terminal",
-        Duration::from_secs(10),
-        Phase::is_terminal,
-    )
-    .await;
+    let end = wait_terminal(&rig, id, Duration::from_secs(10)).await;
     assert_eq!(end, Phase::Aborted);
     let refused = rig
         .engine
