@@ -78,6 +78,7 @@ fn rig_with(
     let settings = EngineSettings {
         tick: Duration::from_millis(50),
         stale_after: Duration::from_millis(300),
+        checkpoint_every: Duration::ZERO,
         default_target: TargetSettings {
             rolling_steps: vec![0.5, 1.0],
             canary_steps: vec![0.1, 0.5],
@@ -474,5 +475,117 @@ async fn a_dropped_engine_resumes_from_the_store_and_acts_once_per_step() {
         seqs,
         (1..=steps.len() as i64).collect::<Vec<_>>(),
         "history has every step once, in order"
+    );
+}
+
+/// The judge's elapsed seconds and the candidate's events as the rollout's
+/// live status reports them, once it has been judged at least `at_least`
+/// seconds (deadline 10 s).
+async fn judged(rig: &Rig, id: i64, at_least: f64) -> (f64, u64) {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = rig.engine.live_status(id)
+            && let Some(detail) = &status.detail
+        {
+            let elapsed = detail["elapsed_seconds"].as_f64().expect("elapsed_seconds");
+            let events = detail["evidence"][0]["events"].as_u64().expect("events");
+            if elapsed >= at_least {
+                return (elapsed, events);
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "rollout {id} not judged for {at_least} s within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Verifies a rollout for a while with `before`, "crashes", resumes with
+/// `after`, and returns what the judge had seen before and right after.
+async fn crash_while_verifying(
+    before: judge::Policy,
+    after: judge::Policy,
+) -> ((f64, u64), (f64, u64), Rig, i64, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("r.db");
+    let platform = Arc::new(SimPlatform::default());
+    // One source across the restart: its counters keep counting, as a
+    // replica's do when guard, not the replica, restarts.
+    let source = Arc::new(SimSource::new(
+        platform.clone(),
+        5000.0,
+        vec!["availability".into()],
+        0.0,
+    ));
+    let first = rig_with(&db, platform.clone(), Some(source.clone()), before);
+    first_release(&first);
+    let id = first
+        .engine
+        .deploy(&target(), build("2"), Strategy::Rolling, "test")
+        .expect("deploy");
+    let seen = judged(&first, id, 1.0).await;
+    first.engine.shutdown();
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = rig_with(&db, platform, Some(source), after);
+    assert_eq!(second.engine.resume().expect("resume"), 1);
+    let resumed = judged(&second, id, 0.0).await;
+    (seen, resumed, second, id, dir)
+}
+
+#[tokio::test]
+async fn a_resumed_rollout_goes_on_with_its_judges_evidence() {
+    // Slow to promote, so the crash comes mid-step.
+    let slow = judge::Policy {
+        min_verify_seconds: 4.0,
+        ..policy()
+    };
+    let ((elapsed, events), (elapsed_after, events_after), rig, id, _dir) =
+        crash_while_verifying(slow.clone(), slow).await;
+    assert!(
+        elapsed_after >= elapsed,
+        "the judge restarted its tests: {elapsed_after} s judged after the restart, {elapsed} s before"
+    );
+    assert!(
+        events_after >= events,
+        "events lost in the restart: {events_after} after, {events} before"
+    );
+    // The counts read before the restart are the new zero, not new events:
+    // half a judged second later the judge has seen about half a second more
+    // of 5000 rps at a 50 % share.
+    let (later, events_later) = judged(&rig, id, elapsed_after + 0.5).await;
+    let expected = 2500.0 * (later - elapsed_after);
+    let added = (events_later - events_after) as f64;
+    assert!(
+        (0.5 * expected..1.5 * expected + 250.0).contains(&added),
+        "{added} events judged in {:.2} s after the restart, about {expected:.0} expected",
+        later - elapsed_after
+    );
+    assert_eq!(
+        wait_terminal(&rig, id, Duration::from_secs(20)).await,
+        Phase::Promoted
+    );
+}
+
+#[tokio::test]
+async fn a_policy_changed_across_the_restart_verifies_the_step_afresh() {
+    let slow = judge::Policy {
+        min_verify_seconds: 4.0,
+        ..policy()
+    };
+    let stricter = judge::Policy {
+        alpha: 0.005,
+        ..slow.clone()
+    };
+    let ((elapsed, _), (elapsed_after, _), rig, id, _dir) =
+        crash_while_verifying(slow, stricter).await;
+    assert!(
+        elapsed_after < elapsed,
+        "evidence weighed under the old policy was kept: {elapsed_after} s after, {elapsed} s before"
+    );
+    assert_eq!(
+        wait_terminal(&rig, id, Duration::from_secs(20)).await,
+        Phase::Promoted
     );
 }

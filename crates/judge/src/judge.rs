@@ -1166,6 +1166,36 @@ mod tests {
             }
         }
 
+        /// A judge saved (as JSON, the way guard's engine checkpoints it)
+        /// and restored mid-stream decides exactly as one never stopped.
+        #[test]
+        fn a_restored_judge_decides_as_if_never_stopped(
+            seq in blocks(),
+            at in any::<prop::sample::Index>(),
+            canary in any::<bool>(),
+        ) {
+            let policy = Policy { min_verify_seconds: 5.0, min_events: 10, ..Policy::default() };
+            let cut = at.index(seq.len());
+            let feed = |&(k, n): &(u64, u64)| match canary {
+                true => interval((k, n), (k / 3, n), Some(0.5)),
+                false => interval((k, n), (0, 0), None),
+            };
+            let mut kept = judge(policy.clone());
+            let mut restored = judge(policy);
+            for block in &seq[..cut] {
+                kept.step(&feed(block)).unwrap();
+                restored.step(&feed(block)).unwrap();
+            }
+            let saved = serde_json::to_string(&restored).unwrap();
+            let mut restored: Judge = serde_json::from_str(&saved).unwrap();
+            prop_assert_eq!(&restored, &kept);
+            for (t, block) in seq[cut..].iter().enumerate() {
+                let a = kept.step(&feed(block)).unwrap();
+                let b = restored.step(&feed(block)).unwrap();
+                prop_assert_eq!(a, b, "block {} after the restore", t);
+            }
+        }
+
         /// The same counts in smaller batches give the same verdicts: each
         /// one-second interval split into 1–4 sub-intervals (counts split
         /// arbitrarily) yields the same decision at every second's end.

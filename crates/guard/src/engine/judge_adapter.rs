@@ -66,6 +66,29 @@ impl JudgeFactory for PolicyJudge {
             judge: judge.map_err(|e| e.to_string()),
         })
     }
+
+    fn restore(
+        &self,
+        target: &Target,
+        checkpoint: &serde_json::Value,
+    ) -> Option<Box<dyn Verifier>> {
+        let judge: judge::Judge = match serde_json::from_value(checkpoint.clone()) {
+            Ok(j) => j,
+            Err(e) => {
+                warn!(error = %e, "judge checkpoint unreadable; verifying the step afresh");
+                return None;
+            }
+        };
+        // Evidence weighed under another policy or other SLOs answers another
+        // question: after a configuration change the step starts afresh.
+        let specs = self.slos.get(target).unwrap_or(&self.default_slos);
+        if judge.policy() != &self.policy || judge.slos() != specs.as_slice() {
+            warn!(service = %target.service, environment = %target.environment,
+                  "policy or SLOs changed since the judge checkpoint; verifying the step afresh");
+            return None;
+        }
+        Some(Box::new(JudgeVerifier { judge: Ok(judge) }))
+    }
 }
 
 struct JudgeVerifier {
@@ -109,6 +132,11 @@ impl Verifier for JudgeVerifier {
             }
         };
         convert(&decision)
+    }
+
+    fn checkpoint(&self) -> Option<serde_json::Value> {
+        let judge = self.judge.as_ref().ok()?;
+        serde_json::to_value(judge).ok()
     }
 }
 

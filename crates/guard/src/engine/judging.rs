@@ -48,6 +48,13 @@ pub struct Verdict {
 /// step, the watch after the promote).
 pub trait Verifier: Send {
     fn step(&mut self, tick: &Tick) -> Verdict;
+
+    /// Everything the verifier has gathered, for [`JudgeFactory::restore`]
+    /// after a restart; `None` when it cannot be saved (then a restarted
+    /// guard verifies the step afresh).
+    fn checkpoint(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// Makes a fresh [`Verifier`] for each step.
@@ -60,4 +67,15 @@ pub trait JudgeFactory: Send + Sync + 'static {
         strategy: Strategy,
         history: &BTreeMap<String, Counts>,
     ) -> Box<dyn Verifier>;
+
+    /// A verifier that goes on from a [`Verifier::checkpoint`], or `None`
+    /// when the checkpoint does not fit `target`'s current configuration
+    /// (then the step is verified afresh).
+    fn restore(
+        &self,
+        _target: &Target,
+        _checkpoint: &serde_json::Value,
+    ) -> Option<Box<dyn Verifier>> {
+        None
+    }
 }

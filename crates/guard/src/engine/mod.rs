@@ -16,6 +16,9 @@
 //!    that errs or goes stale holds the rollout (never a blind promote).
 //! 4. After a promote the release is watched for the configured period;
 //!    attributable burn still reverts it.
+//! 5. Every [`EngineSettings::checkpoint_every`] the step's judge is saved to
+//!    the store; on restart it is taken up again (same step, same policy and
+//!    SLOs) and the first read after it only sets the counters' zero.
 //!
 //! Guarantees: each transition is in the store before its action; each
 //! terminal phase is reached once; notifications are sent after the
@@ -113,6 +116,10 @@ pub struct EngineSettings {
     pub default_target: TargetSettings,
     /// Status page base URL for notifications (`{base}/api/v1/rollouts/{id}`).
     pub status_url: Option<String>,
+    /// How often a verifying rollout's judge state is saved to the store, so a
+    /// restarted guard goes on from the evidence gathered so far (at most
+    /// this much of it is lost in a crash).
+    pub checkpoint_every: Duration,
     /// Pause between storing a phase and performing its platform action.
     /// Zero in production; crash tests widen the window in which guard is
     /// killed "after the store, before the action".
@@ -129,6 +136,7 @@ impl Default for EngineSettings {
             targets: HashMap::new(),
             default_target: TargetSettings::default(),
             status_url: None,
+            checkpoint_every: Duration::from_secs(5),
             action_delay: Duration::ZERO,
         }
     }
@@ -616,6 +624,7 @@ impl Engine {
             let id = record.id;
             let mut task = RolloutTask::new(engine.clone(), record, rx, status);
             if resumed {
+                task.restore_verifier();
                 task.restore().await;
             }
             task.run().await;
@@ -654,6 +663,22 @@ struct RolloutTask {
     action_failures: u32,
     /// The judge's latest numbers, attached to the verdict's transition.
     last_evidence: Option<notify::Evidence>,
+    /// When the judge state was last saved to the store.
+    checkpoint_at_ms: i64,
+    /// Set when a judge was restored after a restart: the first read sets
+    /// the counters' zero (the counts read before the restart are gone).
+    rebase: bool,
+}
+
+/// What the engine saves of a step's verification ([`Store::save_judge_checkpoint`]).
+#[derive(Debug, Serialize, Deserialize)]
+struct VerificationCheckpoint {
+    /// The step the judge was made for (kept into the watch after the last).
+    step: Option<usize>,
+    /// [`Verifier::checkpoint`].
+    verifier: serde_json::Value,
+    /// The step's counts so far, for the status page.
+    slos: BTreeMap<String, SloCounts>,
 }
 
 impl RolloutTask {
@@ -695,6 +720,98 @@ impl RolloutTask {
             watch_blind_since_ms: None,
             action_failures: 0,
             last_evidence: None,
+            checkpoint_at_ms: now_ms(),
+            rebase: false,
+        }
+    }
+
+    /// After a restart, takes up the judge of the step being verified from
+    /// its last checkpoint, so the tests go on with the evidence gathered
+    /// so far: a restart neither hands a bad release a fresh start nor gives
+    /// a good one a second chance to be reverted wrongly.
+    fn restore_verifier(&mut self) {
+        let step = match &self.record.phase {
+            Phase::Verifying { step, .. }
+            | Phase::Paused { step, .. }
+            | Phase::Held { step, .. } => *step,
+            // The watch goes on with the last step's judge.
+            Phase::Watching { .. } => match self.plan.steps.len().checked_sub(1) {
+                Some(last) => last,
+                None => return,
+            },
+            _ => return,
+        };
+        let saved = match self.engine.store.judge_checkpoint(self.id()) {
+            Ok(Some(saved)) => saved,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(rollout = self.id(), error = %e, "judge checkpoint unreadable; verifying the step afresh");
+                return;
+            }
+        };
+        let checkpoint: VerificationCheckpoint = match serde_json::from_value(saved) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(rollout = self.id(), error = %e, "judge checkpoint unreadable; verifying the step afresh");
+                return;
+            }
+        };
+        if checkpoint.step != Some(step) {
+            info!(
+                rollout = self.id(),
+                "judge checkpoint is of an earlier step; verifying this one afresh"
+            );
+            return;
+        }
+        let Some(verifier) = self
+            .engine
+            .judge
+            .restore(&self.record.target, &checkpoint.verifier)
+        else {
+            return;
+        };
+        self.verifier = Some(verifier);
+        self.step = checkpoint.step;
+        self.rebase = true;
+        let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        st.events = checkpoint
+            .slos
+            .values()
+            .map(|c| c.candidate.total)
+            .max()
+            .unwrap_or(0);
+        st.slos = checkpoint.slos;
+        info!(rollout = self.id(), step = ?self.step, events = st.events,
+              "judge restored from its checkpoint; verification goes on with the evidence gathered before the restart");
+    }
+
+    /// Saves the judge state if [`EngineSettings::checkpoint_every`] has passed.
+    fn checkpoint(&mut self, now: i64, slos: &BTreeMap<String, SloCounts>) {
+        let every =
+            i64::try_from(self.engine.settings.checkpoint_every.as_millis()).unwrap_or(i64::MAX);
+        if now - self.checkpoint_at_ms < every {
+            return;
+        }
+        self.checkpoint_at_ms = now;
+        let Some(verifier) = self.verifier.as_ref().and_then(|v| v.checkpoint()) else {
+            return;
+        };
+        let checkpoint = VerificationCheckpoint {
+            step: self.step,
+            verifier,
+            slos: slos.clone(),
+        };
+        let saved = serde_json::to_value(&checkpoint)
+            .map_err(|e| e.to_string())
+            .and_then(|v| {
+                self.engine
+                    .store
+                    .save_judge_checkpoint(self.id(), &v, now)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = saved {
+            // Only a restart would miss it, and then it verifies afresh.
+            warn!(rollout = self.id(), error = %e, "could not save the judge checkpoint");
         }
     }
 
@@ -1038,6 +1155,16 @@ impl RolloutTask {
             st.events = 0;
             return Decision::Continue;
         }
+        if self.rebase && source_ok && candidate_now.is_some() {
+            // A restored judge: these cumulative counts include what it has
+            // already seen (or start over on restarted replicas); they are
+            // the new zero, not new events.
+            self.rebase = false;
+            self.prev_candidate = candidate_now;
+            self.prev_stable = stable_now;
+            self.prev_tick_ms = now;
+            return Decision::Continue;
+        }
         let seconds = ((now - self.prev_tick_ms).max(1)) as f64 / 1000.0;
         self.prev_tick_ms = now;
         let mut slos = BTreeMap::new();
@@ -1105,7 +1232,10 @@ impl RolloutTask {
                 st.note = Some(reason.clone());
             }
         }
+        let slos = st.slos.clone();
+        drop(st);
         self.last_evidence = Some(verdict.evidence);
+        self.checkpoint(now, &slos);
         verdict.decision
     }
 

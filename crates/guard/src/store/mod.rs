@@ -200,6 +200,11 @@ CREATE TABLE IF NOT EXISTS releases(
   rollout_id INTEGER,
   PRIMARY KEY (service, environment)
 );
+CREATE TABLE IF NOT EXISTS judge_checkpoints(
+  rollout_id INTEGER PRIMARY KEY REFERENCES rollouts(id),
+  state TEXT NOT NULL,
+  at_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS deliveries(
   rollout_id INTEGER NOT NULL,
   at_ms INTEGER NOT NULL,
@@ -390,9 +395,62 @@ impl Store {
                 "UPDATE rollouts SET finished_ms = ?2 WHERE id = ?1",
                 params![t.id, t.at_ms],
             )?;
+            // A finished rollout is never judged again.
+            tx.execute(
+                "DELETE FROM judge_checkpoints WHERE rollout_id = ?1",
+                params![t.id],
+            )?;
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Replaces an active rollout's judge checkpoint (opaque JSON written by
+    /// the engine), so a restarted guard goes on judging with the evidence
+    /// gathered so far instead of starting its tests afresh. A finished
+    /// rollout takes no checkpoint ([`StoreError::NotFound`]).
+    pub fn save_judge_checkpoint(
+        &self,
+        rollout_id: i64,
+        state: &serde_json::Value,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let conn = self.lock();
+        let changed = conn.execute(
+            "INSERT INTO judge_checkpoints(rollout_id, state, at_ms) \
+             SELECT id, ?2, ?3 FROM rollouts WHERE id = ?1 AND active = 1 \
+             ON CONFLICT(rollout_id) DO UPDATE SET state = excluded.state, at_ms = excluded.at_ms",
+            params![rollout_id, state.to_string(), at_ms],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(rollout_id));
+        }
+        Ok(())
+    }
+
+    /// The latest judge checkpoint of an active rollout, if one was saved.
+    pub fn judge_checkpoint(
+        &self,
+        rollout_id: i64,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let conn = self.lock();
+        let text: Option<String> = conn
+            .query_row(
+                "SELECT state FROM judge_checkpoints WHERE rollout_id = ?1",
+                params![rollout_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match text {
+            None => Ok(None),
+            Some(t) => serde_json::from_str(&t)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    id: rollout_id,
+                    column: "judge_checkpoints.state",
+                    detail: e.to_string(),
+                }),
+        }
     }
 
     /// Records which build runs now for a target (after a promote or a revert).
@@ -819,5 +877,57 @@ mod tests {
         // The target is free again.
         store.create_rollout(&new, 11).expect("second rollout");
         assert_eq!(store.active_rollouts().expect("active").len(), 1);
+    }
+
+    #[test]
+    fn a_judge_checkpoint_is_replaced_while_active_and_dropped_when_finished() {
+        let store = Store::in_memory().expect("store");
+        let new = NewRollout {
+            target: Target {
+                service: "s".into(),
+                environment: "e".into(),
+            },
+            strategy: Strategy::Canary,
+            kind: RolloutKind::Deploy,
+            stable: Some(build("1")),
+            candidate: build("2"),
+            phase: Phase::Pending,
+            requested_by: "test".into(),
+        };
+        let id = store.create_rollout(&new, 1).expect("create");
+        assert_eq!(store.judge_checkpoint(id).expect("read"), None);
+        store
+            .save_judge_checkpoint(id, &serde_json::json!({"elapsed": 1.0}), 2)
+            .expect("save");
+        store
+            .save_judge_checkpoint(id, &serde_json::json!({"elapsed": 2.5}), 3)
+            .expect("replace");
+        assert_eq!(
+            store.judge_checkpoint(id).expect("read"),
+            Some(serde_json::json!({"elapsed": 2.5}))
+        );
+        assert!(matches!(
+            store.save_judge_checkpoint(id + 1, &serde_json::json!({}), 3),
+            Err(StoreError::NotFound(_))
+        ));
+        store
+            .record_transition(&Transition {
+                id,
+                from: &Phase::Pending,
+                to: &Phase::Reverted,
+                cause: "test",
+                detail: None,
+                evidence: None,
+                at_ms: 4,
+            })
+            .expect("finish");
+        assert_eq!(store.judge_checkpoint(id).expect("read"), None);
+        assert!(
+            matches!(
+                store.save_judge_checkpoint(id, &serde_json::json!({}), 5),
+                Err(StoreError::NotFound(_))
+            ),
+            "a finished rollout takes no checkpoint"
+        );
     }
 }
