@@ -670,6 +670,12 @@ struct RolloutTask {
     rebase: bool,
 }
 
+/// The candidate's events in a step as the status reports them: the most
+/// any one SLO counted.
+fn candidate_events(slos: &BTreeMap<String, SloCounts>) -> u64 {
+    slos.values().map(|c| c.candidate.total).max().unwrap_or(0)
+}
+
 /// What the engine saves of a step's verification ([`Store::save_judge_checkpoint`]).
 #[derive(Debug, Serialize, Deserialize)]
 struct VerificationCheckpoint {
@@ -774,12 +780,7 @@ impl RolloutTask {
         self.step = checkpoint.step;
         self.rebase = true;
         let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        st.events = checkpoint
-            .slos
-            .values()
-            .map(|c| c.candidate.total)
-            .max()
-            .unwrap_or(0);
+        st.events = candidate_events(&checkpoint.slos);
         st.slos = checkpoint.slos;
         info!(rollout = self.id(), step = ?self.step, events = st.events,
               "judge restored from its checkpoint; verification goes on with the evidence gathered before the restart");
@@ -1218,12 +1219,7 @@ impl RolloutTask {
             e.baseline.good += c.baseline.good;
             e.baseline.total += c.baseline.total;
         }
-        st.events = st
-            .slos
-            .values()
-            .map(|c| c.candidate.total)
-            .max()
-            .unwrap_or(0);
+        st.events = candidate_events(&st.slos);
         st.evidence = Some(verdict.evidence.clone());
         st.detail = Some(verdict.detail.clone());
         match &verdict.decision {

@@ -790,22 +790,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn one_active_rollout_per_target_and_steps_recorded() {
-        let store = Store::in_memory().expect("store");
-        let target = Target {
-            service: "s".into(),
-            environment: "e".into(),
-        };
-        let new = NewRollout {
-            target: target.clone(),
-            strategy: Strategy::Rolling,
+    /// A deploy of build 2 over build 1 to `s` in `e`.
+    fn deploy(strategy: Strategy) -> NewRollout {
+        NewRollout {
+            target: Target {
+                service: "s".into(),
+                environment: "e".into(),
+            },
+            strategy,
             kind: RolloutKind::Deploy,
             stable: Some(build("1")),
             candidate: build("2"),
             phase: Phase::Pending,
             requested_by: "test".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn one_active_rollout_per_target_and_steps_recorded() {
+        let store = Store::in_memory().expect("store");
+        let new = deploy(Strategy::Rolling);
         let id = store.create_rollout(&new, 1).expect("create");
         assert!(matches!(
             store.create_rollout(&new, 2),
@@ -882,19 +886,9 @@ mod tests {
     #[test]
     fn a_judge_checkpoint_is_replaced_while_active_and_dropped_when_finished() {
         let store = Store::in_memory().expect("store");
-        let new = NewRollout {
-            target: Target {
-                service: "s".into(),
-                environment: "e".into(),
-            },
-            strategy: Strategy::Canary,
-            kind: RolloutKind::Deploy,
-            stable: Some(build("1")),
-            candidate: build("2"),
-            phase: Phase::Pending,
-            requested_by: "test".into(),
-        };
-        let id = store.create_rollout(&new, 1).expect("create");
+        let id = store
+            .create_rollout(&deploy(Strategy::Canary), 1)
+            .expect("create");
         assert_eq!(store.judge_checkpoint(id).expect("read"), None);
         store
             .save_judge_checkpoint(id, &serde_json::json!({"elapsed": 1.0}), 2)
