@@ -372,6 +372,7 @@ async fn kube_revert_does_not_fight_a_newer_rollout() {
         by: Some("guard-a".into()),
         reason: Some("test".into()),
         watch_until: None,
+        revert_impossible: false,
     };
     let outcome = p
         .undo(
@@ -399,5 +400,95 @@ async fn kube_revert_does_not_fight_a_newer_rollout() {
         matches!(again, UndoOutcome::AlreadyThere { .. }),
         "{again:?}"
     );
+    cluster.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_a_held_rollout_is_judged_by_the_next_leader_too() {
+    let cluster = TestCluster::start("held-failover").await;
+    let api = cluster.deployments();
+    api.create(&PostParams::default(), &deployment("web", "1", 2))
+        .await
+        .expect("create");
+    // 5 requests a second: far too few to pass a 99.9 % SLO in 2 s.
+    let signals = Arc::new(SyntheticSignals::new(5.0, 0.5));
+    let first = start_controller_with(&cluster, "guard-a", signals.clone(), Duration::from_secs(2));
+    wait_phase(&cluster, "web", Phase::Baseline, "1").await;
+    roll_to(&cluster, "web", "2").await;
+    let held = wait_phase(&cluster, "web", Phase::Held, "2").await;
+    assert_eq!(held.by.as_deref(), Some("guard-a"));
+    // guard-a stops leading; guard-b, which never verified build 2, leads.
+    first.stop.cancel();
+    let mut second =
+        start_controller_with(&cluster, "guard-b", signals.clone(), Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        state_of(&api, "web").await.expect("state").phase,
+        Phase::Held,
+        "a held release is left for a person while it does not burn"
+    );
+    signals.turn_bad("2");
+    let reverted = wait_phase(&cluster, "web", Phase::Reverted, "2").await;
+    assert!(
+        reverted
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("while held:")),
+        "{reverted:?}"
+    );
+    assert_eq!(reverted.by.as_deref(), Some("guard-b"));
+    assert_eq!(
+        next_event(&mut second.events, "reverted").await.kind,
+        notify::EventKind::Reverted
+    );
+    second.stop.cancel();
+    cluster.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_a_held_rollout_with_nothing_to_revert_to_is_left_to_a_person() {
+    let cluster = TestCluster::start("held-nothing").await;
+    let api = cluster.deployments();
+    api.create(&PostParams::default(), &deployment("web", "1", 2))
+        .await
+        .expect("create");
+    let signals = Arc::new(SyntheticSignals::new(5.0, 0.5));
+    let mut running =
+        start_controller_with(&cluster, "guard-a", signals.clone(), Duration::from_secs(2));
+    wait_phase(&cluster, "web", Phase::Baseline, "1").await;
+    let good_rs = replica_set_of_build(&cluster, "1").await;
+    roll_to(&cluster, "web", "2").await;
+    wait_phase(&cluster, "web", Phase::Held, "2").await;
+    // Someone deleted the old ReplicaSet: a revert has nowhere to go.
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    replica_sets
+        .delete(&good_rs.name_any(), &Default::default())
+        .await
+        .expect("delete build 1's ReplicaSet");
+    signals.turn_bad("2");
+    let stuck = eventually(WAIT, "a hold that cannot revert", || async {
+        state_of(&api, "web")
+            .await
+            .filter(|s| s.phase == Phase::Held && s.revert_impossible)
+    })
+    .await;
+    assert!(
+        stuck
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("no earlier ReplicaSet is left to revert to")),
+        "{stuck:?}"
+    );
+    for (what, kind) in [
+        ("started", notify::EventKind::Started),
+        ("held", notify::EventKind::Held),
+        ("held with nothing to revert to", notify::EventKind::Held),
+    ] {
+        assert_eq!(next_event(&mut running.events, what).await.kind, kind);
+    }
+    // Judging it again would only find the same nothing, and say so again.
+    let again = tokio::time::timeout(Duration::from_secs(4), running.events.recv()).await;
+    assert!(again.is_err(), "told the team again: {again:?}");
+    running.stop.cancel();
     cluster.cleanup().await;
 }

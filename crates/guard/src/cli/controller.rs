@@ -713,6 +713,7 @@ mod tests {
             by: Some(by.into()),
             reason: None,
             watch_until: None,
+            revert_impossible: false,
         }
     }
 

@@ -346,6 +346,7 @@ pub async fn shift(
         by: Some(format!("{ENGINE_PREFIX}{}", p.settings().identity)),
         reason: Some(format!("canary at {:.0} %", share * 100.0)),
         watch_until: None,
+        revert_impossible: false,
     };
     if state.as_ref() != Some(&next) {
         p.write_state(ns, name, stable.metadata.resource_version.as_deref(), &next)

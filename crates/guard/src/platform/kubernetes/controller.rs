@@ -15,8 +15,9 @@
 //!    ([`KubernetesPlatform::undo`]) together with phase `reverted` and the
 //!    reverted-by/-reason/-to annotations, in one conditional write. `hold`
 //!    (or no verdict by the deadline): phase `held`, the Deployment is left
-//!    for a person; a held rolling rollout is still judged by the replica
-//!    that held it, and a revert verdict reverts it ("while held: …").
+//!    for a person; a held rolling rollout is still judged by whichever
+//!    replica leads (from fresh counts after a failover), and a revert
+//!    verdict reverts it ("while held: …").
 //!
 //! Rollouts started through guard's deploy API (`guard deploy`, the rollout
 //! engine of the leading replica) carry `by: engine:<identity>` in the state
@@ -377,7 +378,7 @@ impl Controller {
             && s.strategy == Strategy::Rolling
             && s.engine_owner().is_none()
             && s.candidate.hash.as_deref() == Some(hash.as_str())
-            && self.is_running(&(ns.to_string(), name.to_string(), hash.clone()))
+            && !s.revert_impossible
         {
             return self.watch_held(ns, name, &target, s.clone(), &hash).await;
         }
@@ -449,6 +450,7 @@ impl Controller {
                     by: Some(identity),
                     reason: Some(reason.clone()),
                     watch_until: None,
+                    revert_impossible: false,
                 };
                 self.write(ns, name, rv.as_deref(), &next).await?;
                 tracing::info!(deployment = %deployment, build = %current_side.build, ?phase, reason, "rollout noticed");
@@ -652,13 +654,13 @@ impl Controller {
             .await
     }
 
-    /// Steps the verification of a rolling rollout this replica held (too
-    /// little traffic by the deadline, an outage shared with the baseline):
-    /// the hold waits for a person, but conclusive evidence against the
-    /// release reverts it meanwhile ("while held: …"), as guard's engine does.
-    /// Only a verification still running here is stepped: after a failover,
-    /// or once a revert found nothing to revert to, the hold is left to the
-    /// person.
+    /// Steps the verification of a held rolling rollout (too little traffic
+    /// by the deadline, an outage shared with the baseline): the hold waits
+    /// for a person, but conclusive evidence against the release reverts it
+    /// meanwhile ("while held: …"), as guard's engine does. Whichever replica
+    /// leads judges it: after a failover or a restart the verification starts
+    /// again with fresh counts. A hold whose revert found nothing to revert
+    /// to ([`RolloutState::revert_impossible`]) is left to the person.
     async fn watch_held(
         &self,
         ns: &str,
@@ -955,6 +957,7 @@ impl Controller {
             }
             UndoOutcome::NothingToRevertTo => {
                 state.phase = Phase::Held;
+                state.revert_impossible = true;
                 state.reason = Some(format!(
                     "{reason}; but no earlier ReplicaSet is left to revert to"
                 ));
@@ -968,13 +971,6 @@ impl Controller {
             }
         }
         Ok(())
-    }
-
-    fn is_running(&self, key: &RunKey) -> bool {
-        self.running
-            .lock()
-            .map(|r| r.contains_key(key))
-            .unwrap_or(false)
     }
 
     fn forget_deployment(&self, ns: &str, name: &str) {

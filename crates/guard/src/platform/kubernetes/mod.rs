@@ -561,6 +561,7 @@ impl KubernetesPlatform {
                 by: Some(format!("{ENGINE_PREFIX}{}", self.settings.identity)),
                 reason: Some("rolled out by guard deploy".into()),
                 watch_until: None,
+                revert_impossible: false,
             };
             let mut deployment = view.deployment.clone();
             deployment.spec.template = template;
@@ -722,6 +723,7 @@ impl Platform for KubernetesPlatform {
                             by: Some(identity.clone()),
                             reason: Some(reason.clone()),
                             watch_until: None,
+                            revert_impossible: false,
                         }
                     },
                 )

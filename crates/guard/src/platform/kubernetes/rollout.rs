@@ -169,6 +169,11 @@ pub struct RolloutState {
     /// engine that promoted keeps its watch in its own store).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch_until: Option<jiff::Timestamp>,
+    /// A hold no verdict can end: a revert verdict found no earlier
+    /// ReplicaSet to go back to, so judging the release again would only say
+    /// so again. Only a person (or a new template) ends it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revert_impossible: bool,
 }
 
 /// Errors reading guard's own state back.
@@ -583,6 +588,7 @@ mod tests {
             by: None,
             reason: None,
             watch_until: None,
+            revert_impossible: false,
         }
     }
 
