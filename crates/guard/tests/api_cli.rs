@@ -94,11 +94,7 @@ async fn api_auth_validation_metrics_and_the_cli_flow() {
             }),
         )
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let hook_url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, hook).await });
+    let hook_url = format!("{}/hook", serve_harness::serve_on_loopback(hook).await);
     let g = Guard::start(
         dir.path(),
         &[

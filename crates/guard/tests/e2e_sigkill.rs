@@ -11,8 +11,9 @@ mod serve_harness;
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-use serve_harness::{Guard, Load, config, get, post, replicas_of, router, step_states, wait_state};
+use serve_harness::{
+    Guard, Load, config, deploy, get, replicas_of, router, step_states, wait_state,
+};
 
 const ENV: &[(&str, &str)] = &[("GUARD_TEST_ACTION_DELAY_MS", "1500")];
 
@@ -36,14 +37,7 @@ async fn killed_at_every_state_guard_resumes_and_acts_once() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // A good build, killed in each of its states.
-    let (code, created) = post(
-        &g.api,
-        "/api/v1/deployments",
-        json!({"service": "ultra-boost", "environment": "test", "build": "2"}),
-    )
-    .await;
-    assert_eq!(code, 201, "{created}");
-    let id = created["id"].as_i64().expect("id");
+    let id = deploy(&g.api, "2").await;
     for state in ["shifting", "verifying", "promoting", "watching"] {
         wait_state(&g.api, id, state, Duration::from_secs(60), |s| s == state).await;
         restart(&mut g, dir.path(), &load).await;
@@ -69,14 +63,7 @@ async fn killed_at_every_state_guard_resumes_and_acts_once() {
     );
 
     // An erroring build, killed while verifying and while reverting.
-    let (code, created) = post(
-        &g.api,
-        "/api/v1/deployments",
-        json!({"service": "ultra-boost", "environment": "test", "build": "3"}),
-    )
-    .await;
-    assert_eq!(code, 201, "{created}");
-    let id = created["id"].as_i64().expect("id");
+    let id = deploy(&g.api, "3").await;
     for state in ["verifying", "reverting"] {
         wait_state(&g.api, id, state, Duration::from_secs(60), |s| s == state).await;
         restart(&mut g, dir.path(), &load).await;

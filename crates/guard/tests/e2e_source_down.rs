@@ -9,7 +9,7 @@ mod serve_harness;
 use std::time::Duration;
 
 use serde_json::json;
-use serve_harness::{Guard, config, get, post, step_states, wait_state};
+use serve_harness::{Guard, config, deploy, get, post, step_states, wait_state};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_source_holds_and_never_promotes() {
@@ -35,14 +35,7 @@ async fn unreachable_source_holds_and_never_promotes() {
         s == "promoted"
     })
     .await;
-    let (code, created) = post(
-        &g.api,
-        "/api/v1/deployments",
-        json!({"service": "ultra-boost", "environment": "test", "build": "2"}),
-    )
-    .await;
-    assert_eq!(code, 201, "{created}");
-    let id = created["id"].as_i64().expect("id");
+    let id = deploy(&g.api, "2").await;
     let held = wait_state(&g.api, id, "held", Duration::from_secs(30), |s| s == "held").await;
     let reason = held["reason"].as_str().unwrap_or_default().to_string();
     assert!(

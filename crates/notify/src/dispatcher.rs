@@ -311,24 +311,42 @@ impl Dispatcher {
 
     /// Queues a rollout event for every target. Returns at once, whatever happens.
     pub fn send(&self, event: Event) {
-        self.enqueue(Job {
-            event: Arc::new(event),
-            fingerprint: None,
-        });
+        self.enqueue(
+            Job {
+                event: Arc::new(event),
+                fingerprint: None,
+            },
+            |_| true,
+        );
+    }
+
+    /// Queues a rollout event for the named targets only (those that never
+    /// answered it before guard restarted); names not configured are skipped.
+    pub fn send_to(&self, event: Event, targets: &[String]) {
+        self.enqueue(
+            Job {
+                event: Arc::new(event),
+                fingerprint: None,
+            },
+            |name| targets.iter().any(|t| t == name),
+        );
     }
 
     /// Queues an incident event (`IncidentOpened`/`IncidentResolved`) with its
     /// Alertmanager fingerprint, which pairs the firing alert's Grafana region
     /// with the resolved one that closes it.
     pub fn send_incident(&self, event: Event, fingerprint: &str) {
-        self.enqueue(Job {
-            event: Arc::new(event),
-            fingerprint: Some(fingerprint.to_owned()),
-        });
+        self.enqueue(
+            Job {
+                event: Arc::new(event),
+                fingerprint: Some(fingerprint.to_owned()),
+            },
+            |_| true,
+        );
     }
 
-    fn enqueue(&self, job: Job) {
-        for q in &self.inner.queues {
+    fn enqueue(&self, job: Job, to: impl Fn(&str) -> bool) {
+        for q in self.inner.queues.iter().filter(|q| to(q.target)) {
             self.inner.pending.fetch_add(1, Ordering::SeqCst);
             if let Err(err) = q.tx.try_send(job.clone()) {
                 self.inner.pending.fetch_sub(1, Ordering::SeqCst);

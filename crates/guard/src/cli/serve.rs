@@ -179,6 +179,34 @@ impl EventSink for DispatcherSink {
     fn send(&self, event: notify::Event) {
         self.0.send(event);
     }
+
+    fn notifiers(&self) -> Vec<String> {
+        self.0.targets().into_iter().map(String::from).collect()
+    }
+}
+
+/// Sends again what a previous guard stored but its notifiers never answered
+/// (it was killed first), to those notifiers only.
+fn resend_unanswered(store: &Store, dispatcher: &notify::Dispatcher) {
+    let pending = match store.pending_notices(&dispatcher.targets()) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %e, "could not read the notifications kept for a resend");
+            return;
+        }
+    };
+    for notice in pending {
+        match serde_json::from_value::<notify::Event>(notice.event) {
+            Ok(event) => {
+                info!(rollout = notice.rollout_id, event = event.kind.as_str(), notifiers = ?notice.missing,
+                      "sending again a notification its notifiers never answered before the restart");
+                dispatcher.send_to(event, &notice.missing);
+            }
+            Err(e) => {
+                warn!(rollout = notice.rollout_id, error = %e, "a notification kept for a resend does not decode; skipped")
+            }
+        }
+    }
 }
 
 /// Delivery results written to history.
@@ -190,14 +218,8 @@ impl notify::DeliveryLog for StoreLog {
         let rec = DeliveryRecord {
             at_ms: r.at_ms,
             notifier: r.target.to_string(),
-            event: format!(
-                "{} ({})",
-                serde_json::to_value(r.event)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default(),
-                r.action
-            ),
+            // Store::pending_notices matches on "<kind> (".
+            event: format!("{} ({})", r.event.as_str(), r.action),
             ok: r.outcome == notify::Outcome::Delivered,
             detail: Some(format!(
                 "{} after {} attempt(s): {}",
@@ -442,6 +464,7 @@ impl Runtime {
             images: false,
         });
 
+        resend_unanswered(&store, &dispatcher);
         let resumed = engine
             .resume()
             .context("resuming rollouts from the store")?;

@@ -22,7 +22,9 @@
 //!
 //! Guarantees: each transition is in the store before its action; each
 //! terminal phase is reached once; notifications are sent after the
-//! transition is stored (at most once per transition per process).
+//! transition is stored, and kept in the store until every notifier has
+//! answered (`guard serve` sends the unanswered ones again when it starts:
+//! at least once).
 
 pub mod judge_adapter;
 pub mod judging;
@@ -151,6 +153,12 @@ impl EngineSettings {
 /// Where notifications go. Implementations must not block: queue and return.
 pub trait EventSink: Send + Sync + 'static {
     fn send(&self, event: notify::Event);
+
+    /// The notifiers events go to, by the names deliveries are logged under;
+    /// events to none are not kept for a resend.
+    fn notifiers(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Drops every event (no notifications configured).
@@ -1366,6 +1374,22 @@ impl RolloutTask {
             transient: self.record.target.environment.starts_with("pr-"),
             rollout_id: Some(self.record.id),
         };
+        // Kept until every notifier has answered, so a guard killed before
+        // they did sends it again when it starts (`guard serve`).
+        let notifiers = self.engine.events.notifiers();
+        if !notifiers.is_empty() {
+            let queued = serde_json::to_value(&event)
+                .map_err(|e| e.to_string())
+                .and_then(|json| {
+                    self.engine
+                        .store
+                        .queue_notice(self.record.id, kind.as_str(), &notifiers, &json, now)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = queued {
+                warn!(rollout = self.id(), error = %e, "could not keep the notification for a resend after a restart");
+            }
+        }
         self.engine.events.send(event);
     }
 }

@@ -148,6 +148,16 @@ pub struct Transition<'a> {
     pub at_ms: i64,
 }
 
+/// A notification some notifiers never answered ([`Store::pending_notices`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PendingNotice {
+    pub rollout_id: i64,
+    /// The event as queued (JSON).
+    pub event: serde_json::Value,
+    /// The notifiers that have not answered it.
+    pub missing: Vec<String>,
+}
+
 /// The SQLite store.
 pub struct Store {
     conn: Mutex<Connection>,
@@ -204,6 +214,14 @@ CREATE TABLE IF NOT EXISTS judge_checkpoints(
   rollout_id INTEGER PRIMARY KEY REFERENCES rollouts(id),
   state TEXT NOT NULL,
   at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox(
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  rollout_id INTEGER NOT NULL,
+  kind TEXT NOT NULL,
+  notifiers TEXT NOT NULL,
+  event TEXT NOT NULL,
+  created_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS deliveries(
   rollout_id INTEGER NOT NULL,
@@ -403,6 +421,87 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Keeps a rollout's notification (`kind` as the delivery log names it,
+    /// `event` as JSON), sent to `notifiers`, until each of them has answered
+    /// it, so a guard killed before they did sends it again when it starts.
+    pub fn queue_notice(
+        &self,
+        rollout_id: i64,
+        kind: &str,
+        notifiers: &[String],
+        event: &serde_json::Value,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT INTO outbox(rollout_id, kind, notifiers, event, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![rollout_id, kind, to_json(&notifiers), event.to_string(), at_ms],
+        )?;
+        Ok(())
+    }
+
+    /// The queued notifications that some notifier they were sent to, and
+    /// that is still `configured`, has not answered (delivered or given up
+    /// on), each with those notifiers; forgets the others.
+    pub fn pending_notices(&self, configured: &[&str]) -> Result<Vec<PendingNotice>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        type Row = (i64, i64, String, String, String, i64);
+        let queued: Vec<Row> = {
+            let mut stmt = tx.prepare(
+                "SELECT id, rollout_id, kind, notifiers, event, created_ms FROM outbox ORDER BY id",
+            )?;
+            stmt.query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?
+        };
+        let mut pending = Vec::new();
+        for (id, rollout_id, kind, notifiers, event, created_ms) in queued {
+            let corrupt = |column: &'static str, e: serde_json::Error| StoreError::Corrupt {
+                id: rollout_id,
+                column,
+                detail: e.to_string(),
+            };
+            let notifiers: Vec<String> =
+                serde_json::from_str(&notifiers).map_err(|e| corrupt("outbox.notifiers", e))?;
+            let mut missing = Vec::new();
+            for notifier in notifiers
+                .iter()
+                .filter(|n| configured.contains(&n.as_str()))
+            {
+                // Deliveries are logged as "<kind> (<action>)".
+                let answered: bool = tx.query_row(
+                    "SELECT EXISTS(SELECT 1 FROM deliveries WHERE rollout_id = ?1 AND notifier = ?2 \
+                       AND substr(event, 1, length(?3) + 2) = ?3 || ' (' AND at_ms >= ?4)",
+                    params![rollout_id, notifier, kind, created_ms],
+                    |r| r.get(0),
+                )?;
+                if !answered {
+                    missing.push(notifier.clone());
+                }
+            }
+            if missing.is_empty() {
+                tx.execute("DELETE FROM outbox WHERE id = ?1", params![id])?;
+                continue;
+            }
+            let event = serde_json::from_str(&event).map_err(|e| corrupt("outbox.event", e))?;
+            pending.push(PendingNotice {
+                rollout_id,
+                event,
+                missing,
+            });
+        }
+        tx.commit()?;
+        Ok(pending)
     }
 
     /// Replaces an active rollout's judge checkpoint (opaque JSON written by
@@ -923,5 +1022,52 @@ mod tests {
             ),
             "a finished rollout takes no checkpoint"
         );
+    }
+
+    #[test]
+    fn a_notice_is_pending_until_each_configured_notifier_answered_it() {
+        let store = Store::in_memory().expect("store");
+        let id = store
+            .create_rollout(&deploy(Strategy::Rolling), 1)
+            .expect("create");
+        let event = serde_json::json!({"kind": "reverted"});
+        let sent_to = ["slack".to_string(), "webhook".to_string()];
+        store
+            .queue_notice(id, "reverted", &sent_to, &event, 100)
+            .expect("queue");
+        let delivery = |at_ms: i64, notifier: &str, event: &str| {
+            store
+                .record_delivery(
+                    id,
+                    &DeliveryRecord {
+                        at_ms,
+                        notifier: notifier.into(),
+                        event: event.into(),
+                        ok: true,
+                        detail: None,
+                    },
+                )
+                .expect("delivery");
+        };
+        // Answers to other events, or from before this one was queued, do not count.
+        delivery(99, "slack", "reverted (message)");
+        delivery(101, "slack", "started (message)");
+        delivery(102, "webhook", "reverted (event)");
+        let both = ["slack", "webhook", "teams"];
+        assert_eq!(
+            store.pending_notices(&both).expect("pending"),
+            vec![PendingNotice {
+                rollout_id: id,
+                event: event.clone(),
+                missing: vec!["slack".into()],
+            }]
+        );
+        // A notifier no longer configured cannot be sent to: nothing pending,
+        // and the notice is forgotten.
+        assert_eq!(
+            store.pending_notices(&["webhook"]).expect("pending"),
+            vec![]
+        );
+        assert_eq!(store.pending_notices(&both).expect("pending"), vec![]);
     }
 }

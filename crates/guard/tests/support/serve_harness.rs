@@ -210,6 +210,28 @@ pub async fn post(api: &str, path: &str, body: Value) -> (u16, Value) {
     (code, r.json().await.unwrap_or(Value::Null))
 }
 
+/// Asks guard to deploy `build` of `ultra-boost` to `test`; returns the rollout id.
+pub async fn deploy(api: &str, build: &str) -> i64 {
+    let (code, created) = post(
+        api,
+        "/api/v1/deployments",
+        serde_json::json!({"service": "ultra-boost", "environment": "test", "build": build}),
+    )
+    .await;
+    assert_eq!(code, 201, "{created}");
+    created["id"].as_i64().expect("id")
+}
+
+/// Serves `app` on a loopback port from the OS; returns `http://<addr>`.
+pub async fn serve_on_loopback(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
 /// Polls the rollout until `pred` holds on its state name; returns the rollout detail.
 pub async fn wait_state(
     api: &str,
