@@ -234,6 +234,15 @@ async fn kube_bad_release_is_reverted_to_the_previous_replicaset_template() {
         (ev.kind, ev.build.as_deref(), ev.previous_build.as_deref()),
         (notify::EventKind::Reverted, Some("2-bad"), Some("1"))
     );
+    // The message carries the judge's numbers, as the engine's do.
+    let e = &ev.evidence;
+    assert_eq!(e.slo.as_deref(), Some("availability"), "{e:?}");
+    assert!(e.events > 0 && e.bad_events > 0, "{e:?}");
+    assert!(
+        e.statistic.zip(e.upper_bound).is_some_and(|(s, a)| s >= a),
+        "the revert statistic at or past its bound: {e:?}"
+    );
+    assert!(e.release_error_ratio.is_some_and(|r| r > 0.0), "{e:?}");
 
     // guard's own revert is not a new rollout: the state stays, nothing flips.
     tokio::time::sleep(Duration::from_millis(800)).await;

@@ -88,6 +88,11 @@ pub trait Verification: Send {
     /// `snapshot` holds cumulative counts since this verification began;
     /// `elapsed` is the time since the rollout was noticed.
     fn step(&mut self, snapshot: &Snapshot, elapsed: Duration) -> Decision;
+
+    /// The numbers behind the latest decision, for notifications.
+    fn evidence(&self) -> notify::Evidence {
+        notify::Evidence::default()
+    }
 }
 
 /// Starts verifications; one per candidate (per leader).
@@ -276,7 +281,14 @@ impl Controller {
         }
     }
 
-    fn emit(&self, kind: notify::EventKind, target: &Target, state: &RolloutState, reason: &str) {
+    fn emit(
+        &self,
+        kind: notify::EventKind,
+        target: &Target,
+        state: &RolloutState,
+        reason: &str,
+        evidence: notify::Evidence,
+    ) {
         let Some(tx) = &self.events else { return };
         let started_at_ms = state.started_at.as_millisecond();
         let now = jiff::Timestamp::now();
@@ -288,7 +300,7 @@ impl Controller {
             build: Some(state.candidate.build.clone()),
             commit: state.candidate.commit.clone(),
             reason: reason.to_string(),
-            evidence: notify::Evidence::default(),
+            evidence,
             seconds_to_verdict: (kind != notify::EventKind::Started)
                 .then(|| (now.as_millisecond() - started_at_ms) as f64 / 1000.0),
             started_at_ms,
@@ -455,7 +467,13 @@ impl Controller {
                 self.write(ns, name, rv.as_deref(), &next).await?;
                 tracing::info!(deployment = %deployment, build = %current_side.build, ?phase, reason, "rollout noticed");
                 if phase == Phase::Verifying {
-                    self.emit(notify::EventKind::Started, &target, &next, &reason);
+                    self.emit(
+                        notify::EventKind::Started,
+                        &target,
+                        &next,
+                        &reason,
+                        notify::Evidence::default(),
+                    );
                 }
                 Ok(())
             }
@@ -691,12 +709,14 @@ impl Controller {
         hash: &str,
         context: &str,
     ) -> Result<(), ReconcileError> {
-        let (decision, key) = self.decide(ns, name, target, &state, stable, hash).await?;
+        let (decision, key, evidence) = self.decide(ns, name, target, &state, stable, hash).await?;
         match decision {
             Decision::Revert { reason } => {
                 let reason = format!("{context}: {reason}");
-                self.revert_judged(ns, name, target, state, stable, hash, &reason, &key)
-                    .await
+                self.revert_judged(
+                    ns, name, target, state, stable, hash, &reason, &key, evidence,
+                )
+                .await
             }
             _ => Ok(()),
         }
@@ -712,7 +732,7 @@ impl Controller {
         state: &RolloutState,
         stable: &Side,
         hash: &str,
-    ) -> Result<(Decision, RunKey), ReconcileError> {
+    ) -> Result<(Decision, RunKey, notify::Evidence), ReconcileError> {
         let mut endpoints = self
             .platform
             .endpoints(ns, hash, Role::Candidate, &state.candidate.build)
@@ -746,11 +766,13 @@ impl Controller {
                 self.verifier
                     .start(target, stable, &state.candidate, canary_share)
             });
-            match &snapshot {
+            let decision = match &snapshot {
                 Some(s) => v.step(s, elapsed),
                 None => Decision::Continue,
-            }
+            };
+            (decision, v.evidence())
         };
+        let (decision, evidence) = decision;
         let decision = match decision {
             Decision::Continue if elapsed >= self.settings.verify_deadline => Decision::Hold {
                 reason: format!(
@@ -760,7 +782,7 @@ impl Controller {
             },
             d => d,
         };
-        Ok((decision, key))
+        Ok((decision, key, evidence))
     }
 
     /// Steps a canary taken over from another replica's engine: the candidate
@@ -810,7 +832,7 @@ impl Controller {
         let Some(stable) = state.stable.clone() else {
             return Ok(());
         };
-        let (decision, key) = self
+        let (decision, key, evidence) = self
             .decide(ns, name, target, &state, &stable, &hash)
             .await?;
         if decision == Decision::Continue {
@@ -837,7 +859,13 @@ impl Controller {
                 self.forget(&key);
                 tracing::info!(deployment = %deployment, build = %state.candidate.build, reason, "canary promoted");
                 state.phase = Phase::Promoted;
-                self.emit(notify::EventKind::Promoted, target, &state, &reason);
+                self.emit(
+                    notify::EventKind::Promoted,
+                    target,
+                    &state,
+                    &reason,
+                    evidence,
+                );
                 Ok(())
             }
             Decision::Revert { reason } => {
@@ -845,7 +873,13 @@ impl Controller {
                 self.forget(&key);
                 tracing::warn!(deployment = %deployment, from = %state.candidate.build, to = %stable.build, reason, "canary reverted");
                 state.phase = Phase::Reverted;
-                self.emit(notify::EventKind::Reverted, target, &state, &reason);
+                self.emit(
+                    notify::EventKind::Reverted,
+                    target,
+                    &state,
+                    &reason,
+                    evidence,
+                );
                 Ok(())
             }
             Decision::Hold { reason } => {
@@ -856,7 +890,7 @@ impl Controller {
                 self.write(ns, name, fresh_rv.as_deref(), &state).await?;
                 self.forget(&key);
                 tracing::warn!(deployment = %deployment, build = %state.candidate.build, reason, "canary held for a person");
-                self.emit(notify::EventKind::Held, target, &state, &reason);
+                self.emit(notify::EventKind::Held, target, &state, &reason, evidence);
                 Ok(())
             }
         }
@@ -874,7 +908,8 @@ impl Controller {
         let Some(stable) = state.stable.clone() else {
             return Ok(());
         };
-        let (decision, key) = self.decide(ns, name, target, &state, &stable, hash).await?;
+        let (decision, key, evidence) =
+            self.decide(ns, name, target, &state, &stable, hash).await?;
         let identity = self.platform.settings().identity.clone();
         let deployment = format!("{ns}/{name}");
         match decision {
@@ -887,7 +922,13 @@ impl Controller {
                 self.write(ns, name, rv, &state).await?;
                 self.forget(&key);
                 tracing::info!(deployment = %deployment, build = %state.candidate.build, reason, "promoted");
-                self.emit(notify::EventKind::Promoted, target, &state, &reason);
+                self.emit(
+                    notify::EventKind::Promoted,
+                    target,
+                    &state,
+                    &reason,
+                    evidence,
+                );
                 Ok(())
             }
             Decision::Hold { reason } => {
@@ -898,12 +939,14 @@ impl Controller {
                 self.write(ns, name, rv, &state).await?;
                 // The verification keeps running: see `watch_held`.
                 tracing::warn!(deployment = %deployment, build = %state.candidate.build, reason, "held for a person; still judged, a conclusive revert verdict reverts it");
-                self.emit(notify::EventKind::Held, target, &state, &reason);
+                self.emit(notify::EventKind::Held, target, &state, &reason, evidence);
                 Ok(())
             }
             Decision::Revert { reason } => {
-                self.revert_judged(ns, name, target, state, &stable, hash, &reason, &key)
-                    .await
+                self.revert_judged(
+                    ns, name, target, state, &stable, hash, &reason, &key, evidence,
+                )
+                .await
             }
         }
     }
@@ -921,6 +964,7 @@ impl Controller {
         hash: &str,
         reason: &str,
         key: &RunKey,
+        evidence: notify::Evidence,
     ) -> Result<(), ReconcileError> {
         let identity = self.platform.settings().identity.clone();
         let deployment = format!("{ns}/{name}");
@@ -950,7 +994,13 @@ impl Controller {
             UndoOutcome::Reverted { to } | UndoOutcome::AlreadyThere { to } => {
                 tracing::warn!(deployment = %deployment, from = %state.candidate.build, to = %to.build, reason, "reverted");
                 state.stable = Some(to);
-                self.emit(notify::EventKind::Reverted, target, &state, &reason);
+                self.emit(
+                    notify::EventKind::Reverted,
+                    target,
+                    &state,
+                    &reason,
+                    evidence,
+                );
             }
             UndoOutcome::Superseded => {
                 tracing::info!(deployment = %deployment, "a newer rollout replaced the judged build; not reverting it");
@@ -967,6 +1017,7 @@ impl Controller {
                     target,
                     &state,
                     state.reason.as_deref().unwrap_or_default(),
+                    evidence,
                 );
             }
         }

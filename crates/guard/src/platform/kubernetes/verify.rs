@@ -24,6 +24,8 @@ struct JudgeVerification {
     /// Cumulative counts at the previous step, per (role, slo).
     last: BTreeMap<(Role, String), Counts>,
     last_elapsed: Option<Duration>,
+    /// The judge's latest decision, for the evidence in notifications.
+    latest: Option<judge::Decision>,
 }
 
 impl Verifier for JudgeVerifier {
@@ -41,6 +43,7 @@ impl Verifier for JudgeVerifier {
             canary_share,
             last: BTreeMap::new(),
             last_elapsed: None,
+            latest: None,
         })
     }
 }
@@ -122,16 +125,33 @@ impl Verification for JudgeVerification {
             source_ok: true,
         };
         match judge.step(&interval) {
-            Ok(d) => match d.verdict {
-                judge::Verdict::Continue => Decision::Continue,
-                judge::Verdict::Promote => Decision::Promote { reason: d.reason },
-                judge::Verdict::Revert => Decision::Revert { reason: d.reason },
-                judge::Verdict::Hold => Decision::Hold { reason: d.reason },
-            },
+            Ok(d) => {
+                let decision = match d.verdict {
+                    judge::Verdict::Continue => Decision::Continue,
+                    judge::Verdict::Promote => Decision::Promote {
+                        reason: d.reason.clone(),
+                    },
+                    judge::Verdict::Revert => Decision::Revert {
+                        reason: d.reason.clone(),
+                    },
+                    judge::Verdict::Hold => Decision::Hold {
+                        reason: d.reason.clone(),
+                    },
+                };
+                self.latest = Some(d);
+                decision
+            }
             Err(e) => Decision::Hold {
                 reason: format!("judge refused the counts: {e}"),
             },
         }
+    }
+
+    fn evidence(&self) -> notify::Evidence {
+        self.latest
+            .as_ref()
+            .map(|d| crate::engine::judge_adapter::convert(d).evidence)
+            .unwrap_or_default()
     }
 }
 
