@@ -302,3 +302,115 @@ async fn api_auth_validation_metrics_and_the_cli_flow() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A double of a guard replica that became leader after the one that
+/// accepted the deploy died: it has no rollout 7 (404), or a rollout 7 of its
+/// own (rollout ids are per replica's history). Our own API, served on
+/// loopback; a cluster cannot run here.
+async fn guard_after_failover(own_rollout_7: bool) -> String {
+    let detail = guard::api::RolloutDetail {
+        rollout: guard::api::RolloutView {
+            record: guard::store::RolloutRecord {
+                id: 7,
+                target: guard::platform::Target {
+                    service: "checkout".into(),
+                    environment: "production".into(),
+                },
+                strategy: guard::platform::Strategy::Rolling,
+                kind: guard::store::RolloutKind::Deploy,
+                stable: None,
+                candidate: guard::platform::Build {
+                    number: "12".into(),
+                    commit: None,
+                    image: None,
+                    command: vec![],
+                    env: Default::default(),
+                },
+                phase: guard::engine::phase::Phase::Promoted,
+                active: false,
+                verdict: Some("promote".into()),
+                reason: None,
+                created_ms: 0,
+                updated_ms: 0,
+                traffic_at_ms: None,
+                verdict_at_ms: None,
+                finished_ms: None,
+                evidence: None,
+                requested_by: "cli".into(),
+            },
+            state: "promoted".into(),
+            seconds_to_verdict: None,
+            live: None,
+        },
+        steps: vec![],
+        deliveries: vec![],
+    };
+    let detail = serde_json::to_value(detail).expect("json");
+    let app = axum::Router::new()
+        .route(
+            "/api/v1/deployments",
+            axum::routing::post(|| async {
+                (
+                    axum::http::StatusCode::CREATED,
+                    axum::Json(json!({"id": 7, "url": "/api/v1/rollouts/7"})),
+                )
+            }),
+        )
+        .route(
+            "/api/v1/rollouts/7",
+            axum::routing::get(move || {
+                let detail = detail.clone();
+                async move {
+                    if own_rollout_7 {
+                        (axum::http::StatusCode::OK, axum::Json(detail))
+                    } else {
+                        (
+                            axum::http::StatusCode::NOT_FOUND,
+                            axum::Json(json!({"error": "no rollout 7"})),
+                        )
+                    }
+                }
+            }),
+        );
+    serve_harness::serve_on_loopback(app).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_wait_says_so_when_the_answering_guard_lost_the_rollout() {
+    for (own_rollout_7, seen) in [
+        (false, "which has no such rollout"),
+        (
+            true,
+            "which has a rollout 7 of its own (checkout build 12 to production)",
+        ),
+    ] {
+        let api = guard_after_failover(own_rollout_7).await;
+        let (code, out, err) = tokio::task::spawn_blocking(move || {
+            cli(
+                &api,
+                &[
+                    "deploy",
+                    "ultra-boost",
+                    "--env",
+                    "test",
+                    "--build",
+                    "2",
+                    "--wait",
+                ],
+            )
+        })
+        .await
+        .expect("join");
+        assert_eq!(code, 1, "an error, not a verdict:\n{out}\n{err}");
+        assert!(
+            !out.contains("verdict:"),
+            "another rollout's verdict reported as ours:\n{out}"
+        );
+        assert!(
+            err.contains("rollout 7 (ultra-boost build 2 to test) is not in the history of the guard answering now")
+                && err.contains(seen)
+                && err.contains("guard.ultra-boost.dev/rollout"),
+            "{err}"
+        );
+    }
+}

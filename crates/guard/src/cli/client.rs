@@ -24,6 +24,15 @@ pub struct ApiArgs {
     pub token_file: Option<PathBuf>,
 }
 
+/// guard answered 404: what was asked for is not in its history (in a
+/// cluster, the replica answering may not be the one that recorded it).
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: guard answered 404 Not Found: {message}")]
+pub struct NotFound {
+    pub what: String,
+    pub message: String,
+}
+
 /// A client of one guard.
 pub struct Client {
     http: reqwest::Client,
@@ -98,6 +107,13 @@ impl Client {
                 .ok()
                 .and_then(|v| v.get("error").and_then(Value::as_str).map(String::from))
                 .unwrap_or(body);
+            if status == reqwest::StatusCode::NOT_FOUND {
+                return Err(NotFound {
+                    what: what.to_string(),
+                    message: msg,
+                }
+                .into());
+            }
             anyhow::bail!("{what}: guard answered {status}: {msg}");
         }
         serde_json::from_str(&body).with_context(|| format!("{what}: unexpected answer from guard"))

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::client::{ApiArgs, Client};
+use super::client::{ApiArgs, Client, NotFound};
 use crate::api::RolloutDetail;
 use crate::engine::phase::Phase;
 
@@ -64,7 +64,42 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         println!("follow it with: guard history --id {id}");
         return Ok(0);
     }
-    follow(&client, id).await
+    follow(&client, id, &args).await
+}
+
+/// The rollout `--wait` follows, or why it is out of sight: the guard
+/// answering has no rollout `id` (`found` is `None`), or its rollout `id` is
+/// another one (rollout ids are per replica's history).
+fn deployed_rollout(
+    id: i64,
+    args: &Args,
+    found: Option<RolloutDetail>,
+) -> Result<RolloutDetail, String> {
+    let seen = match found {
+        None => "has no such rollout".to_string(),
+        Some(d) => {
+            let r = &d.rollout.record;
+            if r.target.service == args.service
+                && r.target.environment == args.environment
+                && r.candidate.number == args.build
+            {
+                return Ok(d);
+            }
+            format!(
+                "has a rollout {id} of its own ({} build {} to {})",
+                r.target.service, r.candidate.number, r.target.environment
+            )
+        }
+    };
+    Err(format!(
+        "rollout {id} ({} build {} to {}) is not in the history of the guard answering now, which {seen}: \
+         in a cluster the leader changed and the new leader's controller took the rollout over. \
+         Its phase and verdict are on the service's Deployment, in the annotation {}",
+        args.service,
+        args.build,
+        args.environment,
+        crate::platform::kubernetes::rollout::ANNOTATION_ROLLOUT
+    ))
 }
 
 /// Exit code for a finished rollout.
@@ -104,14 +139,28 @@ pub fn progress_line(d: &RolloutDetail) -> String {
     s
 }
 
-async fn follow(client: &Client, id: i64) -> anyhow::Result<i32> {
+async fn follow(client: &Client, id: i64, args: &Args) -> anyhow::Result<i32> {
     let tty = std::io::stdout().is_terminal();
     let mut printed_steps = 0usize;
     let mut last_plain = std::time::Instant::now();
     loop {
-        let d: RolloutDetail = client
-            .get(&format!("/api/v1/rollouts/{id}"), "reading the rollout")
-            .await?;
+        let found = match client
+            .get::<RolloutDetail>(&format!("/api/v1/rollouts/{id}"), "reading the rollout")
+            .await
+        {
+            Ok(d) => Some(d),
+            Err(e) if e.downcast_ref::<NotFound>().is_some() => None,
+            Err(e) => return Err(e),
+        };
+        let d = match deployed_rollout(id, args, found) {
+            Ok(d) => d,
+            Err(why) => {
+                if tty {
+                    let _ = write!(std::io::stdout(), "\r\x1b[2K");
+                }
+                anyhow::bail!(why);
+            }
+        };
         let mut out = std::io::stdout().lock();
         if tty {
             // Clear the live line before printing new steps above it.
