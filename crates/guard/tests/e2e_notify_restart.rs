@@ -1,14 +1,15 @@
 //! SIGKILL the real `guard serve` while its webhook receiver is still
 //! answering a "reverted" notification, restart it, and check that the
-//! notification is sent again and recorded as delivered: a crash never
-//! swallows the news that a release was reverted. The receiver is the real
+//! notification is sent again, with the same `X-Guard-Delivery` id, and
+//! recorded as delivered: a crash never swallows the news that a release was
+//! reverted, and a receiver that drops duplicates hears it once. The receiver is the real
 //! receiving side of guard's own signed-webhook protocol, on loopback.
 
 #[path = "support/serve_harness.rs"]
 mod serve_harness;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -38,19 +39,27 @@ async fn a_notification_unanswered_when_guard_is_killed_is_sent_again_on_restart
     );
     std::fs::write(dir.path().join("guard.yaml"), yaml).expect("config");
 
-    // Every "reverted" request is counted; the first is never answered.
+    // Every "reverted" request is counted and its delivery id kept; the
+    // first is never answered.
     let reverted = Arc::new(AtomicU64::new(0));
+    let ids = Arc::new(Mutex::new(Vec::<String>::new()));
     let hook = {
-        let reverted = reverted.clone();
+        let (reverted, ids) = (reverted.clone(), ids.clone());
         axum::Router::new().route(
             "/hook",
-            axum::routing::post(move |body: String| {
-                let reverted = reverted.clone();
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let (reverted, ids) = (reverted.clone(), ids.clone());
                 async move {
-                    if body.contains("\"type\":\"rollout.reverted\"")
-                        && reverted.fetch_add(1, Ordering::SeqCst) == 0
-                    {
-                        tokio::time::sleep(Duration::from_secs(300)).await;
+                    if body.contains("\"type\":\"rollout.reverted\"") {
+                        let id = headers
+                            .get(notify::webhook::DELIVERY_HEADER)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_string();
+                        ids.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+                        if reverted.fetch_add(1, Ordering::SeqCst) == 0 {
+                            tokio::time::sleep(Duration::from_secs(300)).await;
+                        }
                     }
                     "ok"
                 }
@@ -97,6 +106,12 @@ async fn a_notification_unanswered_when_guard_is_killed_is_sent_again_on_restart
         "the reverted notification sent again after the restart",
     )
     .await;
+    // The same delivery id: a receiver that drops duplicates by it sees it once.
+    let ids = ids.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert!(
+        ids.len() >= 2 && !ids[0].is_empty() && ids[0] == ids[1],
+        "delivery ids {ids:?}"
+    );
 
     // History shows it delivered.
     let start = Instant::now();

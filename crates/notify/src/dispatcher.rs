@@ -37,7 +37,6 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use rand::RngCore;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -626,9 +625,7 @@ impl Worker {
                     .await;
             }
             Worker::Webhook { target } => {
-                let mut id = [0u8; 16];
-                rand::rng().fill_bytes(&mut id);
-                let id = hex::encode(id);
+                let id = webhook::delivery_id(ev, job.fingerprint.as_deref());
                 let json = webhook::payload(
                     ev,
                     &id,

@@ -248,7 +248,7 @@ pub fn human_seconds(s: f64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::Evidence;
 

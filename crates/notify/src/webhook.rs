@@ -11,8 +11,10 @@
 //!   secret, of the bytes `"{timestamp}.{body}"` (the timestamp header value,
 //!   one `.`, then the raw request body);
 //! - `X-Guard-Event: <kind>` (`reverted`, `incident_opened`, ...) and
-//!   `X-Guard-Delivery: <id>`, the same on every retry of one delivery, so a
-//!   receiver can drop duplicates.
+//!   `X-Guard-Delivery: <id>`, derived from the event itself: the same on
+//!   every retry, and when a restarted guard sends again what it had not
+//!   seen answered, so a receiver that drops duplicates by it sees each
+//!   event once.
 //!
 //! The key is the UTF-8 bytes of the configured secret (`notify.webhook.secret`
 //! / `GUARD_WEBHOOK_SECRET`). A receiver recomputes the HMAC over the raw body
@@ -57,10 +59,39 @@ pub const TIMESTAMP_HEADER: &str = "X-Guard-Timestamp";
 pub const SIGNATURE_HEADER: &str = "X-Guard-Signature";
 /// Header with the event kind.
 pub const EVENT_HEADER: &str = "X-Guard-Event";
-/// Header with the delivery id (stable across retries).
+/// Header with the delivery id (stable across retries and restarts).
 pub const DELIVERY_HEADER: &str = "X-Guard-Delivery";
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// The `X-Guard-Delivery` id of `ev`: 32 hex digits of the SHA-256 of the
+/// event's JSON (and of the incident `fingerprint`, if any), so the same
+/// event, however often it is sent, has the same id, and two events differ.
+pub fn delivery_id(ev: &Event, fingerprint: Option<&str>) -> String {
+    use sha2::Digest;
+    let mut hash = Sha256::new();
+    // Our own plain data type: encoding cannot fail; if it somehow did, the
+    // kind and times still tell events apart.
+    match serde_json::to_vec(ev) {
+        Ok(bytes) => hash.update(&bytes),
+        Err(_) => hash.update(
+            format!(
+                "{}/{}/{}/{}/{:?}",
+                ev.kind.as_str(),
+                ev.service,
+                ev.environment,
+                ev.started_at_ms,
+                ev.ended_at_ms
+            )
+            .as_bytes(),
+        ),
+    }
+    if let Some(fp) = fingerprint {
+        hash.update(b"\0");
+        hash.update(fp.as_bytes());
+    }
+    hex::encode(&hash.finalize()[..16])
+}
 
 /// The `X-Guard-Signature` value for a body sent at `timestamp` (unix seconds).
 pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
@@ -186,6 +217,28 @@ mod tests {
                 Duration::from_secs(300)
             ),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn a_delivery_id_is_the_events_own() {
+        let ev = crate::message::tests::reverted();
+        let id = delivery_id(&ev, None);
+        assert_eq!(id.len(), 32);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+        // The same event, sent again (a retry, a resend after a restart): same id.
+        let again: Event = serde_json::from_str(&serde_json::to_string(&ev).unwrap()).unwrap();
+        assert_eq!(delivery_id(&again, None), id);
+        // Another event, or the same one for another incident: another id.
+        let held = Event {
+            kind: EventKind::Held,
+            ..ev.clone()
+        };
+        assert_ne!(delivery_id(&held, None), id);
+        assert_ne!(delivery_id(&ev, Some("a1b2")), id);
+        assert_ne!(
+            delivery_id(&ev, Some("a1b2")),
+            delivery_id(&ev, Some("c3d4"))
         );
     }
 
