@@ -26,6 +26,9 @@
 //! - Delivery is at least once per request that was answered with an error or
 //!   not answered at all; a request that timed out after the receiver acted may
 //!   arrive twice (the webhook's `X-Guard-Delivery` id lets receivers dedupe).
+//!   Within one process: guard's store keeps each rollout event until every
+//!   notifier has answered it and `guard serve` sends the rest again when it
+//!   starts, with the same webhook delivery id ([`webhook::delivery_id`]).
 
 use crate::config::{
     GitHubTarget, GrafanaTarget, NotifyConfig, RetryPolicy, Strings, Targets, WebhookTarget,
