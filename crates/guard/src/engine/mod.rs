@@ -678,6 +678,11 @@ struct RolloutTask {
     rebase: bool,
 }
 
+/// The outbox sweep after each notification looks at the ones older than
+/// this: younger ones are still being delivered, so looking would only find
+/// them unanswered.
+const NOTICE_SWEEP_AGE_MS: i64 = 60_000;
+
 /// The candidate's events in a step as the status reports them: the most
 /// any one SLO counted.
 fn candidate_events(slos: &BTreeMap<String, SloCounts>) -> u64 {
@@ -1388,6 +1393,15 @@ impl RolloutTask {
                 });
             if let Err(e) = queued {
                 warn!(rollout = self.id(), error = %e, "could not keep the notification for a resend after a restart");
+            }
+            // Keep the outbox to what may still need a resend.
+            let names: Vec<&str> = notifiers.iter().map(String::as_str).collect();
+            if let Err(e) = self
+                .engine
+                .store
+                .forget_answered_notices(&names, now - NOTICE_SWEEP_AGE_MS)
+            {
+                warn!(rollout = self.id(), error = %e, "could not sweep answered notifications");
             }
         }
         self.engine.events.send(event);

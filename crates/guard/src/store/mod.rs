@@ -231,6 +231,7 @@ CREATE TABLE IF NOT EXISTS deliveries(
   ok INTEGER NOT NULL,
   detail TEXT
 );
+CREATE INDEX IF NOT EXISTS deliveries_rollout ON deliveries(rollout_id, notifier);
 ";
 
 const ROLLOUT_COLUMNS: &str = "id, service, environment, strategy, kind, stable, candidate, phase, active, \
@@ -445,14 +446,35 @@ impl Store {
     /// that is still `configured`, has not answered (delivered or given up
     /// on), each with those notifiers; forgets the others.
     pub fn pending_notices(&self, configured: &[&str]) -> Result<Vec<PendingNotice>, StoreError> {
+        self.sweep_notices(configured, i64::MAX)
+    }
+
+    /// Forgets the notifications queued before `before_ms` that every
+    /// `configured` notifier they went to has answered, so that a guard
+    /// running for months keeps only what may still need a resend.
+    pub fn forget_answered_notices(
+        &self,
+        configured: &[&str],
+        before_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.sweep_notices(configured, before_ms).map(drop)
+    }
+
+    /// [`Store::pending_notices`] over the notifications queued before `before_ms`.
+    fn sweep_notices(
+        &self,
+        configured: &[&str],
+        before_ms: i64,
+    ) -> Result<Vec<PendingNotice>, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         type Row = (i64, i64, String, String, String, i64);
         let queued: Vec<Row> = {
             let mut stmt = tx.prepare(
-                "SELECT id, rollout_id, kind, notifiers, event, created_ms FROM outbox ORDER BY id",
+                "SELECT id, rollout_id, kind, notifiers, event, created_ms FROM outbox \
+                 WHERE created_ms < ?1 ORDER BY id",
             )?;
-            stmt.query_map([], |r| {
+            stmt.query_map(params![before_ms], |r| {
                 Ok((
                     r.get(0)?,
                     r.get(1)?,
@@ -1062,6 +1084,11 @@ mod tests {
                 missing: vec!["slack".into()],
             }]
         );
+        // Not yet answered by all: not forgotten, whatever its age.
+        store
+            .forget_answered_notices(&both, i64::MAX)
+            .expect("sweep");
+        assert_eq!(store.pending_notices(&both).expect("pending").len(), 1);
         // A notifier no longer configured cannot be sent to: nothing pending,
         // and the notice is forgotten.
         assert_eq!(
@@ -1069,5 +1096,44 @@ mod tests {
             vec![]
         );
         assert_eq!(store.pending_notices(&both).expect("pending"), vec![]);
+    }
+
+    #[test]
+    fn answered_notices_are_forgotten_once_old_enough() {
+        let store = Store::in_memory().expect("store");
+        let id = store
+            .create_rollout(&deploy(Strategy::Rolling), 1)
+            .expect("create");
+        let sent_to = ["webhook".to_string()];
+        for (kind, at) in [("started", 100), ("reverted", 200)] {
+            store
+                .queue_notice(id, kind, &sent_to, &serde_json::json!({"kind": kind}), at)
+                .expect("queue");
+            store
+                .record_delivery(
+                    id,
+                    &DeliveryRecord {
+                        at_ms: at + 1,
+                        notifier: "webhook".into(),
+                        event: format!("{kind} (event)"),
+                        ok: true,
+                        detail: None,
+                    },
+                )
+                .expect("delivery");
+        }
+        // Only what was queued before 150 is swept: the later one stays.
+        store
+            .forget_answered_notices(&["webhook"], 150)
+            .expect("sweep");
+        let left: i64 = store
+            .lock()
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(left, 1);
+        assert_eq!(
+            store.pending_notices(&["webhook"]).expect("pending"),
+            vec![]
+        );
     }
 }
