@@ -264,22 +264,33 @@ async fn kube_bad_release_is_reverted_to_the_previous_replicaset_template() {
     cluster.cleanup().await;
 }
 
+/// `web` at build 1 under `identity`'s controller, then build 2 at 5
+/// requests a second: far too few to pass a 99.9 % SLO in the 2 s deadline,
+/// so it is held. Returns the controller, the signals (to turn build 2 bad),
+/// build 1's ReplicaSet and the held state.
+async fn held_build_2(
+    cluster: &TestCluster,
+    identity: &str,
+) -> (Running, Arc<SyntheticSignals>, ReplicaSet, RolloutState) {
+    cluster
+        .deployments()
+        .create(&PostParams::default(), &deployment("web", "1", 2))
+        .await
+        .expect("create");
+    let signals = Arc::new(SyntheticSignals::new(5.0, 0.5));
+    let running = start_controller_with(cluster, identity, signals.clone(), Duration::from_secs(2));
+    wait_phase(cluster, "web", Phase::Baseline, "1").await;
+    let good_rs = replica_set_of_build(cluster, "1").await;
+    roll_to(cluster, "web", "2").await;
+    let held = wait_phase(cluster, "web", Phase::Held, "2").await;
+    (running, signals, good_rs, held)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_a_held_rollout_is_still_judged_and_reverted_when_it_burns() {
     let cluster = TestCluster::start("held").await;
     let api = cluster.deployments();
-    api.create(&PostParams::default(), &deployment("web", "1", 2))
-        .await
-        .expect("create");
-    // 5 requests a second: far too few to pass a 99.9 % SLO in 2 s.
-    let signals = Arc::new(SyntheticSignals::new(5.0, 0.5));
-    let mut running =
-        start_controller_with(&cluster, "guard-a", signals.clone(), Duration::from_secs(2));
-    wait_phase(&cluster, "web", Phase::Baseline, "1").await;
-    let good_rs = replica_set_of_build(&cluster, "1").await;
-
-    roll_to(&cluster, "web", "2").await;
-    let held = wait_phase(&cluster, "web", Phase::Held, "2").await;
+    let (mut running, signals, good_rs, held) = held_build_2(&cluster, "guard-a").await;
     assert!(
         held.reason
             .as_deref()
@@ -416,15 +427,7 @@ async fn kube_revert_does_not_fight_a_newer_rollout() {
 async fn kube_a_held_rollout_is_judged_by_the_next_leader_too() {
     let cluster = TestCluster::start("held-failover").await;
     let api = cluster.deployments();
-    api.create(&PostParams::default(), &deployment("web", "1", 2))
-        .await
-        .expect("create");
-    // 5 requests a second: far too few to pass a 99.9 % SLO in 2 s.
-    let signals = Arc::new(SyntheticSignals::new(5.0, 0.5));
-    let first = start_controller_with(&cluster, "guard-a", signals.clone(), Duration::from_secs(2));
-    wait_phase(&cluster, "web", Phase::Baseline, "1").await;
-    roll_to(&cluster, "web", "2").await;
-    let held = wait_phase(&cluster, "web", Phase::Held, "2").await;
+    let (first, signals, _, held) = held_build_2(&cluster, "guard-a").await;
     assert_eq!(held.by.as_deref(), Some("guard-a"));
     // guard-a stops leading; guard-b, which never verified build 2, leads.
     first.stop.cancel();
@@ -458,16 +461,7 @@ async fn kube_a_held_rollout_is_judged_by_the_next_leader_too() {
 async fn kube_a_held_rollout_with_nothing_to_revert_to_is_left_to_a_person() {
     let cluster = TestCluster::start("held-nothing").await;
     let api = cluster.deployments();
-    api.create(&PostParams::default(), &deployment("web", "1", 2))
-        .await
-        .expect("create");
-    let signals = Arc::new(SyntheticSignals::new(5.0, 0.5));
-    let mut running =
-        start_controller_with(&cluster, "guard-a", signals.clone(), Duration::from_secs(2));
-    wait_phase(&cluster, "web", Phase::Baseline, "1").await;
-    let good_rs = replica_set_of_build(&cluster, "1").await;
-    roll_to(&cluster, "web", "2").await;
-    wait_phase(&cluster, "web", Phase::Held, "2").await;
+    let (mut running, signals, good_rs, _) = held_build_2(&cluster, "guard-a").await;
     // Someone deleted the old ReplicaSet: a revert has nowhere to go.
     let replica_sets: Api<ReplicaSet> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
     replica_sets
