@@ -125,6 +125,7 @@ fn bad_input_is_refused_with_a_reason_and_a_non_zero_exit() {
             &["--blame-alpha", "strictly between 0 and 1"],
         ),
         ("--trials", "0", &["--trials"]),
+        ("--jobs", "0", &["--jobs"]),
     ] {
         let out = guard(&["bench", "detection", flag, value]);
         assert!(!out.status.success(), "{flag} {value} accepted");
@@ -137,4 +138,38 @@ fn bad_input_is_refused_with_a_reason_and_a_non_zero_exit() {
             "{flag} {value}: nothing printed for a refused run"
         );
     }
+}
+
+#[test]
+fn the_figures_and_their_order_do_not_depend_on_the_jobs() {
+    let run = |jobs: &str| {
+        let out = guard(&[
+            "bench",
+            "detection",
+            "--trials",
+            "5",
+            "--seed",
+            "3",
+            "--scenario",
+            "shared-outage",
+            "--scenario",
+            "bursty",
+            "--json",
+            "--jobs",
+            jobs,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let one = run("1");
+    assert_eq!(
+        one.lines().count(),
+        9,
+        "6 shared-outage and 3 bursty rows:\n{one}"
+    );
+    assert_eq!(run("4"), one);
 }
