@@ -16,6 +16,28 @@ use serve_harness::{Guard, Load, anonymous, client, config, router, wait_state};
 
 const TOKEN_VALUE: &str = "s3cret-token";
 
+/// `guard deploy ultra-boost --env test --build <build> --wait` against
+/// `api`, off the async runtime: (exit code, stdout, stderr).
+async fn deploy_and_wait(api: &str, build: &str) -> (i32, String, String) {
+    let (api, build) = (api.to_string(), build.to_string());
+    tokio::task::spawn_blocking(move || {
+        cli(
+            &api,
+            &[
+                "deploy",
+                "ultra-boost",
+                "--env",
+                "test",
+                "--build",
+                &build,
+                "--wait",
+            ],
+        )
+    })
+    .await
+    .expect("join")
+}
+
 fn cli(api: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_guard"))
         .args(args)
@@ -168,25 +190,7 @@ async fn api_auth_validation_metrics_and_the_cli_flow() {
     let _load = Load::start(router(&api).await, 100);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let (code, out, err) = tokio::task::spawn_blocking({
-        let api = api.clone();
-        move || {
-            cli(
-                &api,
-                &[
-                    "deploy",
-                    "ultra-boost",
-                    "--env",
-                    "test",
-                    "--build",
-                    "2",
-                    "--wait",
-                ],
-            )
-        }
-    })
-    .await
-    .expect("join");
+    let (code, out, err) = deploy_and_wait(&api, "2").await;
     assert_eq!(code, 0, "deploy of a good build exits 0:\n{out}\n{err}");
     assert!(out.contains("verdict: promote"), "{out}");
     assert!(
@@ -194,25 +198,7 @@ async fn api_auth_validation_metrics_and_the_cli_flow() {
         "plain progress lines when not a terminal:\n{out}"
     );
 
-    let (code, out, err) = tokio::task::spawn_blocking({
-        let api = api.clone();
-        move || {
-            cli(
-                &api,
-                &[
-                    "deploy",
-                    "ultra-boost",
-                    "--env",
-                    "test",
-                    "--build",
-                    "3",
-                    "--wait",
-                ],
-            )
-        }
-    })
-    .await
-    .expect("join");
+    let (code, out, err) = deploy_and_wait(&api, "3").await;
     assert_eq!(
         code, 2,
         "deploy of an erroring build exits 2:\n{out}\n{err}"
@@ -385,22 +371,7 @@ async fn deploy_wait_says_so_when_the_answering_guard_lost_the_rollout() {
         ),
     ] {
         let api = guard_after_failover(own_rollout_7).await;
-        let (code, out, err) = tokio::task::spawn_blocking(move || {
-            cli(
-                &api,
-                &[
-                    "deploy",
-                    "ultra-boost",
-                    "--env",
-                    "test",
-                    "--build",
-                    "2",
-                    "--wait",
-                ],
-            )
-        })
-        .await
-        .expect("join");
+        let (code, out, err) = deploy_and_wait(&api, "2").await;
         assert_eq!(code, 1, "an error, not a verdict:\n{out}\n{err}");
         assert!(
             !out.contains("verdict:"),

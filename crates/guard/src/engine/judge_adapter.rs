@@ -154,7 +154,16 @@ pub fn convert(d: &judge::Decision) -> Verdict {
             reason: d.reason.clone(),
         },
     };
-    // The deciding SLO: the first burning one, else the one closest to its revert bound.
+    Verdict {
+        decision,
+        evidence: evidence(d),
+        detail: serde_json::to_value(d).unwrap_or(serde_json::Value::Null),
+    }
+}
+
+/// The deciding SLO's numbers (for history and notifications): the first
+/// burning SLO, else the one closest to its revert bound.
+pub fn evidence(d: &judge::Decision) -> notify::Evidence {
     let key = d
         .evidence
         .iter()
@@ -166,7 +175,7 @@ pub fn convert(d: &judge::Decision) -> Verdict {
                     .unwrap_or(std::cmp::Ordering::Equal)
             })
         });
-    let evidence = match key {
+    match key {
         Some(e) => notify::Evidence {
             slo: Some(e.slo.clone()),
             events: e.events,
@@ -184,10 +193,5 @@ pub fn convert(d: &judge::Decision) -> Verdict {
             ),
         },
         None => notify::Evidence::default(),
-    };
-    Verdict {
-        decision,
-        evidence,
-        detail: serde_json::to_value(d).unwrap_or(serde_json::Value::Null),
     }
 }

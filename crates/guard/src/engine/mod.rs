@@ -800,7 +800,7 @@ impl RolloutTask {
     }
 
     /// Saves the judge state if [`EngineSettings::checkpoint_every`] has passed.
-    fn checkpoint(&mut self, now: i64, slos: &BTreeMap<String, SloCounts>) {
+    fn checkpoint(&mut self, now: i64) {
         let every =
             i64::try_from(self.engine.settings.checkpoint_every.as_millis()).unwrap_or(i64::MAX);
         if now - self.checkpoint_at_ms < every {
@@ -810,10 +810,16 @@ impl RolloutTask {
         let Some(verifier) = self.verifier.as_ref().and_then(|v| v.checkpoint()) else {
             return;
         };
+        let slos = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .slos
+            .clone();
         let checkpoint = VerificationCheckpoint {
             step: self.step,
             verifier,
-            slos: slos.clone(),
+            slos,
         };
         let saved = serde_json::to_value(&checkpoint)
             .map_err(|e| e.to_string())
@@ -1241,10 +1247,9 @@ impl RolloutTask {
                 st.note = Some(reason.clone());
             }
         }
-        let slos = st.slos.clone();
         drop(st);
         self.last_evidence = Some(verdict.evidence);
-        self.checkpoint(now, &slos);
+        self.checkpoint(now);
         verdict.decision
     }
 

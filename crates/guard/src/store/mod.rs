@@ -911,6 +911,22 @@ mod tests {
         }
     }
 
+    /// Records that `notifier` answered `event` ("<kind> (<action>)") at `at_ms`.
+    fn answered(store: &Store, rollout_id: i64, at_ms: i64, notifier: &str, event: &str) {
+        store
+            .record_delivery(
+                rollout_id,
+                &DeliveryRecord {
+                    at_ms,
+                    notifier: notifier.into(),
+                    event: event.into(),
+                    ok: true,
+                    detail: None,
+                },
+            )
+            .expect("delivery");
+    }
+
     /// A deploy of build 2 over build 1 to `s` in `e`.
     fn deploy(strategy: Strategy) -> NewRollout {
         NewRollout {
@@ -1057,24 +1073,10 @@ mod tests {
         store
             .queue_notice(id, "reverted", &sent_to, &event, 100)
             .expect("queue");
-        let delivery = |at_ms: i64, notifier: &str, event: &str| {
-            store
-                .record_delivery(
-                    id,
-                    &DeliveryRecord {
-                        at_ms,
-                        notifier: notifier.into(),
-                        event: event.into(),
-                        ok: true,
-                        detail: None,
-                    },
-                )
-                .expect("delivery");
-        };
         // Answers to other events, or from before this one was queued, do not count.
-        delivery(99, "slack", "reverted (message)");
-        delivery(101, "slack", "started (message)");
-        delivery(102, "webhook", "reverted (event)");
+        answered(&store, id, 99, "slack", "reverted (message)");
+        answered(&store, id, 101, "slack", "started (message)");
+        answered(&store, id, 102, "webhook", "reverted (event)");
         let both = ["slack", "webhook", "teams"];
         assert_eq!(
             store.pending_notices(&both).expect("pending"),
@@ -1109,18 +1111,7 @@ mod tests {
             store
                 .queue_notice(id, kind, &sent_to, &serde_json::json!({"kind": kind}), at)
                 .expect("queue");
-            store
-                .record_delivery(
-                    id,
-                    &DeliveryRecord {
-                        at_ms: at + 1,
-                        notifier: "webhook".into(),
-                        event: format!("{kind} (event)"),
-                        ok: true,
-                        detail: None,
-                    },
-                )
-                .expect("delivery");
+            answered(&store, id, at + 1, "webhook", &format!("{kind} (event)"));
         }
         // Only what was queued before 150 is swept: the later one stays.
         store

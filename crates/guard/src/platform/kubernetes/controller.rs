@@ -757,7 +757,7 @@ impl Controller {
             .try_into()
             .unwrap_or(Duration::ZERO);
         let key = (ns.to_string(), name.to_string(), hash.to_string());
-        let decision = {
+        let (decision, evidence) = {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
             let v = running.entry(key.clone()).or_insert_with(|| {
                 let canary_share =
@@ -770,17 +770,21 @@ impl Controller {
                 Some(s) => v.step(s, elapsed),
                 None => Decision::Continue,
             };
-            (decision, v.evidence())
-        };
-        let (decision, evidence) = decision;
-        let decision = match decision {
-            Decision::Continue if elapsed >= self.settings.verify_deadline => Decision::Hold {
-                reason: format!(
-                    "no verdict within {}",
-                    humantime::format_duration(self.settings.verify_deadline)
-                ),
-            },
-            d => d,
+            let decision = match decision {
+                Decision::Continue if elapsed >= self.settings.verify_deadline => Decision::Hold {
+                    reason: format!(
+                        "no verdict within {}",
+                        humantime::format_duration(self.settings.verify_deadline)
+                    ),
+                },
+                d => d,
+            };
+            // Only a verdict is announced, so only a verdict needs its numbers.
+            let evidence = match decision {
+                Decision::Continue => notify::Evidence::default(),
+                _ => v.evidence(),
+            };
+            (decision, evidence)
         };
         Ok((decision, key, evidence))
     }

@@ -150,7 +150,7 @@ impl Verification for JudgeVerification {
     fn evidence(&self) -> notify::Evidence {
         self.latest
             .as_ref()
-            .map(|d| crate::engine::judge_adapter::convert(d).evidence)
+            .map(crate::engine::judge_adapter::evidence)
             .unwrap_or_default()
     }
 }
