@@ -3,7 +3,12 @@
 //! notification is sent again, with the same `X-Guard-Delivery` id, and
 //! recorded as delivered: a crash never swallows the news that a release was
 //! reverted, and a receiver that drops duplicates hears it once. The receiver is the real
-//! receiving side of guard's own signed-webhook protocol, on loopback.
+//! receiving side of guard's own signed-webhook protocol, on loopback. Beside
+//! it, a double of Grafana's annotations API (`POST /api/annotations` answers
+//! `{"message":"Annotation added","id":N}`, `PATCH /api/annotations/{id}`
+//! `{"message":"Annotation patched"}`, as Grafana does) holds the verdict's
+//! PATCH the same way: after the restart guard closes the region it opened
+//! before the crash instead of posting a second one.
 
 #[path = "support/serve_harness.rs"]
 mod serve_harness;
@@ -66,10 +71,80 @@ async fn a_notification_unanswered_when_guard_is_killed_is_sent_again_on_restart
             }),
         )
     };
-    let hook_url = format!("{}/hook", serve_on_loopback(hook).await);
+    // Grafana double: annotations created (id, tags) and patches (id, tags);
+    // the first patch that closes a region as "revert" is never answered.
+    let created = Arc::new(Mutex::new(Vec::<(u64, Vec<String>)>::new()));
+    let patched = Arc::new(Mutex::new(Vec::<(u64, Vec<String>)>::new()));
+    let tags = |v: &Value| -> Vec<String> {
+        v["tags"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let hook = {
+        let (created, patched) = (created.clone(), patched.clone());
+        let created_for_post = created.clone();
+        hook.route(
+            "/api/annotations",
+            axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+                let created = created_for_post.clone();
+                async move {
+                    let mut c = created.lock().unwrap_or_else(|p| p.into_inner());
+                    let id = c.len() as u64 + 1;
+                    c.push((id, tags(&body)));
+                    axum::Json(serde_json::json!({"message": "Annotation added", "id": id}))
+                }
+            }),
+        )
+        .route(
+            "/api/annotations/{id}",
+            axum::routing::patch(
+                move |axum::extract::Path(id): axum::extract::Path<u64>,
+                      axum::Json(body): axum::Json<Value>| {
+                    let (created, patched) = (created.clone(), patched.clone());
+                    async move {
+                        if !created
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .iter()
+                            .any(|(c, _)| *c == id)
+                        {
+                            return (
+                                axum::http::StatusCode::NOT_FOUND,
+                                axum::Json(serde_json::json!({"message": "Annotation not found"})),
+                            );
+                        }
+                        let t = tags(&body);
+                        let first_revert = {
+                            let mut p = patched.lock().unwrap_or_else(|p| p.into_inner());
+                            let first = t.iter().any(|t| t == "revert")
+                                && !p.iter().any(|(_, t)| t.iter().any(|t| t == "revert"));
+                            p.push((id, t));
+                            first
+                        };
+                        if first_revert {
+                            tokio::time::sleep(Duration::from_secs(300)).await;
+                        }
+                        (
+                            axum::http::StatusCode::OK,
+                            axum::Json(serde_json::json!({"message": "Annotation patched"})),
+                        )
+                    }
+                },
+            ),
+        )
+    };
+    let base_url = serve_on_loopback(hook).await;
+    let hook_url = format!("{base_url}/hook");
     let env = [
         ("GUARD_WEBHOOK_URL", hook_url.as_str()),
         ("GUARD_WEBHOOK_SECRET", "whsec"),
+        ("GUARD_GRAFANA_URL", base_url.as_str()),
+        ("GUARD_GRAFANA_TOKEN", "glsa_test"),
     ];
 
     let mut g = Guard::start(dir.path(), &env);
@@ -111,6 +186,41 @@ async fn a_notification_unanswered_when_guard_is_killed_is_sent_again_on_restart
     assert!(
         ids.len() >= 2 && !ids[0].is_empty() && ids[0] == ids[1],
         "delivery ids {ids:?}"
+    );
+
+    // Grafana: the region of build 3 opened before the crash is the one
+    // closed as "revert", twice (held, then again after the restart); no
+    // second region was posted for it.
+    let start = Instant::now();
+    let revert_patches = || -> Vec<u64> {
+        patched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, t)| t.iter().any(|t| t == "revert"))
+            .map(|(id, _)| *id)
+            .collect()
+    };
+    while revert_patches().len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "Grafana's region was not closed again after the restart: patches {:?}, created {:?}",
+            patched.lock().unwrap_or_else(|p| p.into_inner()),
+            created.lock().unwrap_or_else(|p| p.into_inner())
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let created = created.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let build3: Vec<u64> = created
+        .iter()
+        .filter(|(_, t)| t.iter().any(|t| t == "3"))
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(build3.len(), 1, "one region for build 3: {created:?}");
+    assert!(
+        revert_patches().iter().all(|id| *id == build3[0]),
+        "the revert closed another region than build 3's: {:?} vs {created:?}",
+        revert_patches()
     );
 
     // History shows it delivered.

@@ -100,6 +100,17 @@ pub struct DeliveryRecord {
 pub trait DeliveryLog: Send + Sync {
     /// Records one result.
     fn record(&self, record: DeliveryRecord);
+
+    /// Keeps what `target` created for rollout `rollout_id` (Grafana's open
+    /// region, GitHub's deployment), or forgets it with `None`, so that a
+    /// guard restarted mid-rollout closes the region it opened and posts the
+    /// verdict to the deployment it created. The default keeps nothing.
+    fn remember(&self, _target: &'static str, _rollout_id: i64, _created: Option<i64>) {}
+
+    /// What [`DeliveryLog::remember`] kept for `target` and `rollout_id`.
+    fn recall(&self, _target: &'static str, _rollout_id: i64) -> Option<i64> {
+        None
+    }
 }
 
 /// A log that keeps nothing (results still reach tracing and the metric).
@@ -114,6 +125,7 @@ impl DeliveryLog for NoLog {
 #[derive(Debug, Default)]
 pub struct MemoryLog {
     records: Mutex<Vec<DeliveryRecord>>,
+    created: Mutex<HashMap<(&'static str, i64), i64>>,
 }
 
 impl MemoryLog {
@@ -128,6 +140,23 @@ impl DeliveryLog for MemoryLog {
         if let Ok(mut r) = self.records.lock() {
             r.push(record);
         }
+    }
+
+    fn remember(&self, target: &'static str, rollout_id: i64, created: Option<i64>) {
+        if let Ok(mut m) = self.created.lock() {
+            match created {
+                Some(id) => m.insert((target, rollout_id), id),
+                None => m.remove(&(target, rollout_id)),
+            };
+        }
+    }
+
+    fn recall(&self, target: &'static str, rollout_id: i64) -> Option<i64> {
+        self.created
+            .lock()
+            .ok()?
+            .get(&(target, rollout_id))
+            .copied()
     }
 }
 
@@ -500,6 +529,29 @@ impl Ctx {
         }
     }
 
+    /// What this target created for the event's rollout: from memory, else
+    /// from the log (a guard restarted since).
+    fn created(&self, cache: &Recent<String, i64>, ev: &Event) -> Option<i64> {
+        cache
+            .get(&rollout_key(ev))
+            .or_else(|| ev.rollout_id.and_then(|r| self.log.recall(self.target, r)))
+    }
+
+    /// Keeps (or with `None` forgets) what this target created for the
+    /// event's rollout, in memory and in the log.
+    fn keep_created(&self, cache: &mut Recent<String, i64>, ev: &Event, created: Option<i64>) {
+        let key = rollout_key(ev);
+        match created {
+            Some(id) => cache.insert(key, id),
+            None => {
+                cache.remove(&key);
+            }
+        }
+        if let Some(r) = ev.rollout_id {
+            self.log.remember(self.target, r, created);
+        }
+    }
+
     /// Records a request that could not even be built.
     fn skip(&self, ev: &Event, action: &str, why: &str) {
         self.metrics.inc(self.target, "dropped");
@@ -595,7 +647,7 @@ enum Worker {
     },
     GitHub {
         target: GitHubTarget,
-        deployments: Recent<String, u64>,
+        deployments: Recent<String, i64>,
     },
 }
 
@@ -717,7 +769,7 @@ async fn grafana_handle(
             if let Some(id) =
                 annotation_id(ctx.deliver(ev, "create annotation", create(&open)).await)
             {
-                rollouts.insert(rollout_key(ev), id);
+                ctx.keep_created(rollouts, ev, Some(id));
             }
         }
         EventKind::IncidentOpened => {
@@ -744,8 +796,10 @@ async fn grafana_handle(
             close_or_create(known, ev, ctx, &close, &create).await;
         }
         EventKind::Promoted | EventKind::Reverted | EventKind::Held | EventKind::RolledBack => {
-            let known = rollouts.remove(&rollout_key(ev));
+            let known = ctx.created(rollouts, ev);
             close_or_create(known, ev, ctx, &close, &create).await;
+            // Only once answered: a guard killed meanwhile closes it on restart.
+            ctx.keep_created(rollouts, ev, None);
         }
     }
 }
@@ -776,7 +830,7 @@ async fn close_or_create<C, P, M, N>(
 
 async fn github_handle(
     target: &GitHubTarget,
-    deployments: &mut Recent<String, u64>,
+    deployments: &mut Recent<String, i64>,
     ev: &Event,
     ctx: &Ctx,
 ) {
@@ -795,8 +849,7 @@ async fn github_handle(
                 .json(&body)
         }
     };
-    let key = rollout_key(ev);
-    let id = match deployments.get(&key) {
+    let id = match ctx.created(deployments, ev) {
         Some(id) => id,
         None => {
             if github::git_ref(ev).is_none() {
@@ -822,10 +875,10 @@ async fn github_handle(
             // deploying (cannot happen with auto_merge: false) and has no id.
             let id = serde_json::from_str::<serde_json::Value>(&reply.body)
                 .ok()
-                .and_then(|v| v.get("id")?.as_u64());
+                .and_then(|v| v.get("id")?.as_i64());
             match id {
                 Some(id) => {
-                    deployments.insert(key.clone(), id);
+                    ctx.keep_created(deployments, ev, Some(id));
                     id
                 }
                 None => {

@@ -11,7 +11,8 @@ use doubles::{
 };
 use notify::config::RetryConfig;
 use notify::{
-    DeliveryRecord, Dispatcher, Event, EventKind, Evidence, MemoryLog, NotifyConfig, Outcome,
+    DeliveryLog, DeliveryRecord, Dispatcher, Event, EventKind, Evidence, MemoryLog, NotifyConfig,
+    Outcome,
 };
 use prometheus_client::registry::Registry;
 use serde_json::Value;
@@ -51,6 +52,17 @@ impl Harness {
     }
 
     fn build(env: &[(&str, String)], queue_capacity: Option<usize>, retry: RetryConfig) -> Harness {
+        Self::with_log(env, queue_capacity, retry, Arc::new(MemoryLog::default()))
+    }
+
+    /// A dispatcher that keeps its records, and what it created, in `log`:
+    /// a second harness on the same log is the same guard restarted.
+    fn with_log(
+        env: &[(&str, String)],
+        queue_capacity: Option<usize>,
+        retry: RetryConfig,
+        log: Arc<MemoryLog>,
+    ) -> Harness {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let config = NotifyConfig {
             retry,
@@ -62,7 +74,6 @@ impl Harness {
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect();
         let mut registry = Registry::default();
-        let log = Arc::new(MemoryLog::default());
         let dispatcher = Dispatcher::from_config(&config, &env, &mut registry, log.clone())
             .expect("valid config");
         Harness {
@@ -516,6 +527,69 @@ async fn grafana_annotation_deleted_meanwhile_is_posted_whole() {
             Some(200)
         )
     );
+}
+
+#[tokio::test]
+async fn a_restarted_guard_closes_the_region_and_reports_to_the_deployment_it_opened() {
+    let grafana = GrafanaDouble::start("tok").await;
+    let gh = GitHubDouble::start("ghp_testtoken").await;
+    let mut env = github_env(&gh);
+    env.push(("GUARD_GRAFANA_URL", grafana.url("")));
+    env.push(("GUARD_GRAFANA_TOKEN", "tok".into()));
+    let log = Arc::new(MemoryLog::default());
+    let retry = RetryConfig {
+        max_attempts: 2,
+        base_ms: 5,
+        max_ms: 100,
+        timeout_ms: 2_000,
+    };
+    let before = Harness::with_log(&env, None, retry.clone(), log.clone());
+    before.dispatcher.send(event(EventKind::Started, 7));
+    before.flush().await;
+    drop(before);
+
+    // The same store, a new process: nothing of rollout 7 in memory.
+    let after = Harness::with_log(&env, None, retry, log.clone());
+    after.dispatcher.send(event(EventKind::Reverted, 7));
+    after.flush().await;
+
+    let calls = |d: &Double| {
+        d.requests()
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        calls(&grafana),
+        ["POST /api/annotations", "PATCH /api/annotations/1"],
+        "the region opened before the restart is closed, not a second one posted"
+    );
+    let region = grafana.with_memory(|m| m.annotations[&1].clone());
+    assert_eq!(
+        (region["time"].as_i64(), region["timeEnd"].as_i64()),
+        (Some(1_764_201_600_000), Some(1_764_201_607_300))
+    );
+    assert_eq!(
+        calls(&gh),
+        [
+            "POST /repos/acme/ultra-boost/deployments",
+            "POST /repos/acme/ultra-boost/deployments/1/statuses",
+            "POST /repos/acme/ultra-boost/deployments/1/statuses",
+            "POST /repos/acme/ultra-boost/deployments/1/statuses",
+        ],
+        "the verdict goes to the deployment created before the restart"
+    );
+    let states: Vec<_> = gh.with_memory(|m| {
+        m.deployments[&1]
+            .1
+            .iter()
+            .map(|s| s["state"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    });
+    assert_eq!(states, ["in_progress", "failure", "inactive"]);
+    // A closed region is forgotten: the deployment stays for later statuses.
+    assert_eq!(log.recall("grafana", 7), None);
+    assert_eq!(log.recall("github", 7), Some(1));
 }
 
 fn github_env(gh: &Double) -> Vec<(&'static str, String)> {

@@ -232,6 +232,24 @@ impl notify::DeliveryLog for StoreLog {
             warn!(rollout = id, error = %e, "could not record a notification delivery");
         }
     }
+
+    fn remember(&self, target: &'static str, rollout_id: i64, created: Option<i64>) {
+        if let Err(e) = self.0.link_notifier(rollout_id, target, created) {
+            warn!(rollout = rollout_id, notifier = target, error = %e,
+                  "could not keep what a notifier created; a restart would not find it");
+        }
+    }
+
+    fn recall(&self, target: &'static str, rollout_id: i64) -> Option<i64> {
+        self.0
+            .notifier_link(rollout_id, target)
+            .inspect_err(|e| {
+                warn!(rollout = rollout_id, notifier = target, error = %e,
+                                   "could not read what a notifier created for the rollout")
+            })
+            .ok()
+            .flatten()
+    }
 }
 
 /// Suspects for Alertmanager alerts: the last promoted release from history.
@@ -562,6 +580,14 @@ impl notify::DeliveryLog for Tee {
     fn record(&self, r: notify::DeliveryRecord) {
         self.1.record(r.clone());
         self.0.record(r);
+    }
+
+    fn remember(&self, target: &'static str, rollout_id: i64, created: Option<i64>) {
+        self.0.remember(target, rollout_id, created);
+    }
+
+    fn recall(&self, target: &'static str, rollout_id: i64) -> Option<i64> {
+        self.0.recall(target, rollout_id)
     }
 }
 

@@ -232,6 +232,12 @@ CREATE TABLE IF NOT EXISTS deliveries(
   detail TEXT
 );
 CREATE INDEX IF NOT EXISTS deliveries_rollout ON deliveries(rollout_id, notifier);
+CREATE TABLE IF NOT EXISTS notifier_links(
+  rollout_id INTEGER NOT NULL,
+  notifier TEXT NOT NULL,
+  created INTEGER NOT NULL,
+  PRIMARY KEY (rollout_id, notifier)
+);
 ";
 
 const ROLLOUT_COLUMNS: &str = "id, service, environment, strategy, kind, stable, candidate, phase, active, \
@@ -790,6 +796,46 @@ impl Store {
         Ok(())
     }
 
+    /// Keeps what a notifier created for a rollout (Grafana's open region,
+    /// GitHub's deployment) for a restarted guard to finish with it, or
+    /// forgets it with `None`.
+    pub fn link_notifier(
+        &self,
+        rollout_id: i64,
+        notifier: &str,
+        created: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let conn = self.lock();
+        match created {
+            Some(c) => conn.execute(
+                "INSERT INTO notifier_links(rollout_id, notifier, created) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(rollout_id, notifier) DO UPDATE SET created = excluded.created",
+                params![rollout_id, notifier, c],
+            )?,
+            None => conn.execute(
+                "DELETE FROM notifier_links WHERE rollout_id = ?1 AND notifier = ?2",
+                params![rollout_id, notifier],
+            )?,
+        };
+        Ok(())
+    }
+
+    /// What [`Store::link_notifier`] kept.
+    pub fn notifier_link(
+        &self,
+        rollout_id: i64,
+        notifier: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT created FROM notifier_links WHERE rollout_id = ?1 AND notifier = ?2",
+                params![rollout_id, notifier],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// Deliveries recorded for a rollout, in order.
     pub fn deliveries(&self, rollout_id: i64) -> Result<Vec<DeliveryRecord>, StoreError> {
         let conn = self.lock();
@@ -1018,6 +1064,23 @@ mod tests {
         // The target is free again.
         store.create_rollout(&new, 11).expect("second rollout");
         assert_eq!(store.active_rollouts().expect("active").len(), 1);
+    }
+
+    #[test]
+    fn a_notifier_link_is_kept_replaced_and_forgotten() {
+        let store = Store::in_memory().expect("store");
+        assert_eq!(store.notifier_link(7, "grafana").expect("read"), None);
+        store.link_notifier(7, "grafana", Some(11)).expect("keep");
+        store.link_notifier(7, "github", Some(900)).expect("keep");
+        store.link_notifier(8, "grafana", Some(12)).expect("keep");
+        store
+            .link_notifier(7, "grafana", Some(13))
+            .expect("replace");
+        assert_eq!(store.notifier_link(7, "grafana").expect("read"), Some(13));
+        store.link_notifier(7, "grafana", None).expect("forget");
+        assert_eq!(store.notifier_link(7, "grafana").expect("read"), None);
+        assert_eq!(store.notifier_link(7, "github").expect("read"), Some(900));
+        assert_eq!(store.notifier_link(8, "grafana").expect("read"), Some(12));
     }
 
     #[test]
