@@ -99,6 +99,8 @@ pub struct RawEngine {
     pub stale_after: Option<Spanned<String>>,
     /// Window of the pre-rollout baseline. Default `5m`.
     pub baseline_window: Option<Spanned<String>>,
+    /// How often a step's judge is saved for a restart. Default `5s`.
+    pub checkpoint_every: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -242,6 +244,8 @@ pub struct EngineConfig {
     pub tick: Duration,
     pub stale_after: Duration,
     pub baseline_window: Duration,
+    /// At most this much of a step's evidence is lost in a crash.
+    pub checkpoint_every: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -496,6 +500,11 @@ impl RawConfig {
                 &self.engine.baseline_window,
                 "engine.baseline_window",
                 Duration::from_secs(300),
+            ),
+            checkpoint_every: c.duration(
+                &self.engine.checkpoint_every,
+                "engine.checkpoint_every",
+                Duration::from_secs(5),
             ),
         };
         let source = self
@@ -1111,6 +1120,30 @@ mod tests {
                 .is_some_and(|q| !q.query_is_bad)
         );
         assert_eq!(c.policy, judge::Policy::default());
+        assert_eq!(c.engine.checkpoint_every, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn engine_durations_are_read_and_refused_with_their_line() {
+        let services = "services:\n  - name: s\n    build: {command: [x]}\n    environments: [{name: e}]\n    slos: [{name: a, objective: 99.9}]\n";
+        let c = parse(
+            &format!("engine:\n  checkpoint_every: 250ms\n{services}"),
+            "g.yaml",
+            Path::new("."),
+        )
+        .expect("valid");
+        assert_eq!(c.engine.checkpoint_every, Duration::from_millis(250));
+        let err = parse(
+            &format!("engine:\n  tick: 1s\n  checkpoint_every: often\n{services}"),
+            "g.yaml",
+            Path::new("."),
+        )
+        .expect_err("invalid");
+        let text = err.to_string();
+        assert!(
+            text.contains("line 3: engine.checkpoint_every: not a duration"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -519,6 +519,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
             tick: config.engine.tick,
             stale_after: config.engine.stale_after,
             baseline_window: config.engine.baseline_window,
+            checkpoint_every: config.engine.checkpoint_every,
             targets: target_settings,
             status_url: Some(
                 config

@@ -455,6 +455,7 @@ impl Runtime {
             tick: config.engine.tick,
             stale_after: config.engine.stale_after,
             baseline_window: config.engine.baseline_window,
+            checkpoint_every: config.engine.checkpoint_every,
             targets: target_settings,
             status_url: Some(status_base),
             // Test knob (crash tests): widen the store-then-act window.
