@@ -72,8 +72,9 @@ pub struct RawConfig {
     pub api: RawApi,
     pub engine: RawEngine,
     pub signals: RawSignals,
-    /// The judge's policy (`judge::Policy`; every field optional).
-    pub policy: judge::Policy,
+    /// The judge's policy (`judge::Policy`; every field optional), field by
+    /// field so that each problem is reported with its line.
+    pub policy: BTreeMap<String, Spanned<serde_json::Value>>,
     /// Notification targets (`notify::config::NotifyConfig`); `GUARD_*` env overrides.
     pub notify: notify::config::NotifyConfig,
     pub services: Vec<RawService>,
@@ -160,6 +161,49 @@ pub struct RawBuildTemplate {
     pub env: BTreeMap<String, String>,
     pub commit: Option<String>,
     pub image: Option<String>,
+}
+
+/// What guard fills in in a build's command, environment and image.
+const PLACEHOLDERS: [&str; 4] = ["build", "ultra_boost", "unix_socket", "handoff_socket"];
+
+impl RawBuildTemplate {
+    /// Every string a placeholder may be in, with its field name.
+    fn strings(&self) -> Vec<(String, &str)> {
+        let mut out = vec![];
+        for (k, arg) in self.command.iter().flatten().enumerate() {
+            out.push((format!("command[{k}]"), arg.as_str()));
+        }
+        for (k, v) in &self.env {
+            out.push((format!("env.{k}"), v.as_str()));
+        }
+        if let Some(image) = &self.image {
+            out.push(("image".to_string(), image.as_str()));
+        }
+        out
+    }
+}
+
+/// The first `{name}` in `text` (a lowercase identifier in braces) that is
+/// not one of [`PLACEHOLDERS`]: a misspelt one would reach the process
+/// literally. Other braces (JSON, `${shell}` variables) are left alone.
+fn unknown_placeholder(text: &str) -> Option<&str> {
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else { break };
+        let name = &after[..close];
+        let identifier = !name.is_empty()
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        let shell_variable = rest[..open].ends_with('$');
+        if identifier && !shell_variable && !PLACEHOLDERS.contains(&name) {
+            return Some(name);
+        }
+        rest = &after[close + 1..];
+    }
+    None
 }
 
 #[derive(Debug, Deserialize)]
@@ -458,6 +502,51 @@ impl Check {
     }
 }
 
+/// The judge's policy from `policy:` over the defaults; an unknown field, a
+/// wrong type and a value out of range are each reported with their line.
+fn read_policy(raw: &BTreeMap<String, Spanned<serde_json::Value>>, c: &mut Check) -> judge::Policy {
+    use serde_json::Value;
+    let Ok(Value::Object(mut merged)) = serde_json::to_value(judge::Policy::default()) else {
+        return judge::Policy::default();
+    };
+    let known: Vec<String> = merged.keys().cloned().collect();
+    let mut lines: BTreeMap<&str, Option<u64>> = BTreeMap::new();
+    for (key, v) in raw {
+        let line = line_of(v);
+        let field = format!("policy.{key}");
+        if !merged.contains_key(key) {
+            c.push(
+                line,
+                field,
+                format!("unknown field; expected one of {}", known.join(", ")),
+            );
+            continue;
+        }
+        // Each field alone over the defaults, so a wrong type is reported
+        // for that field and the others are still checked.
+        let mut alone = merged.clone();
+        alone.insert(key.clone(), v.value.clone());
+        match serde_json::from_value::<judge::Policy>(Value::Object(alone)) {
+            Ok(_) => {
+                merged.insert(key.clone(), v.value.clone());
+                lines.insert(key.as_str(), line);
+            }
+            Err(e) => c.push(line, field, e.to_string()),
+        }
+    }
+    let policy = serde_json::from_value(Value::Object(merged)).unwrap_or_default();
+    for problem in judge::policy_problems(&policy) {
+        if let judge::JudgeError::Policy { field, reason } = problem {
+            c.push(
+                lines.get(field).copied().flatten(),
+                format!("policy.{field}"),
+                reason,
+            );
+        }
+    }
+    policy
+}
+
 fn line_of<T>(s: &Spanned<T>) -> Option<u64> {
     // A default (absent) value has no position.
     let l = s.referenced.line();
@@ -563,12 +652,7 @@ impl RawConfig {
             }
         };
         let prometheus = matches!(signals, SignalsConfig::Prometheus { .. });
-        if let Err(e) = judge::Judge::new(
-            self.policy.clone(),
-            vec![judge::SloSpec::availability("check", 0.999)],
-        ) {
-            c.push(None, "policy", e.to_string());
-        }
+        let policy = read_policy(&self.policy, &mut c);
         if self.services.is_empty() {
             c.push(
                 None,
@@ -645,6 +729,22 @@ impl RawConfig {
                     "a build needs a command (local platform), e.g. `[\"{ultra_boost}\"]`",
                 );
             }
+            for (at, template) in std::iter::once(("build".to_string(), &s.build))
+                .chain(s.builds.iter().map(|(n, t)| (format!("builds.{n}"), t)))
+            {
+                for (field, text) in template.strings() {
+                    if let Some(unknown) = unknown_placeholder(text) {
+                        c.push(
+                            None,
+                            f(&format!("{at}.{field}")),
+                            format!(
+                                "unknown placeholder `{{{unknown}}}` in {text:?}; guard fills in {}",
+                                PLACEHOLDERS.map(|p| format!("`{{{p}}}`")).join(", ")
+                            ),
+                        );
+                    }
+                }
+            }
             if s.environments.is_empty() {
                 c.push(
                     None,
@@ -660,6 +760,19 @@ impl RawConfig {
                         line_of(&e.name),
                         fe("name"),
                         "must not be empty, e.g. `production`",
+                    );
+                }
+                if environments
+                    .iter()
+                    .any(|x: &EnvironmentConfig| x.name == e.name.value)
+                {
+                    c.push(
+                        line_of(&e.name),
+                        fe("name"),
+                        format!(
+                            "environment {:?} is declared twice for service {:?}",
+                            e.name.value, s.name.value
+                        ),
                     );
                 }
                 let router_listen = e
@@ -851,7 +964,7 @@ impl RawConfig {
             api,
             engine,
             signals,
-            policy: self.policy,
+            policy,
             notify: self.notify,
             services,
         })
@@ -1121,6 +1234,80 @@ mod tests {
         );
         assert_eq!(c.policy, judge::Policy::default());
         assert_eq!(c.engine.checkpoint_every, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn every_policy_problem_is_reported_with_its_line() {
+        let services = "services:\n  - name: s\n    build: {command: [x]}\n    environments: [{name: e}]\n    slos: [{name: a, objective: 99.9}]\n";
+        let yaml = format!(
+            "policy:\n  alpah: 0.9\n  beta: 0.6\n  min_events: many\n  multiples: [0.5, 2]\n  alpha: 0.02\n{services}"
+        );
+        let err = parse(&yaml, "g.yaml", Path::new(".")).expect_err("invalid");
+        let ConfigError::Invalid { problems, .. } = &err else {
+            panic!("expected Invalid, got {err}")
+        };
+        let found: Vec<(Option<u64>, &str)> = problems
+            .iter()
+            .map(|p| (p.line, p.field.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (Some(2), "policy.alpah"),
+                (Some(4), "policy.min_events"),
+                (Some(3), "policy.beta"),
+                (Some(5), "policy.multiples"),
+            ],
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(text.contains("expected one of alpha, beta"), "{text}");
+        assert!(text.contains("invalid type: string \"many\""), "{text}");
+
+        let ok = parse(
+            &format!("policy:\n  alpha: 0.02\n  blame_alpha: 0.001\n{services}"),
+            "g.yaml",
+            Path::new("."),
+        )
+        .expect("valid");
+        assert_eq!(
+            (ok.policy.alpha, ok.policy.blame_alpha, ok.policy.beta),
+            (0.02, Some(0.001), judge::Policy::default().beta)
+        );
+    }
+
+    #[test]
+    fn a_misspelt_placeholder_or_a_twice_declared_environment_is_refused() {
+        let yaml = "services:\n  - name: s\n    build:\n      command: [\"{ultra_boost}\", --handoff-socket, \"{handof_socket}\", --json, '{\"a\": 1}']\n      env: {BUILD: \"{build}\"}\n    builds:\n      \"2\": {env: {X: \"{bulid}\"}}\n    environments: [{name: production}, {name: production}]\n    slos: [{name: a, objective: 99.9}]\n";
+        let err = parse(yaml, "g.yaml", Path::new(".")).expect_err("invalid");
+        let ConfigError::Invalid { problems, .. } = &err else {
+            panic!("expected Invalid, got {err}")
+        };
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "services[0].build.command[2]",
+                "services[0].builds.2.env.X",
+                "services[0].environments[1].name"
+            ],
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("unknown placeholder `{handof_socket}`"),
+            "{text}"
+        );
+        assert!(text.contains("`{handoff_socket}`"), "{text}");
+        assert!(
+            text.contains("line 8: services[0].environments[1].name: environment \"production\" is declared twice"),
+            "{text}"
+        );
+        assert_eq!(unknown_placeholder("{build}-{ultra_boost}"), None);
+        assert_eq!(
+            unknown_placeholder("{\"json\": {}} ${HOME} ${port} {Capital}"),
+            None
+        );
     }
 
     #[test]

@@ -570,16 +570,27 @@ fn ratio(c: Counts) -> Option<f64> {
 }
 
 fn validate_policy(p: &Policy) -> Result<(), JudgeError> {
-    let err = |field: &'static str, reason: String| Err(JudgeError::Policy { field, reason });
+    match policy_problems(p).into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Every out-of-range field of `p`, in field order (empty: valid), each a
+/// [`JudgeError::Policy`]; a config file can report them all at once.
+pub fn policy_problems(p: &Policy) -> Vec<JudgeError> {
+    let mut problems = Vec::new();
+    let mut err =
+        |field: &'static str, reason: String| problems.push(JudgeError::Policy { field, reason });
     for (field, v) in [("alpha", p.alpha), ("beta", p.beta)] {
         if !(v > 0.0 && v < 0.5) {
-            return err(field, format!("must be in (0, 0.5), e.g. 0.01; got {v}"));
+            err(field, format!("must be in (0, 0.5), e.g. 0.01; got {v}"));
         }
     }
     if let Some(a) = p.blame_alpha
         && !(a > 0.0 && a < 1.0)
     {
-        return err(
+        err(
             "blame_alpha",
             format!(
                 "must be strictly between 0 and 1 (e.g. 0.001), or left out to use alpha; got {a}"
@@ -587,7 +598,7 @@ fn validate_policy(p: &Policy) -> Result<(), JudgeError> {
         );
     }
     if !(p.max_budget_share > 0.0 && p.max_budget_share <= 1.0) {
-        return err(
+        err(
             "max_budget_share",
             format!(
                 "must be in (0, 1] (a share of the budget, e.g. 0.02 for 2%); got {}",
@@ -596,13 +607,13 @@ fn validate_policy(p: &Policy) -> Result<(), JudgeError> {
         );
     }
     if !(p.min_verify_seconds >= 0.0 && p.min_verify_seconds.is_finite()) {
-        return err(
+        err(
             "min_verify_seconds",
             format!("must be a finite number >= 0; got {}", p.min_verify_seconds),
         );
     }
     if !(p.max_verify_seconds >= p.min_verify_seconds && p.max_verify_seconds.is_finite()) {
-        return err(
+        err(
             "max_verify_seconds",
             format!(
                 "must be finite and >= min_verify_seconds ({}); got {}",
@@ -611,7 +622,7 @@ fn validate_policy(p: &Policy) -> Result<(), JudgeError> {
         );
     }
     if p.multiples.is_empty() || p.multiples.iter().any(|&f| !(f > 1.0 && f.is_finite())) {
-        return err(
+        err(
             "multiples",
             format!(
                 "must be a non-empty list of finite burn multiples > 1, e.g. [2, 4, 6, 14.4, 50]; got {:?}",
@@ -620,13 +631,13 @@ fn validate_policy(p: &Policy) -> Result<(), JudgeError> {
         );
     }
     if !(p.evidence_cap_per_second > 0.0 && p.evidence_cap_per_second.is_finite()) {
-        return err(
+        err(
             "evidence_cap_per_second",
             format!("must be > 0; got {}", p.evidence_cap_per_second),
         );
     }
     if !(p.block_seconds > 0.0 && p.block_seconds.is_finite()) {
-        return err(
+        err(
             "block_seconds",
             format!(
                 "must be a positive finite number of seconds; got {}",
@@ -635,12 +646,12 @@ fn validate_policy(p: &Policy) -> Result<(), JudgeError> {
         );
     }
     if !(p.max_missing_seconds >= 0.0 && p.max_missing_seconds.is_finite()) {
-        return err(
+        err(
             "max_missing_seconds",
             format!("must be >= 0; got {}", p.max_missing_seconds),
         );
     }
-    Ok(())
+    problems
 }
 
 #[cfg(test)]

@@ -80,7 +80,7 @@ mod judge;
 pub mod sim;
 pub mod stats;
 
-pub use judge::Judge;
+pub use judge::{Judge, policy_problems};
 
 use serde::{Deserialize, Serialize};
 
