@@ -1,6 +1,8 @@
 //! The scrape signal source against real ultra-boost replicas: counts equal
 //! what was sent, a restarted replica's counters are not lost or doubled, a
-//! replica that stops answering shows as staleness, not as zero traffic.
+//! replica that stops answering shows as staleness, not as zero traffic, and
+//! a latency threshold that is none of the histogram's buckets is a source
+//! problem that names the buckets, not every request counted slow.
 #[path = "support/replicas.rs"]
 mod replicas;
 
@@ -13,6 +15,10 @@ use guard::signals::{Counts, SignalSource, Snapshot};
 use replicas::{Replica, build, client, get, platform, poll};
 
 fn source() -> ScrapeSource {
+    source_with_latency_threshold(0.2)
+}
+
+fn source_with_latency_threshold(le: f64) -> ScrapeSource {
     let mut slos = BTreeMap::new();
     slos.insert(
         "availability".to_string(),
@@ -27,7 +33,7 @@ fn source() -> ScrapeSource {
         "latency".to_string(),
         ScrapeSli::Latency {
             histogram: "ultra_boost_http_request_duration_seconds".into(),
-            le: 0.2,
+            le,
             route: Some("/".into()),
             exclude_routes: vec![],
         },
@@ -228,5 +234,43 @@ async fn a_replica_that_stops_answering_is_stale_not_idle() {
     assert_eq!(
         counts(&src.snapshot(&t, &eps).await.unwrap(), "1", "availability"),
         before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latency_threshold_that_is_no_bucket_is_a_source_problem_not_slow_requests() {
+    let src = source_with_latency_threshold(0.123);
+    let t = replicas::target();
+    let r = Replica::start("127.0.0.1:0", "1", &[]).await;
+    let eps = vec![Endpoint {
+        role: Role::Stable,
+        build: "1".into(),
+        metrics_url: format!("http://{}/metrics", r.addr),
+        ready: true,
+    }];
+    let c = client();
+    for _ in 0..5 {
+        get(&c, &format!("http://{}/", r.addr)).await.unwrap();
+    }
+    let s = poll(
+        Duration::from_secs(10),
+        "the scrape to be refused",
+        || async {
+            let s = src.snapshot(&t, &eps).await.unwrap();
+            s.last_error.is_some().then_some(s)
+        },
+    )
+    .await;
+    let err = s.last_error.clone().unwrap_or_default();
+    assert!(
+        err.contains("no bucket at the latency threshold 0.123s")
+            && err.contains("0.1s, 0.2s, 0.3s"),
+        "{err}"
+    );
+    assert_eq!(s.staleness_seconds, None, "never read: {s:?}");
+    assert_eq!(
+        counts(&s, "1", "latency"),
+        Counts::default(),
+        "nothing counted, least of all as slow"
     );
 }

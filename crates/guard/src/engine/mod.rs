@@ -1058,10 +1058,13 @@ impl RolloutTask {
             // Answering without series yet is not an outage: an interval without data.
             Err(SignalError::NoData { .. }) => None,
             Ok(s) => {
-                let detail = match s.staleness_seconds {
+                let mut detail = match s.staleness_seconds {
                     Some(st) => format!("no complete read for {st:.1} s"),
                     None => "no complete read yet".to_string(),
                 };
+                if let Some(e) = &s.last_error {
+                    detail = format!("{detail}; last error: {e}");
+                }
                 return self.source_trouble(&phase, now, stale_ms, detail);
             }
             Err(e) => return self.source_trouble(&phase, now, stale_ms, e.to_string()),

@@ -301,6 +301,7 @@ impl SignalSource for SimSource {
             Ok(Snapshot {
                 releases,
                 staleness_seconds: Some(0.0),
+                last_error: None,
             })
         })
     }

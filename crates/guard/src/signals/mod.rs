@@ -37,6 +37,10 @@ pub struct Snapshot {
     /// Seconds since the source last read every endpoint successfully; `None`
     /// when it never has. The engine holds when this exceeds its tolerance.
     pub staleness_seconds: Option<f64>,
+    /// Why the last failed read of an endpoint failed, when one still does:
+    /// what a hold for a silent source tells people.
+    #[serde(default)]
+    pub last_error: Option<String>,
 }
 
 /// Errors reading a source. "No data" is its own variant, not a failed query.

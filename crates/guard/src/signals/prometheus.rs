@@ -227,6 +227,7 @@ impl SignalSource for PrometheusSource {
             Ok(Snapshot {
                 releases,
                 staleness_seconds: Some(0.0),
+                last_error: None,
             })
         })
     }

@@ -232,6 +232,7 @@ impl SignalSource for SyntheticSignals {
             Ok(Snapshot {
                 releases,
                 staleness_seconds: Some(0.0),
+                last_error: None,
             })
         })
     }

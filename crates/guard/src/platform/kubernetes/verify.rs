@@ -189,6 +189,7 @@ mod tests {
         Snapshot {
             releases: vec![release(Role::Stable, "1"), release(Role::Candidate, "2")],
             staleness_seconds: Some(0.0),
+            last_error: None,
         }
     }
 

@@ -293,6 +293,7 @@ impl ScrapeSource {
         let now = Instant::now();
         let mut staleness: Option<f64> = None;
         let mut any_success = false;
+        let mut last_error: Option<String> = None;
         let mut releases: Vec<ReleaseSignals> = Vec::new();
         for ep in endpoints {
             let Some(ew) = watch.live.get(&ep.metrics_url) else {
@@ -301,6 +302,9 @@ impl ScrapeSource {
             let st = ew.state.lock().unwrap_or_else(|e| e.into_inner());
             if st.last_success.is_some() {
                 any_success = true;
+            }
+            if let Some(e) = &st.last_error {
+                last_error = Some(format!("{}: {e}", ew.url));
             }
             let since = st.last_success.unwrap_or(ew.first_asked);
             let age = now.saturating_duration_since(since).as_secs_f64();
@@ -341,6 +345,7 @@ impl ScrapeSource {
         Snapshot {
             releases,
             staleness_seconds: if any_success { staleness } else { None },
+            last_error,
         }
     }
 }
@@ -377,8 +382,42 @@ async fn scrape_loop(shared: std::sync::Weak<Shared>, target: Target, ew: Arc<En
     }
 }
 
+/// A latency SLO whose threshold is not one of its histogram's bucket
+/// bounds would count every request as slow; such a scrape is refused (the
+/// source is then missing, never all bad), naming the buckets there are.
+fn check_buckets(config: &ScrapeConfig, samples: &[Sample]) -> Result<(), String> {
+    for (slo, sli) in &config.slos {
+        let ScrapeSli::Latency { histogram, le, .. } = sli else {
+            continue;
+        };
+        let bucket = format!("{histogram}_bucket");
+        let bounds: Vec<f64> = samples
+            .iter()
+            .filter(|s| s.name == bucket)
+            .filter_map(|s| s.label("le").and_then(|v| v.parse::<f64>().ok()))
+            .collect();
+        let has = |b: f64| (b - le).abs() <= 1e-9 * le.abs().max(1.0);
+        if !bounds.is_empty() && !bounds.iter().any(|b| has(*b)) {
+            let mut listed: Vec<f64> = bounds.into_iter().filter(|b| b.is_finite()).collect();
+            listed.sort_by(f64::total_cmp);
+            listed.dedup();
+            let listed: Vec<String> = listed.iter().map(|b| format!("{b}s")).collect();
+            return Err(format!(
+                "SLO `{slo}`: histogram `{histogram}` has no bucket at the latency threshold \
+                 {le}s, so no request could be counted fast; set the threshold to one of its \
+                 buckets: {}",
+                listed.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
 async fn scrape_once(shared: &Shared, target: &Target, ew: &EndpointWatch) {
-    match fetch(shared, &ew.url).await {
+    let scraped = fetch(shared, &ew.url)
+        .await
+        .and_then(|samples| check_buckets(&shared.config, &samples).map(|()| samples));
+    match scraped {
         Ok(samples) => {
             let now_unix = unix_now();
             let mut st = ew.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -660,6 +699,31 @@ ultra_boost_background_last_success_timestamp_seconds {fresh}\n"
         assert_eq!(counts(&st, "latency"), (14, 20));
         // 1011 - 900 > 60 s: stale background job.
         assert_eq!(counts(&st, "freshness"), (1, 2));
+    }
+
+    #[test]
+    fn a_latency_threshold_between_buckets_refuses_the_scrape_and_names_the_buckets() {
+        let samples = exposition(1005.0, 10, 2, 11, 12, 1009.0);
+        assert_eq!(check_buckets(&cfg(), &samples), Ok(()));
+        let mut c = cfg();
+        c.slos.insert(
+            "latency".to_string(),
+            ScrapeSli::Latency {
+                histogram: "ultra_boost_http_request_duration_seconds".into(),
+                le: 0.123,
+                route: None,
+                exclude_routes: default_excluded_routes(),
+            },
+        );
+        let err = check_buckets(&c, &samples).expect_err("0.123 is no bucket");
+        assert!(
+            err.contains("SLO `latency`")
+                && err.contains("threshold 0.123s")
+                && err.ends_with("buckets: 0.1s, 0.2s"),
+            "{err}"
+        );
+        // A histogram not exposed (yet) says nothing either way.
+        assert_eq!(check_buckets(&c, &samples[..1]), Ok(()));
     }
 
     #[test]
