@@ -23,11 +23,8 @@ use crate::platform::{Build, Strategy};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        file: String,
-        source: std::io::Error,
-    },
+    #[error("{file}: cannot read: {cause}")]
+    Read { file: String, cause: std::io::Error },
     /// The YAML does not parse or does not fit the schema.
     #[error("{file}{}: {detail}", line.map(|l| format!(":{l}")).unwrap_or_default())]
     Parse {
@@ -36,11 +33,16 @@ pub enum ConfigError {
         detail: String,
     },
     /// The YAML parses but values are wrong; every problem is listed.
-    #[error("{file}: {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    #[error("{file}: {}:\n{}", count(problems.len(), "problem"), problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
     Invalid {
         file: String,
         problems: Vec<Problem>,
     },
+}
+
+/// "1 problem", "2 problems".
+fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 /// One validation problem.
@@ -422,9 +424,9 @@ impl ServiceConfig {
 /// Reads, parses and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
         file: file.clone(),
-        source,
+        cause,
     })?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     parse(&text, &file, &base)
@@ -435,9 +437,36 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<Config, ConfigError>
     let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
         file: file.to_string(),
         line: e.location().map(|l| l.line()),
-        detail: e.to_string(),
+        detail: yaml_error_detail(&e, file),
     })?;
     raw.validate(file, base)
+}
+
+/// A YAML error as people read it: the message, then the lines around it
+/// under the file's own name; advice meant for the library's callers
+/// (which option to set, which function to call) is replaced by advice for
+/// the file's author.
+fn yaml_error_detail(e: &serde_saphyr::Error, file: &str) -> String {
+    let rendered = e.render_with_options(serde_saphyr::render_options! {
+        source_name: Some(file),
+    });
+    let mut rendered = rendered.strip_prefix("error: ").unwrap_or(&rendered);
+    // "line 3 column 3: ": the header already says `file:3`.
+    if rendered.starts_with("line ")
+        && let Some((position, rest)) = rendered.split_once(": ")
+        && position.contains(" column ")
+    {
+        rendered = rest;
+    }
+    rendered
+        .replace(
+            ", set DuplicateKeyPolicy in Options if acceptable",
+            " (each key may appear once in a mapping)",
+        )
+        .replace(
+            "multiple YAML documents detected; use from_str_multiple or from_str_multiple_with_options",
+            "more than one YAML document (`---`): guard.yaml is one document",
+        )
 }
 
 struct Check {
@@ -1209,7 +1238,7 @@ mod tests {
         assert_eq!(problems[1].line, Some(5));
         assert_eq!(problems[2].line, Some(10));
         let text = err.to_string();
-        assert!(text.starts_with("g.yaml: 4 problem(s):"), "{text}");
+        assert!(text.starts_with("g.yaml: 4 problems:"), "{text}");
         assert!(
             text.contains(
                 "line 10: services[0].slos[0].objective: a percentage strictly between 0 and 100"
@@ -1392,5 +1421,32 @@ mod tests {
         };
         assert_eq!(*line, Some(3), "{detail}");
         assert!(detail.contains("replicaz"), "{detail}");
+    }
+
+    #[test]
+    fn yaml_errors_speak_to_the_files_author_under_its_name() {
+        for (yaml, line, says) in [
+            (
+                "policy:\n  alpha: 0.01\n  alpha: 0.02\n",
+                3,
+                "duplicate mapping key: alpha (each key may appear once in a mapping)",
+            ),
+            (
+                "store: a.db\n---\nstore: b.db\n",
+                3,
+                "more than one YAML document (`---`): guard.yaml is one document",
+            ),
+        ] {
+            let err = parse(yaml, "g.yaml", Path::new(".")).expect_err(yaml);
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!("g.yaml:{line}: {says}\n")),
+                "{text}"
+            );
+            assert!(text.contains(&format!("--> g.yaml:{line}:")), "{text}");
+            for internal in ["DuplicateKeyPolicy", "from_str_multiple", "<input>"] {
+                assert!(!text.contains(internal), "{text}");
+            }
+        }
     }
 }

@@ -82,7 +82,7 @@ fn a_bad_config_names_file_line_and_field() {
         .expect("run");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("guard.yaml: 2 problem(s)"), "{err}");
+    assert!(err.contains("guard.yaml: 2 problems"), "{err}");
     assert!(
         err.contains("line 3: services[0].replicas: must be 1 to 64; got 0"),
         "{err}"

@@ -95,19 +95,19 @@ pub struct Args {
     #[arg(long, default_value = "guard-leader")]
     pub lease_name: String,
     /// How long the Lease is valid without renewal.
-    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = positive_duration)]
     pub lease_duration: Duration,
     /// A leader unable to renew for this long stops acting (< lease duration).
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
     pub renew_deadline: Duration,
     /// How often to acquire or renew the Lease (< renew deadline).
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = positive_duration)]
     pub retry_period: Duration,
     /// How often verifying rollouts are stepped.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = positive_duration)]
     pub interval: Duration,
     /// No verdict by then: the rollout is held for a person.
-    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "15m", value_parser = positive_duration)]
     pub verify_deadline: Duration,
     /// The container whose image is the build (default: the first).
     #[arg(long)]
@@ -126,10 +126,10 @@ pub struct Args {
     #[arg(long, env = "GUARD_REVIEW_REPOSITORY")]
     pub review_repository: Option<String>,
     /// Review environments without pull request activity for this long are deleted.
-    #[arg(long, default_value = "72h", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "72h", value_parser = positive_duration)]
     pub review_ttl: Duration,
     /// How long to wait for the image :pr-N to be pushed.
-    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30m", value_parser = positive_duration)]
     pub image_wait: Duration,
     /// Registry base URL for the image check (default: https://<registry host of the image>).
     #[arg(long, env = "GUARD_REGISTRY_URL")]
@@ -393,11 +393,11 @@ async fn follow_leadership(
 
 pub async fn run(args: Args) -> anyhow::Result<i32> {
     super::serve::init_logs("info,kube=warn,hyper=warn");
-    let config =
-        config::load(&args.config).with_context(|| format!("loading {}", args.config.display()))?;
+    // Both errors name the file and the line already.
+    let config = config::load(&args.config)?;
     config
         .check_kubernetes()
-        .with_context(|| format!("{}: guard controller deploys images", args.config.display()))?;
+        .context("guard controller deploys images")?;
     let config = Arc::new(config);
     let listen = args.listen.unwrap_or(config.api.listen);
     let token = api_token(&config)?;
@@ -651,10 +651,31 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     Ok(code)
 }
 
+/// A clap value parser: a humantime duration longer than zero (a zero
+/// retry period or interval would spin the API server in a hot loop).
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be longer than zero, e.g. `2s`".to_string()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e}; write e.g. `500ms`, `2s`, `15m`")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::platform::Strategy;
+
+    #[test]
+    fn zero_or_garbage_periods_are_refused() {
+        assert_eq!(positive_duration("2s"), Ok(Duration::from_secs(2)));
+        for bad in ["0s", "0"] {
+            let e = positive_duration(bad).expect_err(bad);
+            assert!(e.contains("longer than zero"), "{bad}: {e}");
+        }
+        let e = positive_duration("often").expect_err("garbage");
+        assert!(e.contains("e.g. `500ms`"), "{e}");
+    }
     use crate::platform::kubernetes::rollout::Phase;
     use crate::store::RolloutKind;
 

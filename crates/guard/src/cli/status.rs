@@ -76,6 +76,7 @@ fn clone_view(v: &RolloutView) -> RolloutView {
 pub struct HistoryArgs {
     /// Only this service (needs --env).
     pub service: Option<String>,
+    /// The service's environment, e.g. production (with SERVICE).
     #[arg(long = "env", short = 'e', requires = "service")]
     pub environment: Option<String>,
     /// One rollout with every step and notification delivery.
@@ -174,7 +175,9 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<i32> {
 
 #[derive(Debug, clap::Args)]
 pub struct RollbackArgs {
+    /// Service name as in guard.yaml.
     pub service: String,
+    /// Environment to roll back, e.g. production.
     #[arg(long = "env", short = 'e')]
     pub environment: String,
     /// Build to go back to (default: the release before the current one).
@@ -206,6 +209,7 @@ pub struct CommandArgs {
     /// Service whose rollout in progress to command (or give --id).
     #[arg(required_unless_present = "id")]
     pub service: Option<String>,
+    /// The service's environment, e.g. production (or give --id).
     #[arg(long = "env", short = 'e', required_unless_present = "id")]
     pub environment: Option<String>,
     /// Rollout id.
