@@ -8,6 +8,8 @@
 //!   pages after one hour (2 % of a 30-day budget), a 1x burn opens a ticket
 //!   after three days (10 %), a 0.5x burn alerts nobody; and the raw freshness
 //!   and uptime SLIs compute the ratios they claim.
+//! - README's `guard slo generate -i slos/ -o -` writes a stream of rules
+//!   files promtool accepts;
 //! - the committed `deploy/prometheus/rules/ultra-boost.rules.yml` is what
 //!   `slos/ultra-boost.yml` generates today (fails when stale).
 
@@ -110,6 +112,48 @@ fn every_generated_rules_file_passes_promtool_check() {
         checked += 1;
     }
     eprintln!("promtool check rules passed on our rules and {checked} Sloth examples");
+}
+
+/// README's `guard slo generate -i slos/ -o -`: a directory to standard
+/// output gives one YAML stream whose every document is a rules file
+/// `promtool check rules` accepts, its header naming the spec file.
+#[test]
+fn readme_directory_to_stdout_writes_valid_rules_documents() {
+    let root = repo_root();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_guard"));
+    cmd.current_dir(&root)
+        .args(["slo", "generate", "-i", "slos/", "-o", "-"]);
+    let o = run(&mut cmd);
+    assert!(o.status.success(), "{}", describe(&format!("{cmd:?}"), &o));
+    let stream = String::from_utf8(o.stdout).expect("UTF-8 output");
+    let docs: Vec<Value> = serde_saphyr::from_multiple::<Value>(&stream)
+        .unwrap_or_else(|e| panic!("stdout is not a YAML stream: {e}\n{stream}"))
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect();
+    let specs = std::fs::read_dir(root.join("slos"))
+        .expect("slos/")
+        .filter(|e| {
+            let name = e.as_ref().expect("entry").file_name();
+            let name = name.to_string_lossy();
+            name.ends_with(".yml") || name.ends_with(".yaml")
+        })
+        .count();
+    assert!(
+        docs.len() >= specs && specs > 0,
+        "{} documents for {specs} specs",
+        docs.len()
+    );
+    assert!(
+        stream.contains("# Source: slos/ultra-boost.yml\n"),
+        "{stream}"
+    );
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (i, doc) in docs.iter().enumerate() {
+        let file = tmp.path().join(format!("doc-{i}.rules.json"));
+        std::fs::write(&file, serde_json::to_string(doc).unwrap()).unwrap();
+        promtool_check(&file);
+    }
 }
 
 /// The generated groups of one SLO (by `sloth_id`), as a rules file.

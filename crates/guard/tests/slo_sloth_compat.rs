@@ -443,18 +443,129 @@ fn directory_input_mirrors_the_tree_and_flags_apply() {
     // Nothing half-written: the earlier output is untouched.
     assert_eq!(std::fs::read_to_string(out_dir.join("a.yml")).unwrap(), a);
 
-    // A directory input needs a directory output.
-    let args = ["slo", "generate", "-i", &i, "-o", "-"];
-    assert!(!guard(&args).status.success());
+    // A directory input to standard output: one YAML stream, every file's
+    // documents in the order of the files, each header naming its file.
+    let args = [
+        "slo",
+        "generate",
+        "-i",
+        &i,
+        "-o",
+        "-",
+        "--disable-alerts",
+        "-l",
+        "env=prod",
+        "-l",
+        "tier=1",
+    ];
+    let out = guard(&args);
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    let stream = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut want = parse_docs(&a, "a.yml");
+    want.extend(parse_docs(&b, "team/b.yaml"));
+    assert_eq!(parse_docs(&stream, "stdout"), want, "{stream}");
+    for f in [input.join("a.yml"), input.join("team/b.yaml")] {
+        let line = format!("# Source: {}\n", f.display());
+        assert!(stream.contains(&line), "no {line:?} in\n{stream}");
+    }
+    // A file output still needs an existing directory for a directory input.
+    let missing = tmp.path().join("missing").to_string_lossy().into_owned();
+    let args = ["slo", "generate", "-i", &i, "-o", &missing];
+    let out = guard(&args);
+    assert!(!out.status.success(), "{}", describe(&args, &out));
+
     // Bad flags are explained.
     let spec = dir
         .join("ex-getting-started.input.yml")
         .to_string_lossy()
         .into_owned();
-    for bad in [["-l", "novalue"], ["--default-slo-period", "7d"]] {
+    for bad in [
+        ["-l", "novalue"],
+        ["-l", "bad-key=x"],
+        ["-l", "__name__=x"],
+        ["--default-slo-period", "7d"],
+    ] {
         let args = ["slo", "generate", "-i", &spec, bad[0], bad[1]];
         let out = guard(&args);
         assert!(!out.status.success(), "{}", describe(&args, &out));
+        assert!(out.stdout.is_empty(), "{}", describe(&args, &out));
         assert!(!out.stderr.is_empty());
     }
+    let args = ["slo", "validate", "-i", &spec, "-l", "bad-key=x"];
+    let out = guard(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("\"bad-key\" is not a Prometheus label name"),
+        "{}",
+        describe(&args, &out)
+    );
+
+    // A single output file goes into an existing directory, as with Sloth
+    // (which creates the file, not its directories).
+    let nested = tmp.path().join("no/such/dir/out.yml");
+    let n = nested.to_string_lossy().into_owned();
+    let args = ["slo", "generate", "-i", &spec, "-o", &n];
+    let out = guard(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&args, &out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not exist"),
+        "{}",
+        describe(&args, &out)
+    );
+    assert!(!tmp.path().join("no").exists(), "created the directories");
+}
+
+#[test]
+fn validate_prints_its_result_on_stdout_and_problems_on_stderr() {
+    let Some(dir) = fixtures() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let spec = dir.join("ex-getting-started.input.yml");
+    let s = spec.to_string_lossy().into_owned();
+    let args = ["slo", "validate", "-i", &s];
+    let out = guard(&args);
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("ok: {s} (1 document, 1 SLO)"))
+            && stdout.contains("1 of 1 file valid"),
+        "{stdout}"
+    );
+    assert!(out.stderr.is_empty(), "{}", describe(&args, &out));
+
+    // A label key Prometheus can't take: refused by validate, with the file,
+    // the SLO and the key; generate writes nothing.
+    let text = std::fs::read_to_string(&spec).expect("read spec");
+    let bad = text.replacen(
+        "    objective: 99.9\n",
+        "    objective: 99.9\n    labels:\n      ow-ner: x\n",
+        1,
+    );
+    assert_ne!(bad, text, "the example's objective is not 99.9 any more");
+    let bad_path = tmp.path().join("bad.yml");
+    std::fs::write(&bad_path, &bad).unwrap();
+    let b = bad_path.to_string_lossy().into_owned();
+    let args = ["slo", "validate", "-i", &b];
+    let out = guard(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&args, &out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("invalid: {b} (1 problem):"))
+            && stderr.contains(": SLO \"requests-availability\"")
+            && stderr.contains("\"ow-ner\" is not a Prometheus label name"),
+        "{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("0 of 1 file valid"),
+        "{}",
+        describe(&args, &out)
+    );
+    let args = ["slo", "generate", "-i", &b];
+    let out = guard(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&args, &out));
+    assert!(out.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1 problem found; nothing was written"),
+        "{}",
+        describe(&args, &out)
+    );
 }

@@ -7,9 +7,11 @@ use std::collections::{BTreeMap, HashSet};
 
 use crate::duration::PromDuration;
 use crate::gofmt;
-use crate::spec::{AlertMeta, Field, Format, Sli, SloSpec, SpecDocument, SpecError, SpecErrorKind};
+use crate::spec::{
+    AlertMeta, Field, Format, Origin, Sli, SloSpec, SpecDocument, SpecError, SpecErrorKind,
+};
 use crate::template;
-use crate::validate::validate_slo;
+use crate::validate::{check_label, validate_slo};
 use crate::windows::{Catalog, Window, Windows};
 
 /// How to generate.
@@ -110,6 +112,28 @@ fn merge(maps: &[&BTreeMap<String, String>]) -> BTreeMap<String, String> {
 /// Validates and generates the rules of one document. Every validation error
 /// of every SLO is returned, not only the first.
 pub fn generate_document(doc: &SpecDocument, opts: &Options) -> Result<Generated, Vec<SpecError>> {
+    // Extra labels are checked once, on their own: merged into every SLO's
+    // labels, a bad one would be reported once per SLO, at the SLO's
+    // `labels`, where the user did not write it.
+    let extra_errors: Vec<SpecError> = opts
+        .extra_labels
+        .iter()
+        .filter_map(|(k, v)| check_label(k, v).err())
+        .map(|reason| {
+            SpecError::new(
+                Origin {
+                    file: doc.file.clone(),
+                    document: doc.document,
+                    field: Some("extra labels".to_string()),
+                    ..Origin::default()
+                },
+                SpecErrorKind::Invalid(format!("invalid extra label: {reason}")),
+            )
+        })
+        .collect();
+    if !extra_errors.is_empty() {
+        return Err(extra_errors);
+    }
     let mut errors = Vec::new();
     let mut seen = HashSet::new();
     let mut slos = Vec::with_capacity(doc.slos.len());
@@ -127,7 +151,12 @@ pub fn generate_document(doc: &SpecDocument, opts: &Options) -> Result<Generated
                 .map(|(k, v)| (k.clone(), v.clone())),
         );
         let period = slo.period.unwrap_or(opts.default_period);
-        errors.extend(validate_slo(doc, &slo, period, &opts.catalog));
+        for e in validate_slo(doc, &slo, period, &opts.catalog) {
+            // A problem of the spec's top-level labels comes once per SLO.
+            if !errors.contains(&e) {
+                errors.push(e);
+            }
+        }
         slos.push((slo, period));
     }
     if !errors.is_empty() {

@@ -15,7 +15,7 @@
 //! Semantic checks (names, objective range, queries) are in
 //! [`crate::validate`]; this module only turns text into the model.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -215,6 +215,8 @@ pub(crate) enum Field {
     Objective,
     Period,
     Labels,
+    /// The spec's top-level labels, which every SLO of the document inherits.
+    SpecLabels,
     Sli,
     ErrorQuery,
     TotalQuery,
@@ -229,6 +231,9 @@ pub(crate) enum Field {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct FieldMap {
     pub(crate) entries: BTreeMap<Field, (String, Option<(u64, u64)>)>,
+    /// Label keys the SLO has from the spec's top-level labels (not set again
+    /// by the SLO's own), so a bad one is reported where it was written.
+    pub(crate) inherited_labels: BTreeSet<String>,
 }
 
 impl FieldMap {
@@ -706,8 +711,8 @@ sloth_structs!(camel, "camelCase");
 struct PromSpec {
     #[serde(default)]
     service: Option<Spanned<Option<String>>>,
-    #[serde(default, deserialize_with = "null_default")]
-    labels: Labels,
+    #[serde(default)]
+    labels: Option<Spanned<Option<Labels>>>,
     #[serde(default, deserialize_with = "null_default")]
     slo_plugins: Option<snake::Plugins>,
     #[serde(default)]
@@ -739,8 +744,8 @@ struct K8sMetadata {
 struct K8sSpecBody {
     #[serde(default)]
     service: Option<Spanned<Option<String>>>,
-    #[serde(default, deserialize_with = "null_default")]
-    labels: Labels,
+    #[serde(default)]
+    labels: Option<Spanned<Option<Labels>>>,
     #[serde(default, deserialize_with = "null_default")]
     slo_plugins: Option<camel::Plugins>,
     #[serde(default)]
@@ -783,6 +788,20 @@ struct ServiceCtx<'a> {
     field: &'a str,
     pos: Pos,
     labels: &'a Labels,
+    /// The path of the spec's `labels` and where they are.
+    labels_field: &'a str,
+    labels_pos: Pos,
+}
+
+/// A spec's top-level labels (an explicit `null` is none) and where they are.
+fn top_level_labels(ctx: &DocCtx, labels: Option<Spanned<Option<Labels>>>) -> (Labels, Pos) {
+    match labels {
+        Some(l) => {
+            let p = ctx.pos(&l);
+            (l.value.unwrap_or_default(), p)
+        }
+        None => (Labels::new(), None),
+    }
 }
 
 /// The casing-independent view of one Sloth SLO entry.
@@ -943,6 +962,16 @@ fn sloth_slos(
             v.objective.and_then(|o| o.1),
         );
         fields.set(Field::Labels, format!("{p}.labels"), v.labels.1);
+        fields.set(
+            Field::SpecLabels,
+            svc.labels_field.to_string(),
+            svc.labels_pos,
+        );
+        fields.inherited_labels = spec_labels
+            .keys()
+            .filter(|k| !v.labels.0.contains_key(*k))
+            .cloned()
+            .collect();
         fields.set(Field::Sli, format!("{p}.sli"), v.sli_pos);
         let sli = match (v.events, v.raw) {
             (Some([(eq, ep), (tq, tp)]), None) => {
@@ -1064,6 +1093,7 @@ fn parse_prometheus(ctx: &DocCtx, text: &str) -> Result<SpecDocument, Vec<SpecEr
         .into_iter()
         .map(|s| view_slo!(ctx, s, snake))
         .collect();
+    let (labels, labels_pos) = top_level_labels(ctx, spec.labels);
     let slos = sloth_slos(
         ctx,
         "slos",
@@ -1072,7 +1102,9 @@ fn parse_prometheus(ctx: &DocCtx, text: &str) -> Result<SpecDocument, Vec<SpecEr
             name: &service,
             field: "service",
             pos: service_pos,
-            labels: &spec.labels,
+            labels: &labels,
+            labels_field: "labels",
+            labels_pos,
         },
         views,
         &mut errors,
@@ -1137,6 +1169,7 @@ fn parse_k8s(ctx: &DocCtx, text: &str) -> Result<SpecDocument, Vec<SpecError>> {
         .into_iter()
         .map(|s| view_slo!(ctx, s, camel))
         .collect();
+    let (labels, labels_pos) = top_level_labels(ctx, body.labels);
     let slos = sloth_slos(
         ctx,
         "spec.slos",
@@ -1145,7 +1178,9 @@ fn parse_k8s(ctx: &DocCtx, text: &str) -> Result<SpecDocument, Vec<SpecError>> {
             name: &service,
             field: "spec.service",
             pos: service_pos,
-            labels: &body.labels,
+            labels: &labels,
+            labels_field: "spec.labels",
+            labels_pos,
         },
         views,
         &mut errors,
@@ -1334,6 +1369,16 @@ fn parse_openslo(ctx: &DocCtx, text: &str) -> Result<SpecDocument, Vec<SpecError
             ));
             continue;
         };
+        // Checked here, on what the user wrote: validation sees the percentage
+        // (150 for 1.5), which would not match the spec.
+        let bad_target = !(target > 0.0 && target <= 1.0);
+        if bad_target {
+            errors.push(err(
+                format!("{p}.target"),
+                target_pos,
+                format!("target {target} must be a ratio in (0, 1] (e.g. 0.999 for 99.9 %)"),
+            ));
+        }
         let (ratio, ratio_pos) = match objective.value.ratio_metrics {
             Some(r) => {
                 let p = ctx.pos(&r);
@@ -1376,7 +1421,7 @@ fn parse_openslo(ctx: &DocCtx, text: &str) -> Result<SpecDocument, Vec<SpecError
                 bad = true;
             }
         }
-        if bad {
+        if bad || bad_target {
             continue;
         }
         let (good_q, good_pos) = opt_string(ctx, good.query);
@@ -1514,6 +1559,120 @@ slos:
             matches!(&errors[0].kind, SpecErrorKind::Unsupported(_)),
             "{errors:?}"
         );
+    }
+
+    /// The errors `generate_document` gives for `text` (one document).
+    fn generation_errors(text: &str, opts: &crate::generate::Options) -> Vec<SpecError> {
+        let (docs, errors) = parse_str(text, Some(Path::new("s.yml")));
+        assert!(errors.is_empty(), "{errors:?}");
+        match crate::generate::generate_document(&docs[0], opts) {
+            Ok(_) => Vec::new(),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn label_keys_that_are_not_prometheus_label_names_are_refused_where_written() {
+        // Two SLOs: the spec-level label must be reported once.
+        let second = PROM
+            .lines()
+            .skip_while(|l| !l.starts_with("  - name"))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .replace("name: \"req\"", "name: \"req2\"");
+        let text = format!("{PROM}{second}\n")
+            .replacen("labels: {team: a}", "labels: {team: a, ow-ner: x}", 1)
+            .replacen(
+                "labels: {tier: \"2\"}",
+                "labels: {tier: \"2\", bad.key: y}",
+                1,
+            )
+            .replacen(
+                "labels: {category: availability}",
+                "labels: {category: availability, __meta_ok: z}\n      annotations: {run-book: u}",
+                1,
+            )
+            .replacen("labels: {severity: page}", "labels: {sev-erity: page}", 1);
+        let errors = generation_errors(&text, &crate::generate::Options::default());
+        let text_of = |needle: &str| -> Vec<String> {
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .filter(|e| e.contains(needle))
+                .collect()
+        };
+        let spec_level = text_of("\"ow-ner\"");
+        assert_eq!(spec_level.len(), 1, "{errors:#?}");
+        // File, line of the top-level `labels`, the field, the key, no SLO.
+        assert!(
+            spec_level[0].starts_with("s.yml:3:")
+                && spec_level[0].contains("field `labels`")
+                && !spec_level[0].contains("SLO \"")
+                && spec_level[0].contains("\"ow_ner\""),
+            "{}",
+            spec_level[0]
+        );
+        let slo_level = text_of("\"bad.key\"");
+        assert_eq!(slo_level.len(), 1, "{errors:#?}");
+        assert!(
+            slo_level[0].contains("SLO \"req\"") && slo_level[0].contains("slos[0].labels"),
+            "{}",
+            slo_level[0]
+        );
+        let alert = text_of("\"sev-erity\"");
+        assert_eq!(alert.len(), 1, "{errors:#?}");
+        assert!(alert[0].contains("page alert"), "{}", alert[0]);
+        // The annotation reaches both alerts of the first SLO.
+        let annotation = text_of("\"run-book\"");
+        assert_eq!(annotation.len(), 1, "{errors:#?}");
+        assert!(annotation[0].contains("annotation"), "{}", annotation[0]);
+        // `__`-prefixed names other than __name__ pass, as in Sloth.
+        assert!(text_of("__meta_ok").is_empty(), "{errors:#?}");
+        assert_eq!(errors.len(), 4, "{errors:#?}");
+    }
+
+    #[test]
+    fn a_bad_extra_label_is_reported_once_as_an_extra_label() {
+        let opts = crate::generate::Options {
+            extra_labels: BTreeMap::from([("bad-key".to_string(), "x".to_string())]),
+            ..crate::generate::Options::default()
+        };
+        let errors = generation_errors(PROM, &opts);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let e = errors[0].to_string();
+        assert!(
+            e.starts_with("s.yml: document 1: field `extra labels`: invalid extra label:")
+                && e.contains("\"bad-key\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn openslo_targets_out_of_range_are_reported_as_written() {
+        let text = |target: &str| {
+            format!(
+                "apiVersion: openslo/v1alpha\nkind: SLO\nmetadata:\n  name: avail\nspec:\n  service: svc\n  objectives:\n    - ratioMetrics:\n        good: {{source: prometheus, queryType: promql, query: \"sum(rate(a[{{{{.window}}}}]))\"}}\n        total: {{source: prometheus, queryType: promql, query: \"sum(rate(b[{{{{.window}}}}]))\"}}\n      target: {target}\n"
+            )
+        };
+        let (docs, errors) = parse_str(&text("0.999"), None);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(docs[0].slos[0].objective, 99.9);
+        for (target, shown) in [
+            ("1.5", "1.5"),
+            ("0", "0"),
+            ("-0.5", "-0.5"),
+            ("99.9", "99.9"),
+        ] {
+            let (_, errors) = parse_str(&text(target), Some(Path::new("o.yml")));
+            assert_eq!(errors.len(), 1, "{target}: {errors:?}");
+            let e = errors[0].to_string();
+            assert!(
+                e.contains(&format!("target {shown} must be a ratio in (0, 1]"))
+                    && e.contains("spec.objectives[0].target")
+                    && e.starts_with("o.yml:11:"),
+                "{e}"
+            );
+        }
     }
 
     proptest! {

@@ -3,13 +3,16 @@
 //!
 //! Rules (as Sloth v0.16): service and SLO names match
 //! `^[A-Za-z0-9][-A-Za-z0-9_.]*[A-Za-z0-9]$`; the objective is in `(0, 100]`;
-//! the period has alert windows; label keys are not `__name__` and values are
-//! not empty; exactly one SLI kind; error and total queries differ; every
-//! query contains `{{.window}}`; an enabled alert has a name; annotation
-//! values are not empty. Every broken rule is reported, not only the first.
+//! the period has alert windows; label keys (spec, SLO and alert labels) are
+//! Prometheus label names (`^[a-zA-Z_][a-zA-Z0-9_]*$`, Sloth's
+//! `prom_label_key`) other than `__name__`, and values are not empty;
+//! annotation keys are label names too (`prom_annot_key`) and values are not
+//! empty; exactly one SLI kind; error and total queries differ; every query
+//! contains `{{.window}}`; an enabled alert has a name. Every broken rule is
+//! reported, not only the first.
 
 use crate::duration::PromDuration;
-use crate::spec::{AlertMeta, Field, Sli, SloSpec, SpecDocument, SpecError, SpecErrorKind};
+use crate::spec::{AlertMeta, Field, Origin, Sli, SloSpec, SpecDocument, SpecError, SpecErrorKind};
 use crate::template;
 use crate::windows::Catalog;
 
@@ -23,6 +26,101 @@ pub fn is_valid_name(name: &str) -> bool {
     let edge = |c: u8| c.is_ascii_alphanumeric();
     let inner = |c: u8| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.';
     edge(b[0]) && edge(b[b.len() - 1]) && b.iter().all(|&c| inner(c))
+}
+
+/// Why a name is not a valid Sloth name, or `None` if it is. `what` names
+/// the field (`SLO name`, `service`), `example` is a valid one of its kind.
+fn name_problem(what: &str, name: &str, example: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some(format!("{what} is required (e.g. {example})"));
+    }
+    if is_valid_name(name) {
+        return None;
+    }
+    let rule = format!(
+        "it must be at least 2 characters long, start and end with an alphanumeric and contain only alphanumerics, '.', '_' and '-' (e.g. {example})"
+    );
+    // One character passes the edge rule on its own, so say what it misses:
+    // Sloth's regex needs a first and a last character.
+    let short = if name.chars().count() < 2 {
+        "too short: "
+    } else {
+        ""
+    };
+    Some(format!("invalid {what} {name:?}: {short}{rule}"))
+}
+
+/// Why a key can't be a label (or annotation) name of a generated rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LabelKeyError {
+    /// The key is the empty string.
+    #[error("a label key is empty")]
+    Empty,
+    /// `__name__` holds the metric name; a rule can't set it (Sloth and
+    /// Prometheus's rule loader refuse it).
+    #[error("the label key \"__name__\" is not allowed (it holds the metric name)")]
+    MetricName,
+    /// Not a Prometheus label name; `promtool check rules` would refuse the
+    /// generated rules with `invalid label name`.
+    #[error(
+        "{key:?} is not a Prometheus label name: it must match ^[a-zA-Z_][a-zA-Z0-9_]*$, i.e. only ASCII letters, digits and '_', not starting with a digit (e.g. {suggestion:?})"
+    )]
+    Invalid { key: String, suggestion: String },
+}
+
+/// Whether `key` is a Prometheus label name in the classic scheme that
+/// Sloth v0.16 (`prom_label_key`, `prom_annot_key`) and `promtool check
+/// rules` check: `^[a-zA-Z_][a-zA-Z0-9_]*$`. Names starting with `__` match:
+/// Sloth and Prometheus's rule loader accept them in rules (only `__name__`
+/// is refused, as a label key; see [`check_label_key`]).
+pub fn is_valid_label_name(key: &str) -> bool {
+    let mut bytes = key.bytes();
+    match bytes.next() {
+        Some(c) if c.is_ascii_alphabetic() || c == b'_' => {}
+        _ => return false,
+    }
+    bytes.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// `key` with every character a label name can't hold replaced by `_`, and
+/// a `_` before a leading digit: a valid name to suggest.
+fn label_name_suggestion(key: &str) -> String {
+    let mut out: String = key
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+fn check_name(key: &str) -> Result<(), LabelKeyError> {
+    if key.is_empty() {
+        return Err(LabelKeyError::Empty);
+    }
+    if !is_valid_label_name(key) {
+        return Err(LabelKeyError::Invalid {
+            key: key.to_string(),
+            suggestion: label_name_suggestion(key),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a label key of a generated rule: a Prometheus label name, and not
+/// `__name__`. Used for spec, SLO and alert labels and for extra labels.
+pub fn check_label_key(key: &str) -> Result<(), LabelKeyError> {
+    if key == "__name__" {
+        return Err(LabelKeyError::MetricName);
+    }
+    check_name(key)
+}
+
+/// Checks an annotation key: a Prometheus label name (Sloth's
+/// `prom_annot_key`; annotations may be called `__name__`).
+pub fn check_annotation_key(key: &str) -> Result<(), LabelKeyError> {
+    check_name(key)
 }
 
 /// Renders a query with a sample window and parses it as PromQL.
@@ -47,23 +145,11 @@ pub fn validate_slo(
             SpecErrorKind::Invalid(reason),
         ));
     };
-    const NAME_RULE: &str = "must start and end with an alphanumeric and can only contain alphanumerics, '.', '_' and '-' (e.g. requests-availability)";
-
-    if slo.name.is_empty() {
-        fail(Field::Name, "SLO name is required".to_string());
-    } else if !is_valid_name(&slo.name) {
-        fail(
-            Field::Name,
-            format!("invalid SLO name {:?}: {NAME_RULE}", slo.name),
-        );
+    if let Some(reason) = name_problem("SLO name", &slo.name, "requests-availability") {
+        fail(Field::Name, reason);
     }
-    if slo.service.is_empty() {
-        fail(Field::Service, "service is required".to_string());
-    } else if !is_valid_name(&slo.service) {
-        fail(
-            Field::Service,
-            format!("invalid service {:?}: {NAME_RULE}", slo.service),
-        );
+    if let Some(reason) = name_problem("service", &slo.service, "checkout-api") {
+        fail(Field::Service, reason);
     }
     if let Err(e) = catalog.get(period) {
         fail(Field::Period, e.to_string());
@@ -77,9 +163,20 @@ pub fn validate_slo(
             ),
         );
     }
+    // A label the SLO inherits from the spec's top-level `labels` is reported
+    // at that field and without the SLO, so that a spec with several SLOs
+    // gives one error for it (generate_document drops the repeats).
+    let mut spec_label_errors = Vec::new();
     for (k, v) in &slo.labels {
         if let Err(reason) = check_label(k, v) {
-            fail(Field::Labels, format!("invalid SLO label: {reason}"));
+            if slo.fields.inherited_labels.contains(k) {
+                spec_label_errors.push(SpecError::new(
+                    spec_labels_origin(doc, slo),
+                    SpecErrorKind::Invalid(format!("invalid spec label: {reason}")),
+                ));
+            } else {
+                fail(Field::Labels, format!("invalid SLO label: {reason}"));
+            }
         }
     }
 
@@ -153,16 +250,29 @@ pub fn validate_slo(
             format!("invalid ticket alert: {reason}"),
         );
     }
+    errors.extend(spec_label_errors);
     errors
 }
 
-fn check_label(k: &str, v: &str) -> Result<(), String> {
-    if k == "__name__" {
-        return Err("the label key \"__name__\" is not allowed".to_string());
+/// Where the spec's top-level `labels` are: the document, not one SLO.
+fn spec_labels_origin(doc: &SpecDocument, slo: &SloSpec) -> Origin {
+    let (field, pos) = match slo.fields.entries.get(&Field::SpecLabels) {
+        Some((path, pos)) => (Some(path.clone()), *pos),
+        None => (None, None),
+    };
+    Origin {
+        file: doc.file.clone(),
+        document: doc.document,
+        slo: None,
+        field,
+        line: pos.map(|p| p.0),
+        column: pos.map(|p| p.1),
     }
-    if k.is_empty() {
-        return Err("a label key is empty".to_string());
-    }
+}
+
+/// Checks one label (key and value) of a generated rule.
+pub fn check_label(k: &str, v: &str) -> Result<(), String> {
+    check_label_key(k).map_err(|e| e.to_string())?;
     if v.is_empty() {
         return Err(format!("the value of label {k:?} is empty"));
     }
@@ -194,8 +304,12 @@ fn check_alert(alert: &AlertMeta) -> Vec<String> {
         }
     }
     for (k, v) in &alert.annotations {
-        if k.is_empty() {
-            out.push("annotation: a key is empty".to_string());
+        if let Err(e) = check_annotation_key(k) {
+            let reason = match e {
+                LabelKeyError::Empty => "a key is empty".to_string(),
+                e => e.to_string(),
+            };
+            out.push(format!("annotation: {reason}"));
         } else if v.is_empty() {
             out.push(format!("annotation: the value of {k:?} is empty"));
         }
@@ -215,6 +329,40 @@ mod tests {
         for bad in ["", "a", "-a", "a-", "a b", "a/b", "é1"] {
             assert!(!is_valid_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn one_character_names_are_refused_as_too_short() {
+        // Sloth's regex needs a first and a last character.
+        let reason = name_problem("SLO name", "x", "requests-availability").expect("refused");
+        assert!(reason.contains("too short"), "{reason}");
+        assert!(reason.contains("at least 2 characters"), "{reason}");
+        let reason = name_problem("service", "a b", "checkout-api").expect("refused");
+        assert!(!reason.contains("too short"), "{reason}");
+        assert!(reason.contains("e.g. checkout-api"), "{reason}");
+        assert_eq!(name_problem("service", "ab", "checkout-api"), None);
+    }
+
+    #[test]
+    fn label_keys_follow_prometheus_label_names() {
+        for ok in ["owner", "_x", "a9", "A_b", "__meta", "sloth_id"] {
+            assert_eq!(check_label_key(ok), Ok(()), "{ok}");
+        }
+        for bad in ["ow-ner", "9a", "a.b", "a b", "é", "a/b", ":a"] {
+            assert!(
+                matches!(check_label_key(bad), Err(LabelKeyError::Invalid { .. })),
+                "{bad}"
+            );
+        }
+        assert_eq!(check_label_key(""), Err(LabelKeyError::Empty));
+        assert_eq!(check_label_key("__name__"), Err(LabelKeyError::MetricName));
+        // Annotations may be called __name__ (Sloth's prom_annot_key).
+        assert_eq!(check_annotation_key("__name__"), Ok(()));
+        assert!(check_annotation_key("run-book").is_err());
+        let e = check_label_key("ow-ner").unwrap_err().to_string();
+        assert!(e.contains("\"ow-ner\"") && e.contains("\"ow_ner\""), "{e}");
+        let e = check_label_key("9lives").unwrap_err().to_string();
+        assert!(e.contains("\"_9lives\""), "{e}");
     }
 
     #[test]

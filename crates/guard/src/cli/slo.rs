@@ -57,10 +57,12 @@ pub struct CommonArgs {
 #[derive(Debug, clap::Args)]
 pub struct GenerateArgs {
     /// SLO spec file, or a directory searched recursively for *.yml/*.yaml
-    /// (then --out must be an existing directory; the tree is mirrored).
+    /// (then --out is an existing directory, where the tree is mirrored, or
+    /// `-`: every file's rules on standard output, one YAML stream).
     #[arg(short = 'i', long = "input", value_name = "PATH")]
     pub input: PathBuf,
-    /// Output file or directory; `-` writes to standard output.
+    /// Output file (in an existing directory) or directory; `-` writes to
+    /// standard output.
     #[arg(short = 'o', long = "out", default_value = "-", value_name = "PATH")]
     pub out: PathBuf,
     /// Do not generate the alert rules.
@@ -89,13 +91,23 @@ pub struct ValidateArgs {
     pub common: CommonArgs,
 }
 
+/// `KEY=VALUE`, refused here when the rules could not carry it (the same
+/// check as spec labels), so a bad flag fails before any spec is read.
 fn parse_label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        Some((k, v)) if !k.is_empty() => {
+            slo::validate::check_label(k, v)?;
+            Ok((k.to_string(), v.to_string()))
+        }
         _ => Err(format!(
             "expected KEY=VALUE (e.g. team=payments), got {s:?}"
         )),
     }
+}
+
+/// `1 document`, `2 documents`.
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// Runs `guard slo ...`; the `i32` is the exit code.
@@ -150,16 +162,20 @@ fn generate(args: GenerateArgs) -> anyhow::Result<i32> {
 
     let input_meta = std::fs::metadata(&args.input)
         .with_context(|| format!("reading input {}", args.input.display()))?;
+    // Several spec files into one stream: each document's header names its
+    // file, since nothing else in the output says where it came from.
+    let name_sources = input_meta.is_dir() && to_stdout;
     let files: Vec<(PathBuf, Option<PathBuf>)> = if input_meta.is_dir() {
-        if to_stdout || !args.out.is_dir() {
+        if !to_stdout && !args.out.is_dir() {
             bail!(
-                "the input {} is a directory, so --out must be an existing directory (got {})",
+                "the input {} is a directory, so --out must be an existing directory or - for standard output (got {})",
                 args.input.display(),
                 args.out.display()
             );
         }
-        let same = std::fs::canonicalize(&args.input).ok() == std::fs::canonicalize(&args.out).ok();
-        if same {
+        if !to_stdout
+            && std::fs::canonicalize(&args.input).ok() == std::fs::canonicalize(&args.out).ok()
+        {
             bail!(
                 "input and output can't be the same directory: {}",
                 args.input.display()
@@ -169,18 +185,30 @@ fn generate(args: GenerateArgs) -> anyhow::Result<i32> {
         found
             .into_iter()
             .map(|f| {
-                let rel = f.strip_prefix(&args.input).unwrap_or(&f).to_path_buf();
-                let out = args.out.join(rel);
-                (f, Some(out))
+                let out = (!to_stdout).then(|| {
+                    let rel = f.strip_prefix(&args.input).unwrap_or(&f);
+                    args.out.join(rel)
+                });
+                (f, out)
             })
             .collect()
+    } else if to_stdout {
+        vec![(args.input.clone(), None)]
     } else {
-        let out = if to_stdout {
-            None
-        } else {
-            Some(args.out.clone())
+        // As Sloth (which creates the file, not its directories): a missing
+        // directory is more often a typo than a wish for a new tree.
+        let parent = match args.out.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
         };
-        vec![(args.input.clone(), out)]
+        if !parent.is_dir() {
+            bail!(
+                "cannot write {}: the directory {} does not exist (create it first)",
+                args.out.display(),
+                parent.display()
+            );
+        }
+        vec![(args.input.clone(), Some(args.out.clone()))]
     };
 
     let mut errors = Vec::new();
@@ -190,13 +218,16 @@ fn generate(args: GenerateArgs) -> anyhow::Result<i32> {
         let (docs, load_errors) = load_file(&file);
         errors.extend(load_errors);
         let mut content = String::new();
+        let source = name_sources.then(|| file.display().to_string());
         for doc in &docs {
             match generate_document(doc, &opts) {
                 Ok(generated) => {
                     n_docs += 1;
                     n_slos += generated.slos;
                     n_groups += generated.groups.len();
-                    if let Err(e) = slo::output::render(&generated, &mut content) {
+                    if let Err(e) =
+                        slo::output::render_from(&generated, source.as_deref(), &mut content)
+                    {
                         errors.push(SpecError {
                             origin: slo::spec::Origin {
                                 file: Some(file.clone()),
@@ -215,8 +246,8 @@ fn generate(args: GenerateArgs) -> anyhow::Result<i32> {
     if !errors.is_empty() {
         print_errors(&errors);
         eprintln!(
-            "guard slo: {} problem(s) found; nothing was written",
-            errors.len()
+            "guard slo: {} found; nothing was written",
+            count(errors.len(), "problem", "problems")
         );
         return Ok(1);
     }
@@ -230,12 +261,25 @@ fn generate(args: GenerateArgs) -> anyhow::Result<i32> {
                     .and_then(|()| stdout.flush())
                     .context("writing rules to standard output")?;
             }
-            Some(path) => write_atomically(path, &p.content)?,
+            Some(path) => {
+                // Directory mode mirrors the input tree under the existing
+                // --out directory: its subdirectories are ours to create.
+                if input_meta.is_dir()
+                    && let Some(dir) = path.parent()
+                {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                }
+                write_atomically(path, &p.content)?
+            }
         }
     }
     if !to_stdout {
         eprintln!(
-            "guard slo: generated {n_groups} rule groups for {n_slos} SLOs from {n_docs} spec documents into {}",
+            "guard slo: generated {} for {} from {} into {}",
+            count(n_groups, "rule group", "rule groups"),
+            count(n_slos, "SLO", "SLOs"),
+            count(n_docs, "spec document", "spec documents"),
             args.out.display()
         );
     }
@@ -249,7 +293,6 @@ fn write_atomically(path: &Path, content: &str) -> anyhow::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -355,21 +398,26 @@ fn validate(args: ValidateArgs) -> anyhow::Result<i32> {
         });
         println!("{out}");
     } else {
+        // The result on standard output, the problems on standard error.
+        let mut stdout = std::io::stdout().lock();
         let mut stderr = std::io::stderr().lock();
         for (report, errors) in reports.iter().zip(&all_errors) {
             if errors.is_empty() {
                 let _ = writeln!(
-                    stderr,
-                    "ok: {} ({} documents, {} SLOs)",
-                    report.file, report.documents, report.slos
+                    stdout,
+                    "ok: {} ({}, {})",
+                    report.file,
+                    count(report.documents, "document", "documents"),
+                    count(report.slos, "SLO", "SLOs")
                 );
             } else {
+                // Flushed first, so that on a terminal the lines come in order.
+                let _ = stdout.flush();
                 let _ = writeln!(
                     stderr,
-                    "invalid: {} ({} problem{}):",
+                    "invalid: {} ({}):",
                     report.file,
-                    errors.len(),
-                    if errors.len() == 1 { "" } else { "s" }
+                    count(errors.len(), "problem", "problems")
                 );
                 for e in errors {
                     let _ = writeln!(stderr, "  {e}");
@@ -377,10 +425,10 @@ fn validate(args: ValidateArgs) -> anyhow::Result<i32> {
             }
         }
         let _ = writeln!(
-            stderr,
-            "guard slo validate: {} of {} files valid",
+            stdout,
+            "guard slo validate: {} of {} valid",
             reports.len() - invalid,
-            reports.len()
+            count(reports.len(), "file", "files")
         );
     }
     Ok(if invalid == 0 { 0 } else { 1 })
