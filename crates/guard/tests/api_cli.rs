@@ -182,6 +182,18 @@ async fn api_auth_validation_metrics_and_the_cli_flow() {
         post(json!({"service": "ultra-boost", "environment": "test", "build": "2", "bogus": 1}))
             .await;
     assert_eq!(code, 400);
+    // A build becomes an image tag, a label and a ref: no paths, no spaces.
+    for bad in ["../../x", "pr 42", "-1"] {
+        let (code, body) =
+            post(json!({"service": "ultra-boost", "environment": "test", "build": bad})).await;
+        assert_eq!(code, 400, "{bad}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("usable as an image tag") && e.contains(bad)),
+            "{body}"
+        );
+    }
 
     wait_state(&api, 1, "promoted", Duration::from_secs(30), |s| {
         s == "promoted"
@@ -233,6 +245,12 @@ async fn api_auth_validation_metrics_and_the_cli_flow() {
     }
     let (code, out, _) = cli(&api, &["promote", "ultra-boost", "--env", "test"]);
     assert_eq!(code, 1, "nothing to promote: {out}");
+    let (code, out, err) = cli(
+        &api,
+        &["rollback", "ultra-boost", "--env", "test", "--to", "1"],
+    );
+    assert_eq!(code, 1, "build 1 runs already: {out}{err}");
+    assert!(err.contains("build 1 already runs"), "{err}");
 
     let metrics = c
         .get(format!("{api}/metrics"))

@@ -179,9 +179,9 @@ impl From<EngineError> for ApiError {
             EngineError::Store(StoreError::NotFound(_)) => StatusCode::NOT_FOUND,
             EngineError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             EngineError::Refused(_) | EngineError::NotActive(_) => StatusCode::CONFLICT,
-            EngineError::UnknownBuild { .. } | EngineError::NothingToRollBack { .. } => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            EngineError::UnknownBuild { .. }
+            | EngineError::NothingToRollBack { .. }
+            | EngineError::AlreadyRunning { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             EngineError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError(code, e.to_string())
@@ -231,6 +231,18 @@ fn known_target(state: &ApiState, service: &str, environment: &str) -> Result<Ta
     }
 }
 
+/// A build is named as an image tag is (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`):
+/// it becomes one on Kubernetes, and a label, a Grafana tag and a GitHub ref
+/// elsewhere, where slashes and spaces would not survive.
+fn is_build_name(build: &str) -> bool {
+    let mut chars = build.chars();
+    build.len() <= 128
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
 async fn deploy(
     State(state): State<ApiState>,
     body: Result<Json<DeployRequest>, axum::extract::rejection::JsonRejection>,
@@ -241,13 +253,14 @@ async fn deploy(
             format!("bad deployment request: {e}"),
         )
     })?;
-    if req.build.trim().is_empty()
-        || req.build.len() > 128
-        || req.build.chars().any(|c| c.is_control())
-    {
+    if !is_build_name(&req.build) {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
-            "build must be a non-empty build number, e.g. \"86\"".into(),
+            format!(
+                "build must be a build number or name usable as an image tag (letters, digits, \
+                 `_`, `.`, `-`, at most 128, not starting with `.` or `-`), e.g. \"86\"; got {:?}",
+                req.build
+            ),
         ));
     }
     let target = known_target(&state, &req.service, &req.environment)?;

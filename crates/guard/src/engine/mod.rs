@@ -71,6 +71,13 @@ pub enum EngineError {
         service: String,
         environment: String,
     },
+    /// Rollback to the build that runs already: nothing would change.
+    #[error("build {build} already runs for {service} in {environment}; nothing to roll back")]
+    AlreadyRunning {
+        service: String,
+        environment: String,
+        build: String,
+    },
     /// The engine is shutting down.
     #[error("guard is shutting down")]
     ShuttingDown,
@@ -476,6 +483,13 @@ impl Engine {
                     }
                 })?,
             };
+        if back.number == current.number {
+            return Err(EngineError::AlreadyRunning {
+                service: target.service.clone(),
+                environment: target.environment.clone(),
+                build: back.number,
+            });
+        }
         // A rollback is a rollout whose "stable" is the build to go back to and
         // whose "candidate" is what runs now; it goes straight to reverting.
         self.create(
