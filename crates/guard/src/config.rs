@@ -691,6 +691,9 @@ impl RawConfig {
         }
         let mut services = vec![];
         let mut routers: BTreeMap<SocketAddr, String> = BTreeMap::new();
+        if api.listen.port() != 0 {
+            routers.insert(api.listen, "guard's API (api.listen)".to_string());
+        }
         for (i, s) in self.services.iter().enumerate() {
             let f = |name: &str| format!("services[{i}].{name}");
             if s.name.value.trim().is_empty() {
@@ -810,13 +813,15 @@ impl RawConfig {
                     .and_then(|l| c.addr(l, &fe("router_listen")));
                 if let Some(a) = router_listen
                     && a.port() != 0
-                    && let Some(other) =
-                        routers.insert(a, format!("{}/{}", s.name.value, e.name.value))
+                    && let Some(other) = routers.insert(
+                        a,
+                        format!("the router of {}/{}", s.name.value, e.name.value),
+                    )
                 {
                     c.push(
                         e.router_listen.as_ref().and_then(line_of),
                         fe("router_listen"),
-                        format!("{a} is already the router of {other}"),
+                        format!("{a} is already used by {other}"),
                     );
                 }
                 if let Some(ns) = &e.namespace
@@ -870,6 +875,18 @@ impl RawConfig {
                         format!(
                             "a percentage strictly between 0 and 100, e.g. `99.9`; got {}",
                             o.objective.value
+                        ),
+                    );
+                } else if o.objective.value < 1.0 {
+                    // 0.999 is the ratio written where a percentage belongs: as
+                    // written, a release failing 99 % of requests would pass.
+                    c.push(
+                        line_of(&o.objective),
+                        fo("objective"),
+                        format!(
+                            "a percentage: {v} means {v} % of events must be good; write {} for a ratio of {v}",
+                            o.objective.value * 100.0,
+                            v = o.objective.value
                         ),
                     );
                 }
@@ -1336,6 +1353,21 @@ mod tests {
         assert_eq!(
             unknown_placeholder("{\"json\": {}} ${HOME} ${port} {Capital}"),
             None
+        );
+    }
+
+    #[test]
+    fn a_ratio_for_an_objective_and_a_router_on_the_api_address_are_refused() {
+        let yaml = "api:\n  listen: 127.0.0.1:7700\nservices:\n  - name: s\n    build: {command: [x]}\n    environments: [{name: e, router_listen: \"127.0.0.1:7700\"}]\n    slos: [{name: a, objective: 0.999}]\n";
+        let err = parse(yaml, "g.yaml", Path::new(".")).expect_err("invalid");
+        let text = err.to_string();
+        assert!(
+            text.contains("services[0].environments[0].router_listen: 127.0.0.1:7700 is already used by guard's API (api.listen)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("services[0].slos[0].objective: a percentage: 0.999 means 0.999 % of events must be good; write 99.9 for a ratio of 0.999"),
+            "{text}"
         );
     }
 

@@ -71,6 +71,34 @@ fn an_unauthenticated_api_is_refused_on_a_public_address() {
 }
 
 #[test]
+fn a_bad_api_address_or_an_empty_token_file_is_named_before_any_request() {
+    for (api, says) in [
+        ("notaurl", "--api \"notaurl\" is not a URL"),
+        ("ftp://127.0.0.1", "over http or https"),
+    ] {
+        let (code, _, err) = cli(api, &["status"]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(says), "{err}");
+        assert!(!err.contains("cannot reach guard"), "{err}");
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let empty = dir.path().join("token");
+    std::fs::write(&empty, "\n").expect("token file");
+    let out = Command::new(env!("CARGO_BIN_EXE_guard"))
+        .args(["status", "--api", "http://127.0.0.1:9", "--token-file"])
+        .arg(&empty)
+        .env_remove("GUARD_API_TOKEN")
+        .output()
+        .expect("run guard");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is empty; it must hold the API's bearer token"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_bad_config_names_file_line_and_field() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("guard.yaml");
@@ -227,6 +255,12 @@ async fn api_auth_validation_metrics_and_the_cli_flow() {
         .map(|r| r["verdict"].as_str().unwrap_or(""))
         .collect();
     assert_eq!(verdicts, ["revert", "promote", "promote"], "{out}");
+    let (code, _, err) = cli(&api, &["history", "ultra-bost", "--env", "test"]);
+    assert_eq!(code, 1, "a misspelt service is not an empty history: {err}");
+    assert!(
+        err.contains("unknown service \"ultra-bost\"") && err.contains("ultra-boost/test"),
+        "{err}"
+    );
 
     let (code, out, err) = cli(&api, &["rollback", "ultra-boost", "--env", "test"]);
     assert_eq!(code, 0, "{out}{err}");

@@ -121,8 +121,8 @@ fn bad_input_is_refused_with_a_reason_and_a_non_zero_exit() {
         ),
         (
             "--blame-alpha",
-            "2",
-            &["--blame-alpha", "strictly between 0 and 1"],
+            "0.9",
+            &["--blame-alpha", "must be in (0, 0.5)"],
         ),
         ("--trials", "0", &["--trials"]),
         ("--jobs", "0", &["--jobs"]),

@@ -246,8 +246,13 @@ async fn a_notification_unanswered_when_guard_is_killed_is_sent_again_on_restart
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The restart says what it sent again, and to whom.
+    // The restart says what it sent again, and to whom; in plain text, as
+    // the log goes to a file.
     let logs = g.logs();
+    assert!(
+        !logs.contains('\u{1b}'),
+        "terminal colour codes in a log file"
+    );
     assert!(
         logs.lines()
             .any(|l| l.contains("sending again a notification")

@@ -587,14 +587,14 @@ pub fn policy_problems(p: &Policy) -> Vec<JudgeError> {
             err(field, format!("must be in (0, 0.5), e.g. 0.01; got {v}"));
         }
     }
+    // Below one half like alpha: a chance of blaming a shared outage of 0.5
+    // or more is no test at all.
     if let Some(a) = p.blame_alpha
-        && !(a > 0.0 && a < 1.0)
+        && !(a > 0.0 && a < 0.5)
     {
         err(
             "blame_alpha",
-            format!(
-                "must be strictly between 0 and 1 (e.g. 0.001), or left out to use alpha; got {a}"
-            ),
+            format!("must be in (0, 0.5), e.g. 0.001, or left out to use alpha; got {a}"),
         );
     }
     if !(p.max_budget_share > 0.0 && p.max_budget_share <= 1.0) {
@@ -1037,7 +1037,7 @@ mod tests {
             }
         }
         let bad = Policy {
-            blame_alpha: Some(1.5),
+            blame_alpha: Some(0.9),
             ..Policy::default()
         };
         let err = Judge::new(bad, vec![SloSpec::availability("a", 0.999)]).unwrap_err();

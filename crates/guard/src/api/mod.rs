@@ -346,6 +346,13 @@ async fn list(
         .engine
         .store()
         .rollouts(target.as_ref(), q.limit.unwrap_or(50).min(1000))?;
+    // History of a service no longer configured is still shown; a name
+    // guard never knew is most likely misspelt.
+    if records.is_empty()
+        && let Some(t) = &target
+    {
+        known_target(&state, &t.service, &t.environment)?;
+    }
     Ok(Json(records.into_iter().map(|r| view(&state, r)).collect()))
 }
 

@@ -46,24 +46,40 @@ impl Client {
         let token = match std::env::var("GUARD_API_TOKEN") {
             Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
             _ => match &args.token_file {
-                Some(p) => Some(
-                    std::fs::read_to_string(p)
+                Some(p) => {
+                    let token = std::fs::read_to_string(p)
                         .with_context(|| format!("reading --token-file {}", p.display()))?
                         .trim()
-                        .to_string(),
-                ),
+                        .to_string();
+                    if token.is_empty() {
+                        anyhow::bail!(
+                            "--token-file {} is empty; it must hold the API's bearer token",
+                            p.display()
+                        );
+                    }
+                    Some(token)
+                }
                 None => None,
             },
         };
+        let base = args.api.trim_end_matches('/').to_string();
+        match reqwest::Url::parse(&base) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            Ok(u) => anyhow::bail!(
+                "--api {:?}: guard's API is reached over http or https, e.g. http://127.0.0.1:7700; got scheme {:?}",
+                args.api,
+                u.scheme()
+            ),
+            Err(e) => anyhow::bail!(
+                "--api {:?} is not a URL ({e}); give guard's API address, e.g. http://127.0.0.1:7700",
+                args.api
+            ),
+        }
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
             .build()
             .context("building the HTTP client")?;
-        Ok(Self {
-            http,
-            base: args.api.trim_end_matches('/').to_string(),
-            token,
-        })
+        Ok(Self { http, base, token })
     }
 
     async fn send<T: DeserializeOwned>(
