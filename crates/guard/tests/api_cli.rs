@@ -277,6 +277,19 @@ async fn api_auth_validation_metrics_and_the_cli_flow() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // History reads a rollback as what it did: build 1 back, in place of 2.
+    let (code, out, _) = cli(&api, &["history", "ultra-boost", "--env", "test"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.lines().next().is_some_and(|h| h.contains("to verdict")),
+        "{out}"
+    );
+    let row: Vec<&str> = out
+        .lines()
+        .find(|l| l.contains("rolled_back"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    assert_eq!(row.get(2..4), Some(&["1", "2"][..]), "{out}");
     let (code, out, _) = cli(&api, &["promote", "ultra-boost", "--env", "test"]);
     assert_eq!(code, 1, "nothing to promote: {out}");
     let (code, out, err) = cli(

@@ -5,6 +5,7 @@ use serde_json::{Value, json};
 
 use super::client::{ApiArgs, Client};
 use crate::api::{RolloutDetail, RolloutView, TargetStatus};
+use crate::store::{RolloutKind, RolloutRecord};
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -104,13 +105,17 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<i32> {
             return Ok(0);
         }
         let r = &d.rollout.record;
+        let (to, from) = builds_shown(r);
         println!(
-            "rollout {} {}/{} build {} (from {}) {:?}: {}",
+            "rollout {} {}/{} {} {to} (from {from}) {:?}: {}",
             r.id,
             r.target.service,
             r.target.environment,
-            r.candidate.number,
-            r.stable.as_ref().map_or("-", |b| b.number.as_str()),
+            if r.kind == RolloutKind::Rollback {
+                "rollback to build"
+            } else {
+                "build"
+            },
             r.strategy,
             r.phase.name()
         );
@@ -152,25 +157,39 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:>5}  {:<24} {:>8} {:>8}  {:<11} {:>8}  reason",
-        "id", "target", "build", "from", "state", "verdict s"
+        "{:>5}  {:<24} {:>8} {:>8}  {:<11} {:>10}  reason",
+        "id", "target", "build", "from", "state", "to verdict"
     );
     for v in &list {
         let r = &v.record;
+        let (to, from) = builds_shown(r);
         println!(
-            "{:>5}  {:<24} {:>8} {:>8}  {:<11} {:>8}  {}",
+            "{:>5}  {:<24} {:>8} {:>8}  {:<11} {:>10}  {}",
             r.id,
             format!("{}/{}", r.target.service, r.target.environment),
-            r.candidate.number,
-            r.stable.as_ref().map_or("-", |b| b.number.as_str()),
+            to,
+            from,
             r.phase.name(),
             v.seconds_to_verdict
-                .map(|s| format!("{s:.1}"))
+                .map(|s| format!("{s:.1} s"))
                 .unwrap_or_else(|| "-".into()),
             r.reason.as_deref().unwrap_or("")
         );
     }
     Ok(0)
+}
+
+/// The build a rollout puts in place and the one it replaces. A rollback is
+/// recorded as a revert (its "stable" is the build it goes back to), so
+/// people read it the other way round.
+fn builds_shown(r: &RolloutRecord) -> (&str, &str) {
+    let stable = r.stable.as_ref().map_or("-", |b| b.number.as_str());
+    let candidate = r.candidate.number.as_str();
+    if r.kind == RolloutKind::Rollback {
+        (stable, candidate)
+    } else {
+        (candidate, stable)
+    }
 }
 
 #[derive(Debug, clap::Args)]
