@@ -156,6 +156,12 @@ pub(crate) struct ByService {
 }
 
 impl SignalSource for ByService {
+    fn stop(&self) {
+        for s in self.sources.values().chain(self.fallback.as_ref()) {
+            s.stop();
+        }
+    }
+
     fn snapshot<'a>(
         &'a self,
         target: &'a Target,
@@ -368,6 +374,7 @@ pub struct Runtime {
     pub builds: Arc<ConfigBuilds>,
     pub api_addr: SocketAddr,
     pub dispatcher: notify::Dispatcher,
+    signals: Arc<dyn SignalSource>,
     api_shutdown: tokio_util::sync::CancellationToken,
     api_task: tokio::task::JoinHandle<()>,
 }
@@ -465,13 +472,14 @@ impl Runtime {
                 .map_or(Duration::ZERO, Duration::from_millis),
             ..EngineSettings::default()
         };
+        let signals: Arc<dyn SignalSource> = Arc::new(ByService {
+            sources,
+            fallback: None,
+        });
         let engine = Engine::new(
             store.clone(),
             Arc::new(platform.clone()),
-            Arc::new(ByService {
-                sources,
-                fallback: None,
-            }),
+            signals.clone(),
             Arc::new(judge),
             Arc::new(DispatcherSink(dispatcher.clone())),
             metrics,
@@ -561,6 +569,7 @@ impl Runtime {
             builds,
             api_addr,
             dispatcher,
+            signals,
             api_shutdown,
             api_task,
         })
@@ -571,6 +580,8 @@ impl Runtime {
         self.engine.shutdown();
         self.api_shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.api_task).await;
+        // Before the replicas go: their last scrapes are not failures.
+        self.signals.stop();
         self.platform.shutdown().await;
     }
 }

@@ -61,4 +61,9 @@ pub trait SignalSource: Send + Sync + 'static {
         target: &'a Target,
         endpoints: &'a [Endpoint],
     ) -> BoxFuture<'a, Result<Snapshot, SignalError>>;
+
+    /// Stops reading in the background (guard is shutting down and is about
+    /// to stop the replicas). A source that reads only when asked has
+    /// nothing to stop.
+    fn stop(&self) {}
 }

@@ -136,6 +136,21 @@ impl Guard {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, then waits up to `within` for guard to exit; its status, or
+    /// `None` if it was still running (then it is killed).
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        unsafe_free_term(self.child.id());
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+        None
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -143,6 +158,9 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return; // Already gone (killed or terminated by the test).
+        }
         // SIGTERM for a clean drain; SIGKILL if it takes too long.
         unsafe_free_term(self.child.id());
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -339,7 +357,12 @@ pub fn step_states(detail: &Value) -> Vec<String> {
 
 /// Live `ultra-boost` children of `pid`.
 pub fn replicas_of(pid: u32) -> usize {
-    let mut n = 0;
+    replica_pids(pid).len()
+}
+
+/// Process ids of the live `ultra-boost` children of `pid`.
+pub fn replica_pids(pid: u32) -> Vec<u32> {
+    let mut pids = vec![];
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
             let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
@@ -350,11 +373,20 @@ pub fn replicas_of(pid: u32) -> usize {
                 if comm_ok
                     && fields.get(1) == Some(&pid.to_string().as_str())
                     && fields.first() != Some(&"Z")
+                    && let Some(child) = e.file_name().to_str().and_then(|n| n.parse().ok())
                 {
-                    n += 1;
+                    pids.push(child);
                 }
             }
         }
     }
-    n
+    pids
+}
+
+/// Whether process `pid` still runs (a zombie does not).
+pub fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
 }

@@ -243,11 +243,6 @@ impl ScrapeSource {
             }),
         }
     }
-
-    /// Stops every scrape task.
-    pub fn stop(&self) {
-        self.shared.cancel.cancel();
-    }
 }
 
 impl SignalSource for ScrapeSource {
@@ -257,6 +252,11 @@ impl SignalSource for ScrapeSource {
         endpoints: &'a [Endpoint],
     ) -> BoxFuture<'a, Result<Snapshot, SignalError>> {
         Box::pin(async move { Ok(self.snapshot_now(target, endpoints)) })
+    }
+
+    /// Stops every scrape task.
+    fn stop(&self) {
+        self.shared.cancel.cancel();
     }
 }
 
@@ -438,7 +438,10 @@ async fn scrape_once(shared: &Shared, target: &Target, ew: &EndpointWatch) {
         }
         Err(err) => {
             let mut st = ew.state.lock().unwrap_or_else(|e| e.into_inner());
-            if st.last_error.as_deref() != Some(err.as_str()) {
+            if shared.cancel.is_cancelled() {
+                // Shutting down: the replicas are being stopped too.
+                tracing::debug!(url = %ew.url, error = %err, "last scrape failed while stopping");
+            } else if st.last_error.as_deref() != Some(err.as_str()) {
                 tracing::warn!(url = %ew.url, build = %ew.build, error = %err, "scrape failed; counts kept, staleness grows");
             }
             st.last_error = Some(err);
