@@ -1234,27 +1234,38 @@ mod tests {
         assert_eq!(c.store, Path::new("/tmp/guard-demo.db"));
     }
 
-    #[test]
-    fn every_problem_is_reported_with_its_line() {
-        let yaml = "api:\n  listen: nowhere\nservices:\n  - name: s\n    strategy: sideways\n    build: {command: [x]}\n    environments: [{name: e}]\n    slos:\n      - name: a\n        objective: 120\n        sli: {type: latency}\n";
+    /// One valid service, for tests about the other sections.
+    const SERVICES: &str = "services:\n  - name: s\n    build: {command: [x]}\n    environments: [{name: e}]\n    slos: [{name: a, objective: 99.9}]\n";
+
+    /// The (line, field) of every problem `yaml` has, and the whole message.
+    fn problems_of(yaml: &str) -> (Vec<(Option<u64>, String)>, String) {
         let err = parse(yaml, "g.yaml", Path::new(".")).expect_err("invalid");
         let ConfigError::Invalid { problems, .. } = &err else {
             panic!("expected Invalid, got {err}")
         };
-        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        let found = problems.iter().map(|p| (p.line, p.field.clone())).collect();
+        (found, err.to_string())
+    }
+
+    /// Owned (line, field) pairs from literals, to compare with [`problems_of`].
+    fn at(expected: &[(Option<u64>, &str)]) -> Vec<(Option<u64>, String)> {
+        expected.iter().map(|(l, f)| (*l, f.to_string())).collect()
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line() {
+        let yaml = "api:\n  listen: nowhere\nservices:\n  - name: s\n    strategy: sideways\n    build: {command: [x]}\n    environments: [{name: e}]\n    slos:\n      - name: a\n        objective: 120\n        sli: {type: latency}\n";
+        let (found, text) = problems_of(yaml);
         assert_eq!(
-            fields,
-            vec![
-                "api.listen",
-                "services[0].strategy",
-                "services[0].slos[0].objective",
-                "services[0].slos[0].sli.threshold"
-            ]
+            found,
+            at(&[
+                (Some(2), "api.listen"),
+                (Some(5), "services[0].strategy"),
+                (Some(10), "services[0].slos[0].objective"),
+                (Some(11), "services[0].slos[0].sli.threshold"),
+            ]),
+            "{text}"
         );
-        assert_eq!(problems[0].line, Some(2));
-        assert_eq!(problems[1].line, Some(5));
-        assert_eq!(problems[2].line, Some(10));
-        let text = err.to_string();
         assert!(text.starts_with("g.yaml: 4 problems:"), "{text}");
         assert!(
             text.contains(
@@ -1284,34 +1295,24 @@ mod tests {
 
     #[test]
     fn every_policy_problem_is_reported_with_its_line() {
-        let services = "services:\n  - name: s\n    build: {command: [x]}\n    environments: [{name: e}]\n    slos: [{name: a, objective: 99.9}]\n";
-        let yaml = format!(
-            "policy:\n  alpah: 0.9\n  beta: 0.6\n  min_events: many\n  multiples: [0.5, 2]\n  alpha: 0.02\n{services}"
-        );
-        let err = parse(&yaml, "g.yaml", Path::new(".")).expect_err("invalid");
-        let ConfigError::Invalid { problems, .. } = &err else {
-            panic!("expected Invalid, got {err}")
-        };
-        let found: Vec<(Option<u64>, &str)> = problems
-            .iter()
-            .map(|p| (p.line, p.field.as_str()))
-            .collect();
+        let (found, text) = problems_of(&format!(
+            "policy:\n  alpah: 0.9\n  beta: 0.6\n  min_events: many\n  multiples: [0.5, 2]\n  alpha: 0.02\n{SERVICES}"
+        ));
         assert_eq!(
             found,
-            [
+            at(&[
                 (Some(2), "policy.alpah"),
                 (Some(4), "policy.min_events"),
                 (Some(3), "policy.beta"),
                 (Some(5), "policy.multiples"),
-            ],
-            "{err}"
+            ]),
+            "{text}"
         );
-        let text = err.to_string();
         assert!(text.contains("expected one of alpha, beta"), "{text}");
         assert!(text.contains("invalid type: string \"many\""), "{text}");
 
         let ok = parse(
-            &format!("policy:\n  alpha: 0.02\n  blame_alpha: 0.001\n{services}"),
+            &format!("policy:\n  alpha: 0.02\n  blame_alpha: 0.001\n{SERVICES}"),
             "g.yaml",
             Path::new("."),
         )
@@ -1325,21 +1326,16 @@ mod tests {
     #[test]
     fn a_misspelt_placeholder_or_a_twice_declared_environment_is_refused() {
         let yaml = "services:\n  - name: s\n    build:\n      command: [\"{ultra_boost}\", --handoff-socket, \"{handof_socket}\", --json, '{\"a\": 1}']\n      env: {BUILD: \"{build}\"}\n    builds:\n      \"2\": {env: {X: \"{bulid}\"}}\n    environments: [{name: production}, {name: production}]\n    slos: [{name: a, objective: 99.9}]\n";
-        let err = parse(yaml, "g.yaml", Path::new(".")).expect_err("invalid");
-        let ConfigError::Invalid { problems, .. } = &err else {
-            panic!("expected Invalid, got {err}")
-        };
-        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        let (found, text) = problems_of(yaml);
         assert_eq!(
-            fields,
-            [
-                "services[0].build.command[2]",
-                "services[0].builds.2.env.X",
-                "services[0].environments[1].name"
-            ],
-            "{err}"
+            found,
+            at(&[
+                (None, "services[0].build.command[2]"),
+                (None, "services[0].builds.2.env.X"),
+                (Some(8), "services[0].environments[1].name"),
+            ]),
+            "{text}"
         );
-        let text = err.to_string();
         assert!(
             text.contains("unknown placeholder `{handof_socket}`"),
             "{text}"
@@ -1373,21 +1369,17 @@ mod tests {
 
     #[test]
     fn engine_durations_are_read_and_refused_with_their_line() {
-        let services = "services:\n  - name: s\n    build: {command: [x]}\n    environments: [{name: e}]\n    slos: [{name: a, objective: 99.9}]\n";
         let c = parse(
-            &format!("engine:\n  checkpoint_every: 250ms\n{services}"),
+            &format!("engine:\n  checkpoint_every: 250ms\n{SERVICES}"),
             "g.yaml",
             Path::new("."),
         )
         .expect("valid");
         assert_eq!(c.engine.checkpoint_every, Duration::from_millis(250));
-        let err = parse(
-            &format!("engine:\n  tick: 1s\n  checkpoint_every: often\n{services}"),
-            "g.yaml",
-            Path::new("."),
-        )
-        .expect_err("invalid");
-        let text = err.to_string();
+        let (found, text) = problems_of(&format!(
+            "engine:\n  tick: 1s\n  checkpoint_every: often\n{SERVICES}"
+        ));
+        assert_eq!(found, at(&[(Some(3), "engine.checkpoint_every")]));
         assert!(
             text.contains("line 3: engine.checkpoint_every: not a duration"),
             "{text}"

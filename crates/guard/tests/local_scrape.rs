@@ -48,6 +48,16 @@ fn source_with_latency_threshold(le: f64) -> ScrapeSource {
     ScrapeSource::new(ScrapeConfig::new(slos))
 }
 
+/// The one replica `r`, as the stable build 1.
+fn stable_build_1(r: &Replica) -> Vec<Endpoint> {
+    vec![Endpoint {
+        role: Role::Stable,
+        build: "1".into(),
+        metrics_url: format!("http://{}/metrics", r.addr),
+        ready: true,
+    }]
+}
+
 fn counts(s: &Snapshot, build: &str, slo: &str) -> Counts {
     s.releases
         .iter()
@@ -151,12 +161,7 @@ async fn a_restarted_replica_is_counted_from_zero_not_lost_nor_doubled() {
     let t = replicas::target();
     let mut r = Replica::start("127.0.0.1:0", "1", &[]).await;
     let port = r.addr.port();
-    let eps = vec![Endpoint {
-        role: Role::Stable,
-        build: "1".into(),
-        metrics_url: format!("http://{}/metrics", r.addr),
-        ready: true,
-    }];
+    let eps = stable_build_1(&r);
     poll(Duration::from_secs(10), "a first scrape", || async {
         src.snapshot(&t, &eps)
             .await
@@ -197,12 +202,7 @@ async fn a_replica_that_stops_answering_is_stale_not_idle() {
     let src = source();
     let t = replicas::target();
     let r = Replica::start("127.0.0.1:0", "1", &[]).await;
-    let eps = vec![Endpoint {
-        role: Role::Stable,
-        build: "1".into(),
-        metrics_url: format!("http://{}/metrics", r.addr),
-        ready: true,
-    }];
+    let eps = stable_build_1(&r);
     let never = src.snapshot(&t, &eps).await.unwrap();
     assert!(
         never.releases[0].by_slo.is_empty(),
@@ -242,12 +242,7 @@ async fn a_latency_threshold_that_is_no_bucket_is_a_source_problem_not_slow_requ
     let src = source_with_latency_threshold(0.123);
     let t = replicas::target();
     let r = Replica::start("127.0.0.1:0", "1", &[]).await;
-    let eps = vec![Endpoint {
-        role: Role::Stable,
-        build: "1".into(),
-        metrics_url: format!("http://{}/metrics", r.addr),
-        ready: true,
-    }];
+    let eps = stable_build_1(&r);
     let c = client();
     for _ in 0..5 {
         get(&c, &format!("http://{}/", r.addr)).await.unwrap();
