@@ -75,12 +75,15 @@ test: ## The whole suite, as CI runs it (installs what the tests need first)
 check-delivery: ## Lint the Dockerfile, manifests, Terraform, Prometheus, Alertmanager, dashboards, scripts, YAML
 	scripts/check-delivery.sh
 
+# How each benchmark script is run (the delivery checks list them with `echo`).
+BENCH_RUN ?= bash
+
 .PHONY: bench
-bench: ## Run every benchmark under bench/ (each prints its figures beside a baseline)
-	@found=0; for b in bench/*; do \
-	  if [ -f "$$b" ] && [ -x "$$b" ]; then found=1; echo "== $$b"; "$$b"; fi; \
+bench: ## Run every benchmark (bench/*/run.sh; each prints its figures beside a baseline)
+	@found=0; for b in bench/*/run.sh; do \
+	  if [ -f "$$b" ]; then found=1; echo "== $$b"; $(BENCH_RUN) "$$b" || exit 1; fi; \
 	done; \
-	if [ "$$found" = 0 ]; then echo "make bench: no executable benchmark under bench/" >&2; exit 1; fi
+	if [ "$$found" = 0 ]; then echo "make bench: no bench/*/run.sh found" >&2; exit 1; fi
 
 ## --- push --------------------------------------------------------------
 

@@ -683,6 +683,12 @@ makefile() {
     make --no-print-directory -n "$t" BUILD=86 PR=42 GUARD_API_TOKEN=x > /dev/null || { echo "ERROR make -n $t fails"; return 1; }
   done
   echo "make -n: every target expands"
+  local ran b
+  ran=$(make --no-print-directory bench BENCH_RUN=echo) || { echo "ERROR make bench fails"; return 1; }
+  for b in bench/*/run.sh; do
+    grep -qxF "$b" <<<"$ran" || { echo "ERROR make bench does not run $b"; return 1; }
+  done
+  echo "make bench runs every bench/*/run.sh"
   if make --no-print-directory -n deploy-prd BUILD= > /dev/null 2>&1; then
     echo "ERROR make deploy-prd without BUILD must fail"; return 1
   fi

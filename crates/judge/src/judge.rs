@@ -361,7 +361,12 @@ impl Judge {
                     } else {
                         format!(
                             "{}: {} events, {} bad, LLR {:.2} in ({:.2}, {:.2})",
-                            e.slo, e.events, e.bad, e.statistic, e.lower_bound, e.upper_bound
+                            e.slo,
+                            e.events,
+                            e.bad,
+                            e.statistic_towards_a_bound(),
+                            e.lower_bound,
+                            e.upper_bound
                         )
                     }
                 })
@@ -817,6 +822,35 @@ mod tests {
         // rejected after ln(99)/KL(0.001‖0.002) ≈ 15 k events (≈ 15 s); the
         // minimum verification time is 30 s.
         assert_eq!(promoted_at, Some(30));
+    }
+
+    #[test]
+    fn an_undecided_slo_shows_a_statistic_between_its_bounds() {
+        // Errors at the objective, then at twice it: the revert statistic
+        // dips far below the pass bound while the pass test is still open.
+        let mut j = judge(Policy::default());
+        let mut shown_below_zero = false;
+        for s in 0..60 {
+            let bad = if s < 20 { 1 } else { 2 };
+            let d = j.step(&interval((bad, 1000), (0, 0), None)).unwrap();
+            let e = &d.evidence[0];
+            if e.status == SloStatus::Undecided {
+                let shown = e.statistic_towards_a_bound();
+                assert!(
+                    e.lower_bound < shown && shown < e.upper_bound,
+                    "step {s}: {shown} outside ({}, {}): {e:?}",
+                    e.lower_bound,
+                    e.upper_bound
+                );
+                assert!(
+                    d.reason.contains(&format!("LLR {shown:.2}")),
+                    "{}",
+                    d.reason
+                );
+                shown_below_zero |= shown < 0.0 && e.statistic < e.lower_bound;
+            }
+        }
+        assert!(shown_below_zero, "the case this guards never came up");
     }
 
     #[test]

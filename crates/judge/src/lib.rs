@@ -339,6 +339,20 @@ pub struct Evidence {
     pub budget_burned_pct: f64,
 }
 
+impl Evidence {
+    /// The one statistic to show beside both bounds: the revert test's while
+    /// it leans towards revert (positive), else the pass test's. Each test is
+    /// decided against its own bound, so the revert statistic next to the
+    /// pass bound would read as "passed" when it has not.
+    pub fn statistic_towards_a_bound(&self) -> f64 {
+        if self.statistic >= 0.0 {
+            self.statistic
+        } else {
+            self.pass_statistic
+        }
+    }
+}
+
 /// A verdict with its reason and evidence.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Decision {

@@ -182,7 +182,7 @@ pub fn evidence(d: &judge::Decision) -> notify::Evidence {
             bad_events: e.bad,
             release_error_ratio: e.release_ratio,
             baseline_error_ratio: e.baseline_ratio,
-            statistic: Some(e.statistic),
+            statistic: Some(e.statistic_towards_a_bound()),
             lower_bound: Some(e.lower_bound),
             upper_bound: Some(e.upper_bound),
             budget_burned_pct: Some(
