@@ -31,6 +31,7 @@ async fn sigterm_stops_guard_and_its_replicas_cleanly() {
     let replicas = replica_pids(g.pid());
     assert!(!replicas.is_empty(), "no replicas running: {}", g.logs());
 
+    let pid = g.pid();
     let started = Instant::now();
     let status = g.terminate(Duration::from_secs(15));
     drop(load);
@@ -50,6 +51,8 @@ async fn sigterm_stops_guard_and_its_replicas_cleanly() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let sockets = std::env::temp_dir().join(format!("guard-local-{pid}-0"));
+    assert!(!sockets.exists(), "{} left behind", sockets.display());
     let logs = g.logs();
     assert!(logs.contains("SIGTERM: stopping"), "{logs}");
     assert!(

@@ -141,7 +141,17 @@ struct Inner {
     /// Set by the platform while no move is in flight (see the module docs).
     handoff: AtomicBool,
     cancel: CancellationToken,
+    /// Requests answered 503 for want of a ready replica since the last
+    /// warning, and when (ms after `started`) that warning was logged: a
+    /// burst (a drain under load) logs one line every few seconds, not one
+    /// per request.
+    unanswered: AtomicU64,
+    unanswered_warned_ms: AtomicU64,
+    started: Instant,
 }
+
+/// At most one "no ready replica" warning this often.
+const NO_REPLICA_WARNING_EVERY_MS: u64 = 5_000;
 
 /// A running router. Cloning shares it; [`Router::shutdown`] stops it.
 #[derive(Clone)]
@@ -186,6 +196,9 @@ impl Router {
             seq: AtomicU64::new(0),
             handoff: AtomicBool::new(false),
             cancel: CancellationToken::new(),
+            unanswered: AtomicU64::new(0),
+            unanswered_warned_ms: AtomicU64::new(u64::MAX),
+            started: Instant::now(),
         });
         let tasks = Arc::new(tokio_util::task::TaskTracker::new());
         tasks.spawn(accept_loop(Arc::clone(&inner), listener));
@@ -726,11 +739,36 @@ async fn handle(
     }
     if !picked_any {
         inner.labels.failure("no_backend");
-        tracing::warn!(service = %inner.config.service, "no ready replica for a request");
+        warn_no_replica(&inner);
         local_response(StatusCode::SERVICE_UNAVAILABLE, "no ready replica\n")
     } else {
         inner.labels.failure("upstream");
         local_response(StatusCode::BAD_GATEWAY, "no replica could be reached\n")
+    }
+}
+
+/// Whether a "no ready replica" warning is due at `now_ms`, the last one
+/// having been at `last_ms` (`u64::MAX`: none yet).
+fn warning_due(last_ms: u64, now_ms: u64) -> bool {
+    last_ms == u64::MAX || now_ms.saturating_sub(last_ms) >= NO_REPLICA_WARNING_EVERY_MS
+}
+
+fn warn_no_replica(inner: &Inner) {
+    inner.unanswered.fetch_add(1, Ordering::Relaxed);
+    let now = u64::try_from(inner.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+    let last = inner.unanswered_warned_ms.load(Ordering::Relaxed);
+    if warning_due(last, now)
+        && inner
+            .unanswered_warned_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let requests = inner.unanswered.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            service = %inner.config.service,
+            requests,
+            "no ready replica: requests answered 503 (counted, logged at most every 5 s)"
+        );
     }
 }
 
@@ -749,4 +787,17 @@ fn record(inner: &Inner, pool: &Pool, group: usize, code: u16, started: Instant)
         // Codes of 600 and more are not HTTP; hyper does not produce them.
         None => labels.request_counter(&g.spec.build, role, code).inc(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_without_replicas_warns_once_every_few_seconds() {
+        assert!(warning_due(u64::MAX, 0), "the first one is logged");
+        assert!(!warning_due(1_000, 1_001));
+        assert!(!warning_due(1_000, 5_999));
+        assert!(warning_due(1_000, 6_000));
+    }
 }

@@ -284,6 +284,9 @@ impl LocalPlatform {
             rt.reapers.wait().await;
             rt.router.shutdown(Duration::from_secs(5)).await;
         }
+        // The sockets are gone with the replicas; a process that exits
+        // without dropping every clone would leave the directory behind.
+        let _ = std::fs::remove_dir_all(&self.inner.dir);
     }
 
     fn runtime(&self, target: &Target) -> Result<Arc<TargetRuntime>, PlatformError> {
