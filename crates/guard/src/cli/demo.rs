@@ -2,7 +2,8 @@
 //! to set up. guard runs ultra-boost (2 replicas behind its router) under a
 //! steady built-in load, then deploys a good build (promoted), a build that
 //! answers 5 % errors (reverted) and one that adds 300 ms latency (reverted by
-//! the latency SLO), printing a timeline; `--json` ends with one JSON line.
+//! the latency SLO), printing a timeline; with `--json` the timeline goes to
+//! stderr and stdout carries one JSON object.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,7 +22,8 @@ use crate::platform::{Strategy, Target};
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Notifications go wherever GUARD_SLACK_WEBHOOK_URL, GUARD_TEAMS_WEBHOOK_URL, GUARD_WEBHOOK_URL, \
-GUARD_GRAFANA_URL/TOKEN or GUARD_GITHUB_TOKEN/REPO point.\nExit code 0 when every verdict is the expected one, 2 otherwise."
+GUARD_GRAFANA_URL/TOKEN or GUARD_GITHUB_TOKEN/REPO point.\nExit code 0 when every verdict is the expected one, 2 otherwise; \
+130 or 143 when interrupted (SIGINT, SIGTERM), after stopping the replicas and removing the demo's files."
 )]
 pub struct Args {
     /// The ultra-boost binary (default: next to guard, then PATH).
@@ -36,7 +38,8 @@ pub struct Args {
     /// Run with this guard.yaml instead of the embedded demo config.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Print the summary as one JSON object on the last line.
+    /// Print the summary as one JSON object on standard output (the timeline
+    /// and the table then go to standard error).
     #[arg(long)]
     pub json: bool,
     /// Log what guard does (info level) to stderr.
@@ -124,16 +127,41 @@ impl Load {
 struct Timeline {
     start: Instant,
     quiet: bool,
+    /// `--json`: stdout is the JSON object's alone.
+    to_stderr: bool,
 }
 
 impl Timeline {
     fn say(&self, msg: impl AsRef<str>) {
         if !self.quiet {
-            println!(
+            self.line(format!(
                 "[{:>6.1}s] {}",
                 self.start.elapsed().as_secs_f64(),
                 msg.as_ref()
-            );
+            ));
+        }
+    }
+
+    /// A line for people: stdout, or stderr when stdout is for scripts.
+    fn line(&self, text: impl AsRef<str>) {
+        if self.to_stderr {
+            eprintln!("{}", text.as_ref());
+        } else {
+            println!("{}", text.as_ref());
+        }
+    }
+}
+
+/// Resolves with the exit code of the first SIGINT or SIGTERM.
+async fn interrupted() -> i32 {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => 130,
+            _ = term.recv() => 143,
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            130
         }
     }
 }
@@ -227,12 +255,13 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     let tl = Timeline {
         start: Instant::now(),
         quiet: false,
+        to_stderr: args.json,
     };
     tl.say(format!(
         "guard demo: starting {} ({} replicas) on the local platform",
         target.service, service.replicas
     ));
-    let rt = Runtime::start(
+    let rt = match Runtime::start(
         config,
         RuntimeOptions {
             ultra_boost_bin: args.ultra_boost_bin.clone(),
@@ -240,22 +269,38 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
             memory_log: None,
         },
     )
-    .await?;
-    let result = demo(&rt, &target, strategy, args.rps, &tl).await;
+    .await
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    let (result, signal) = tokio::select! {
+        r = demo(&rt, &target, strategy, args.rps, &tl) => (Some(r), None),
+        code = interrupted() => (None, Some(code)),
+    };
+    if signal.is_some() {
+        tl.say("interrupted: stopping the replicas and removing the demo's files");
+    }
     rt.stop().await;
     let _ = std::fs::remove_dir_all(&tmp);
+    let (Some(result), None) = (result, signal) else {
+        return Ok(signal.unwrap_or(130));
+    };
     let report = result?;
     let expected = report.releases.iter().all(|r| match r.kind {
         "good" => r.verdict == "promote",
         _ => r.verdict == "revert",
     });
-    println!();
-    println!(
+    tl.line("");
+    tl.line(format!(
         "{:<7} {:<8} {:<8} {:>10} {:>16} {:>15}",
         "build", "kind", "verdict", "seconds", "budget burned %", "router failures"
-    );
+    ));
     for r in &report.releases {
-        println!(
+        tl.line(format!(
             "{:<7} {:<8} {:<8} {:>10} {:>16} {:>15}",
             r.build,
             r.kind,
@@ -267,12 +312,12 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
                 .map(|b| format!("{b:.4}"))
                 .unwrap_or_else(|| "-".into()),
             r.router_failed_requests
-        );
+        ));
     }
-    println!(
+    tl.line(format!(
         "{} requests sent to the router's address (relayed, or served on connections it handed over)",
         report.total_requests
-    );
+    ));
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     }
