@@ -230,8 +230,16 @@ async fn api_auth_validation_metrics_and_the_cli_flow() {
     let _load = Load::start(router(&api).await, 100);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
+    // CI starts the deploy, loses its connection, and runs it again with
+    // --wait: the second run follows the rollout already in progress.
+    let (code, out, err) = cli(
+        &api,
+        &["deploy", "ultra-boost", "--env", "test", "--build", "2"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
     let (code, out, err) = deploy_and_wait(&api, "2").await;
     assert_eq!(code, 0, "deploy of a good build exits 0:\n{out}\n{err}");
+    assert!(out.contains("already in progress; following it"), "{out}");
     assert!(out.contains("verdict: promote"), "{out}");
     assert!(
         out.contains("verifying"),

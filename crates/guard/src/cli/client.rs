@@ -33,6 +33,15 @@ pub struct NotFound {
     pub message: String,
 }
 
+/// guard answered 409 Conflict: e.g. the target already has a rollout in
+/// progress.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: guard answered 409 Conflict: {message}")]
+pub struct Conflict {
+    pub what: String,
+    pub message: String,
+}
+
 /// A client of one guard.
 pub struct Client {
     http: reqwest::Client,
@@ -125,6 +134,13 @@ impl Client {
                 .unwrap_or(body);
             if status == reqwest::StatusCode::NOT_FOUND {
                 return Err(NotFound {
+                    what: what.to_string(),
+                    message: msg,
+                }
+                .into());
+            }
+            if status == reqwest::StatusCode::CONFLICT {
+                return Err(Conflict {
                     what: what.to_string(),
                     message: msg,
                 }

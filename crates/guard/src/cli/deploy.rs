@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::client::{ApiArgs, Client, NotFound};
+use super::client::{ApiArgs, Client, Conflict, NotFound};
 use crate::api::RolloutDetail;
 use crate::engine::phase::Phase;
+use crate::store::RolloutKind;
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -32,7 +33,8 @@ pub struct Args {
     /// Git commit of the build (shown in notifications).
     #[arg(long)]
     pub commit: Option<String>,
-    /// Follow the rollout until its verdict; the exit code reflects it.
+    /// Follow the rollout until its verdict; the exit code reflects it. A
+    /// rollout of the same build already in progress is followed instead.
     #[arg(long, short)]
     pub wait: bool,
     #[command(flatten)]
@@ -49,22 +51,61 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         "commit": args.commit,
         "requested_by": "cli",
     });
-    let created: Value = client
-        .post("/api/v1/deployments", &body, "deploying")
-        .await?;
-    let id = created
-        .get("id")
-        .and_then(Value::as_i64)
-        .ok_or_else(|| anyhow::anyhow!("guard answered without a rollout id"))?;
-    println!(
-        "rollout {id}: {} build {} to {}",
-        args.service, args.build, args.environment
-    );
+    let id = match client
+        .post::<Value>("/api/v1/deployments", &body, "deploying")
+        .await
+    {
+        Ok(created) => {
+            let id = created
+                .get("id")
+                .and_then(Value::as_i64)
+                .ok_or_else(|| anyhow::anyhow!("guard answered without a rollout id"))?;
+            println!(
+                "rollout {id}: {} build {} to {}",
+                args.service, args.build, args.environment
+            );
+            id
+        }
+        // CI lost its connection and runs the same deploy again: follow the
+        // rollout of this build already in progress instead of failing.
+        Err(e) if args.wait && e.is::<Conflict>() => {
+            match same_build_in_progress(&client, &args).await? {
+                Some(id) => {
+                    println!(
+                        "rollout {id}: {} build {} to {} is already in progress; following it",
+                        args.service, args.build, args.environment
+                    );
+                    id
+                }
+                None => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
     if !args.wait {
         println!("follow it with: guard history --id {id}");
         return Ok(0);
     }
     follow(&client, id, &args).await
+}
+
+/// The rollout in progress for the target, when it rolls out this very
+/// build (another build's rollout is a real conflict).
+async fn same_build_in_progress(client: &Client, args: &Args) -> anyhow::Result<Option<i64>> {
+    let Some(id) = client
+        .active_rollout(&args.service, &args.environment)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let d: RolloutDetail = client
+        .get(
+            &format!("/api/v1/rollouts/{id}"),
+            "reading the rollout in progress",
+        )
+        .await?;
+    let r = &d.rollout.record;
+    Ok((r.kind == RolloutKind::Deploy && r.candidate.number == args.build).then_some(id))
 }
 
 /// The rollout `--wait` follows, or why it is out of sight: the guard
