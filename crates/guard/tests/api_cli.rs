@@ -328,6 +328,39 @@ async fn api_auth_validation_metrics_and_the_cli_flow() {
         "{metrics}"
     );
     assert!(metrics.contains("guard_router_requests_total"), "{metrics}");
+    // The Prometheus text format unless OpenMetrics is asked for, and clean
+    // by promtool's lint.
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    if let Some(mut stdin) = lint.stdin.take() {
+        std::io::Write::write_all(&mut stdin, metrics.as_bytes()).expect("to promtool");
+    }
+    let linted = lint.wait_with_output().expect("promtool");
+    assert!(
+        linted.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&linted.stdout),
+        String::from_utf8_lossy(&linted.stderr)
+    );
+    let open = c
+        .get(format!("{api}/metrics"))
+        .header("accept", "application/openmetrics-text; version=1.0.0")
+        .send()
+        .await
+        .expect("metrics");
+    assert!(
+        open.headers()[reqwest::header::CONTENT_TYPE]
+            .to_str()
+            .is_ok_and(|t| t.starts_with("application/openmetrics-text")),
+        "{:?}",
+        open.headers()
+    );
+    assert!(open.text().await.expect("text").ends_with("# EOF\n"));
 
     // Notifications went out off the decision path and are recorded in history.
     assert!(

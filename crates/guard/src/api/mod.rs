@@ -461,17 +461,28 @@ async fn status(State(state): State<ApiState>) -> Result<Json<Vec<TargetStatus>>
     Ok(Json(out))
 }
 
-async fn metrics(State(state): State<ApiState>) -> Response {
+/// guard's own metrics: OpenMetrics when the scraper asks for it (Prometheus
+/// does), else the Prometheus text format every other tool reads (`curl |
+/// promtool check metrics`).
+async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
     let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
+    let (encoded, content_type) = if openmetrics {
+        (
+            prometheus_client::encoding::text::encode(&mut text, &state.registry),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )
-            .into_response(),
+    } else {
+        (
+            prometheus_client::encoding::prometheus_text::encode(&mut text, &state.registry),
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )
+    };
+    match encoded {
+        Ok(()) => ([(header::CONTENT_TYPE, content_type)], text).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
