@@ -544,7 +544,7 @@ fn burning_reason(e: &Evidence, spec: &SloSpec, policy: &Policy) -> String {
             e.upper_bound,
             match e.shared_statistic {
                 Some(s) => format!(
-                    "; the canary's fault, not its baseline's: baseline {} of {} bad, canary-against-baseline LLR {:.2} ≥ {:.2}",
+                    "; the new release's fault, not its baseline's: baseline {} of {} bad, release-against-baseline LLR {:.2} ≥ {:.2}",
                     e.baseline_bad,
                     e.baseline_events,
                     -s,
@@ -1018,7 +1018,7 @@ mod tests {
         assert_eq!(d.verdict, Verdict::Revert, "{}", d.reason);
         let blame = -d.evidence[0].shared_statistic.unwrap();
         assert!((blame - 7.757_89).abs() < 1e-4, "{blame}");
-        assert!(d.reason.contains("the canary's fault"), "{}", d.reason);
+        assert!(d.reason.contains("the new release's fault"), "{}", d.reason);
     }
 
     #[test]

@@ -84,7 +84,7 @@ pub struct Args {
     pub upstream_timeout: Duration,
 
     /// Fault injection: share of `GET /` answered 500, from 0 (off, the default) to 1.
-    #[arg(long, env = "ULTRA_BOOST_FAULT_ERROR_RATE", default_value = "0", value_parser = parse_rate)]
+    #[arg(long, env = "ULTRA_BOOST_FAULT_ERROR_RATE", default_value = "0", value_parser = parse_rate, allow_negative_numbers = true)]
     pub fault_error_rate: f64,
 
     /// Fault injection: milliseconds added to every `GET /` (0, the default, is off).
@@ -205,6 +205,13 @@ mod tests {
         assert_eq!(args.drain_delay, Duration::from_secs(5));
         assert_eq!(args.fault_error_rate, 0.0);
         assert_eq!(args.worker_threads, 2);
+    }
+
+    #[test]
+    fn a_negative_error_rate_is_out_of_range_not_an_unknown_flag() {
+        let err = Args::try_parse_from(["ultra-boost", "--fault-error-rate", "-0.1"])
+            .expect_err("negative");
+        assert!(err.to_string().contains("outside [0, 1]"), "{err}");
     }
 
     #[test]

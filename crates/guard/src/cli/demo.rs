@@ -410,7 +410,10 @@ async fn deploy_all(
             _ => "a build adding 300 ms latency",
         };
         let before = rt.platform.router_totals(target)?;
-        tl.say(format!("deploying build {number}: {what} ({strategy:?})"));
+        tl.say(format!(
+            "deploying build {number}: {what} ({})",
+            strategy.as_str()
+        ));
         let id = rt.engine.deploy(target, build, strategy, "demo")?;
         let r = wait_terminal(rt, id, tl, Duration::from_secs(90)).await?;
         let after = rt.platform.router_totals(target)?;

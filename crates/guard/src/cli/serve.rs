@@ -648,5 +648,9 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         _ = term.recv() => info!("SIGTERM: stopping"),
     }
     rt.stop().await;
+    if let Some(path) = &args.address_file {
+        // The address is no longer served; a stale file would send clients there.
+        let _ = std::fs::remove_file(path);
+    }
     Ok(0)
 }

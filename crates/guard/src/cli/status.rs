@@ -107,7 +107,7 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<i32> {
         let r = &d.rollout.record;
         let (to, from) = builds_shown(r);
         println!(
-            "rollout {} {}/{} {} {to} (from {from}) {:?}: {}",
+            "rollout {} {}/{} {} {to} (from {from}) {}: {}",
             r.id,
             r.target.service,
             r.target.environment,
@@ -116,13 +116,11 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<i32> {
             } else {
                 "build"
             },
-            r.strategy,
+            r.strategy.as_str(),
             r.phase.name()
         );
         for s in &d.steps {
-            let when = jiff::Timestamp::from_millisecond(s.at_ms)
-                .map(|t| t.to_string())
-                .unwrap_or_default();
+            let when = step_time(s.at_ms);
             println!(
                 "  {:>3} {when} {:<10} {}{}",
                 s.seq,
@@ -177,6 +175,13 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// A step's time, always with three decimals so the columns line up.
+fn step_time(at_ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(at_ms)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_default()
 }
 
 /// The build a rollout puts in place and the one it replaces. A rollback is
@@ -257,4 +262,15 @@ pub async fn command(name: &str, args: CommandArgs) -> anyhow::Result<i32> {
         v.get("state").and_then(Value::as_str).unwrap_or("?")
     );
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_times_keep_their_width() {
+        assert_eq!(step_time(1_764_201_600_880), "2025-11-27T00:00:00.880Z");
+        assert_eq!(step_time(1_764_201_600_000), "2025-11-27T00:00:00.000Z");
+    }
 }

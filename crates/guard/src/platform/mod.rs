@@ -73,6 +73,16 @@ pub enum Strategy {
     Canary,
 }
 
+impl Strategy {
+    /// The word guard.yaml and the CLI use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Rolling => "rolling",
+            Strategy::Canary => "canary",
+        }
+    }
+}
+
 /// What runs now for a target, as the platform sees it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Observed {
