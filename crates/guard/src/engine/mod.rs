@@ -1310,9 +1310,10 @@ impl RolloutTask {
             warn!(rollout = self.record.id, error = %e, to = next.name(), "could not record transition; not acting");
             return Err(e.into());
         }
+        // An absent reason is left out of the line, not logged as "".
         info!(rollout = self.record.id, service = %self.record.target.service, environment = %self.record.target.environment,
               build = %self.record.candidate.number, from = self.record.phase.name(), to = next.name(), cause,
-              reason = reason_owned.as_deref().unwrap_or(""), "rollout transition");
+              reason = reason_owned.as_deref(), "rollout transition");
         let previous = std::mem::replace(&mut self.record.phase, next.clone());
         if next.takes_traffic() && self.record.traffic_at_ms.is_none() {
             self.record.traffic_at_ms = Some(now);
