@@ -51,8 +51,12 @@ fn demo_promotes_the_good_build_and_reverts_the_bad_ones_without_router_failures
     assert_eq!(by_kind("errors")["verdict"], "revert", "{stdout}");
     assert_eq!(by_kind("latency")["verdict"], "revert", "{stdout}");
     let secs = |k: &str| by_kind(k)["seconds_to_verdict"].as_f64().expect("seconds");
+    // 5 % errors is 50× the availability budget: the build's own test burns
+    // within seconds, and blaming it rather than an outage its old replica
+    // shares takes 18 unanswered errors at the default blame level (about
+    // 9 s at the demo's traffic in a release build).
     assert!(
-        secs("errors") < 10.0,
+        secs("errors") < 20.0,
         "errors build reverted after {} s",
         secs("errors")
     );

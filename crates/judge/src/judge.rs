@@ -558,7 +558,7 @@ fn burning_reason(e: &Evidence, spec: &SloSpec, policy: &Policy) -> String {
 
 /// The bound the canary-against-baseline mixture must reach to blame the
 /// canary: `ln((1 − β)/blame_alpha)`, or the revert bound `ln_a` when the
-/// policy sets no `blame_alpha`.
+/// policy's `blame_alpha` is `None`.
 fn blame_bound(policy: &Policy, ln_a: f64) -> f64 {
     policy
         .blame_alpha
@@ -599,7 +599,7 @@ pub fn policy_problems(p: &Policy) -> Vec<JudgeError> {
     {
         err(
             "blame_alpha",
-            format!("must be in (0, 0.5), e.g. 0.001, or left out to use alpha; got {a}"),
+            format!("must be in (0, 0.5), e.g. 0.00001; got {a}"),
         );
     }
     if !(p.max_budget_share > 0.0 && p.max_budget_share <= 1.0) {
@@ -662,7 +662,7 @@ pub fn policy_problems(p: &Policy) -> Vec<JudgeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::SloObservation;
+    use crate::{DEFAULT_BLAME_ALPHA, SloObservation};
     use proptest::prelude::*;
 
     fn interval(candidate: (u64, u64), baseline: (u64, u64), share: Option<f64>) -> Interval {
@@ -1006,29 +1006,66 @@ mod tests {
 
     #[test]
     fn canary_blame_is_a_mixture_over_ratios_by_hand() {
-        let mut j = judge(Policy::default());
-        let mut d = j.step(&interval((10, 500), (1, 500), Some(0.5))).unwrap();
-        if d.verdict == Verdict::Continue {
-            d = j.step(&interval((10, 500), (1, 500), Some(0.5))).unwrap();
-        }
         // 20 canary and 2 baseline errors at an equal share; per ratio r,
         // θ = r/(r + 1): 20·ln(2θ) + 2·ln(2(1 − θ)) = 4.94271 (r = 2),
         // 7.56749 (4), 8.27440 (6), 8.43772 (14.4), 6.98953 (50); the log
-        // of their mean is 7.75789.
-        assert_eq!(d.verdict, Verdict::Revert, "{}", d.reason);
-        let blame = -d.evidence[0].shared_statistic.unwrap();
-        assert!((blame - 7.757_89).abs() < 1e-4, "{blame}");
-        assert!(d.reason.contains("the new release's fault"), "{}", d.reason);
+        // of their mean is 7.75789: past ln(0.995/0.01) = 4.60, short of
+        // the default blame bound ln(0.995/10⁻⁵) = 11.51.
+        for (blame_alpha, verdict) in [(None, Verdict::Revert), (Some(1e-5), Verdict::Continue)] {
+            let mut j = judge(Policy {
+                blame_alpha,
+                ..Policy::default()
+            });
+            j.step(&interval((10, 500), (1, 500), Some(0.5))).unwrap();
+            let d = j.step(&interval((10, 500), (1, 500), Some(0.5))).unwrap();
+            assert_eq!(d.verdict, verdict, "{blame_alpha:?}: {}", d.reason);
+            let blame = -d.evidence[0].shared_statistic.unwrap();
+            assert!((blame - 7.757_89).abs() < 1e-4, "{blame}");
+            if verdict == Verdict::Revert {
+                assert!(d.reason.contains("the new release's fault"), "{}", d.reason);
+            }
+        }
     }
 
     #[test]
-    fn a_half_share_canary_is_blamed_on_its_ninth_unanswered_error() {
+    fn by_default_a_half_share_canary_is_blamed_on_its_nineteenth_unanswered_error() {
+        // At a 50 % share each error is a fair coin under "alike": eighteen
+        // canary errors and none on the baseline (chance 2^-18, 3.8·10⁻⁶)
+        // stay below the default bound, ln mean_r (2θ_r)^18 = 10.9440 <
+        // ln(0.995/10⁻⁵) = 11.5079; the nineteenth reaches it: 11.5938.
+        assert_eq!(Policy::default().blame_alpha, Some(DEFAULT_BLAME_ALPHA));
+        for (second_bad, blamed) in [(14, false), (15, true)] {
+            let mut j = judge(Policy::default());
+            j.step(&interval((4, 500), (0, 500), Some(0.5))).unwrap();
+            let d = j
+                .step(&interval((second_bad, 500), (0, 500), Some(0.5)))
+                .unwrap();
+            let e = &d.evidence[0];
+            assert!(e.statistic >= e.upper_bound, "the canary's own test burns");
+            assert_eq!(
+                e.status == SloStatus::Burning,
+                blamed,
+                "{} canary errors: {}",
+                4 + second_bad,
+                d.reason
+            );
+            if blamed {
+                assert!(d.reason.contains("≥ 11.51"), "{}", d.reason);
+            }
+        }
+    }
+
+    #[test]
+    fn blamed_at_alpha_a_half_share_canary_is_blamed_on_its_ninth_unanswered_error() {
         // At a 50 % share each error is a fair coin under "alike": eight
         // canary errors and none on the baseline (chance 1/256) stay below
         // the bound, ln mean_r (2θ_r)^8 = 4.5964 < ln A = ln 99.5 = 4.6002;
         // the ninth (1/512) reaches it: 5.2129.
         for (second_bad, blamed) in [(4, false), (5, true)] {
-            let mut j = judge(Policy::default());
+            let mut j = judge(Policy {
+                blame_alpha: None,
+                ..Policy::default()
+            });
             j.step(&interval((4, 500), (0, 500), Some(0.5))).unwrap();
             let d = j
                 .step(&interval((second_bad, 500), (0, 500), Some(0.5)))

@@ -14,8 +14,10 @@
 //!   closest such outage to the truth (both versions failing at the rate
 //!   that fits the pooled errors) is at the conditional binomial's KL
 //!   divergence per error from it, and Wald–Hoeffding's bound is `ln A` over
-//!   that. With an equal-traffic baseline (50 %) that is 2.9–4.8× the own-
-//!   traffic oracle for 6–50× releases, so the time goal of a canary row is
+//!   that, `A = (1 − β)/blame_alpha` at the error rate the policy allows
+//!   blaming such an outage. With an equal-traffic baseline (50 %) that is
+//!   2.9–4.8× the own-traffic oracle for 6–50× releases at `blame_alpha =
+//!   α`, 7–12× at the default 10⁻⁵, so the time goal of a canary row is
 //!   measured against the larger of the two (`1.5 × max(oracle,
 //!   attribution_oracle)`, or 2 s);
 //! - `threshold_check_seconds`: a Flagger-style check (success rate ≥ 99 %
@@ -338,9 +340,12 @@ pub fn oracle_seconds(scenario: &Scenario, policy: &Policy, release_rps: f64) ->
 /// no worse than its baseline (nothing to attribute).
 ///
 /// This is the limit for the question a canary verdict needs answered
-/// besides "does it burn?": "is it the canary's fault?". A test that never
-/// blames a shared outage of any rate at level `α` needs at least `ln A ÷
-/// KL(θ1 ‖ θ0)` errors on average (Wald–Hoeffding), and the conditional
+/// besides "does it burn?": "is it the canary's fault?". A test that blames
+/// a shared outage of any rate with chance at most `blame_alpha` (the
+/// policy's, [`Policy::blame_alpha`]; its `alpha` when unset) and misses a
+/// bad canary with chance at most `β` needs at least `ln((1 − β)/
+/// blame_alpha) ÷ KL(θ1 ‖ θ0)` errors on average (Wald–Hoeffding), and the
+/// conditional
 /// binomial loses nothing: its KL per error times the error rate equals the
 /// Poisson KL from the truth to the closest shared outage (both versions at
 /// the pooled rate).
@@ -352,7 +357,8 @@ pub fn attribution_oracle_seconds(scenario: &Scenario, policy: &Policy) -> Optio
     }
     let p0 = 1.0 - scenario.objective;
     let theta = w * ratio / (w * ratio + 1.0 - w);
-    let errors = stats::wald_expected_trials(w, theta, theta, policy.alpha, policy.beta);
+    let blame_alpha = policy.blame_alpha.unwrap_or(policy.alpha);
+    let errors = stats::wald_expected_trials(w, theta, theta, blame_alpha, policy.beta);
     let errors_per_second =
         scenario.rps * p0 * (w * scenario.multiple + (1.0 - w) * scenario.baseline_multiple);
     Some(errors / errors_per_second)

@@ -94,8 +94,10 @@ fn shared_outage_holds_and_bursts_do_not_revert() {
 fn a_bad_canary_at_an_equal_share_is_reverted_within_the_attribution_limit() {
     // 6× canary beside a healthy baseline taking the other half of 1000 rps.
     // Blaming it needs evidence that the baseline does not fail alike, which
-    // its errors give at KL(6/7 ‖ 1/2) = 0.283 nats each: Wald's limit is
-    // 4.5 s against 1.6 s for the canary's own traffic alone.
+    // its errors give at KL(6/7 ‖ 1/2) = 0.2829 nats each: at the default
+    // blame level (10⁻⁵, ln A = 11.508) Wald's limit is about
+    // (0.995·11.508 − 0.005·5.298)/0.2829 = 40.4 errors, at 3.5 errors a
+    // second 11.5 s, against 1.6 s for the canary's own traffic alone.
     let policy = Policy::default();
     let mut s = release(6.0);
     s.name = "canary".into();
@@ -104,7 +106,7 @@ fn a_bad_canary_at_an_equal_share_is_reverted_within_the_attribution_limit() {
     assert!(r.revert_rate >= 0.95, "{r:?}");
     let limit = sim::time_limit_seconds(&r);
     assert_eq!(Some(limit), r.attribution_oracle_seconds, "{r:?}");
-    assert!((4.3..4.8).contains(&limit), "{r:?}");
+    assert!((11.2..11.8).contains(&limit), "{r:?}");
     assert!(r.median_seconds <= (1.5 * limit).max(2.0), "{r:?}");
 }
 
@@ -137,14 +139,29 @@ fn attribution_oracle_is_wald_on_the_conditional_binomial() {
     s.name = "canary".into();
     s.rps = 100.0;
     s.canary_share = Some(0.5);
-    // α = β = 0.01, as in the figures above (the default β is 0.005).
+    // α = β = 0.01 and blame at α, as in the figures above (the default β
+    // is 0.005, the default blame level 10⁻⁵).
     let policy = Policy {
         alpha: 0.01,
         beta: 0.01,
+        blame_alpha: None,
         ..Policy::default()
     };
     let a = sim::attribution_oracle_seconds(&s, &policy).expect("a canary worse than its baseline");
     assert!((a - 12.93).abs() < 0.05, "{a}");
+    // Blaming at 10⁻⁵ (ln A = ln(0.99/10⁻⁵) = 11.503, ln B = ln 0.01):
+    // (0.99·11.503 − 0.01·4.605)/0.45230 = 25.08 errors, 32.57 s; the
+    // canary's own test does not depend on it.
+    let strict = Policy {
+        blame_alpha: Some(1e-5),
+        ..policy.clone()
+    };
+    let a_strict = sim::attribution_oracle_seconds(&s, &strict).expect("worse");
+    assert!((a_strict - 32.57).abs() < 0.1, "{a_strict}");
+    assert_eq!(
+        sim::oracle_seconds(&s, &strict, 50.0),
+        sim::oracle_seconds(&s, &policy, 50.0)
+    );
     let own = sim::oracle_seconds(&s, &policy, 50.0);
     assert!((own - 3.59).abs() < 0.01, "{own}");
     // At 5 % the canary's errors say much more per error: the two limits
