@@ -93,6 +93,49 @@ fn json_rows_carry_every_documented_key_and_the_canary_attribution_limit() {
             assert!(a > 2.0 * own, "{row}");
         }
     }
+    // The grid runs the judge's default policy, its blame level included:
+    // the attribution limit is the one at 10⁻⁵, and `--blame-alpha` moves it.
+    let fourteen = |rows: &[Value]| {
+        rows.iter()
+            .find(|r| r["multiple"] == 14.4 && r["rps"] == 100.0 && r["canary_share"] == 0.5)
+            .and_then(|r| r["attribution_oracle_seconds"].as_f64())
+            .expect("the 14.4x canary row at 100 rps and 50 %")
+    };
+    let scenario = judge::sim::grid()
+        .into_iter()
+        .find(|s| {
+            s.name == "canary"
+                && s.multiple == 14.4
+                && s.rps == 100.0
+                && s.canary_share == Some(0.5)
+        })
+        .expect("in the grid");
+    let at = |blame_alpha| {
+        let policy = judge::Policy {
+            blame_alpha,
+            ..judge::Policy::default()
+        };
+        judge::sim::attribution_oracle_seconds(&scenario, &policy).expect("worse than its baseline")
+    };
+    assert!((fourteen(&canaries) - at(judge::Policy::default().blame_alpha)).abs() < 1e-9);
+    let out = guard(&[
+        "bench",
+        "detection",
+        "--trials",
+        "2",
+        "--scenario",
+        "canary",
+        "--blame-alpha",
+        "0.01",
+        "--json",
+    ]);
+    assert!(out.status.success());
+    let at_alpha: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert!((fourteen(&at_alpha) - at(Some(0.01))).abs() < 1e-9);
+    assert!(at(Some(0.01)) * 2.0 < at(judge::Policy::default().blame_alpha));
 
     // The table names the goals and how many were met.
     let out = guard(&[
@@ -124,6 +167,7 @@ fn bad_input_is_refused_with_a_reason_and_a_non_zero_exit() {
             "0.9",
             &["--blame-alpha", "must be in (0, 0.5)"],
         ),
+        ("--alpha", "0.7", &["--alpha", "must be in (0, 0.5)"]),
         ("--trials", "0", &["--trials"]),
         ("--jobs", "0", &["--jobs"]),
     ] {

@@ -228,19 +228,29 @@ impl Default for Policy {
             max_verify_seconds: 3600.0,
             min_events: 100,
             multiples: vec![2.0, 4.0, 6.0, 14.4, 50.0],
-            // 0.75 · ln A (A = (1 − β)/α): one block never reverts alone
-            // (0.75 · ln A < ln A), and two full blocks revert through any
-            // single alternative of the mixture: 1.5 · ln A − ln 5 = 5.29 ≥
-            // ln A = 4.60 (ln 5 is what the mixture of the five default
-            // multiples costs one alternative). With 0.6 two blocks needed
-            // two or more alternatives at the cap, which made a 50× canary at
-            // 1000 rps and 5 % share wait a third block (median 3 s against
-            // the 2 s goal); `bursty` false reverts stay ≤ 0.4 % (detection
-            // simulator, 1000 trials, seeds 1 and 2).
-            evidence_cap_per_second: 0.75 * ((1.0 - beta) / alpha).ln(),
+            evidence_cap_per_second: Policy::evidence_cap_for(alpha, beta),
             block_seconds: 1.0,
             max_missing_seconds: 30.0,
         }
+    }
+}
+
+impl Policy {
+    /// The default [`Policy::evidence_cap_per_second`] for error rates
+    /// `alpha` and `beta`: `0.75 · ln A`, `A = (1 − β)/α`, so it follows
+    /// the revert bound when α or β is changed.
+    ///
+    /// One block never reverts alone (0.75 · ln A < ln A), and two full
+    /// blocks revert through any single alternative of the default mixture:
+    /// 1.5 · ln A − ln 5 = 5.29 ≥ ln A = 4.60 at the default α and β (ln 5
+    /// is what the mixture of the five default multiples costs one
+    /// alternative). With 0.6 two blocks needed two or more alternatives at
+    /// the cap, which made a 50× canary at 1000 rps and 5 % share wait a
+    /// third block (median 3 s against the 2 s goal); `bursty` false
+    /// reverts stay ≤ 0.4 % (detection simulator, 1000 trials, seeds 1
+    /// and 2).
+    pub fn evidence_cap_for(alpha: f64, beta: f64) -> f64 {
+        0.75 * ((1.0 - beta) / alpha).ln()
     }
 }
 

@@ -51,6 +51,12 @@ pub struct DetectionArgs {
     /// the SLO's 30-day period).
     #[arg(long)]
     pub json: bool,
+    /// The judge policy's `alpha`, the chance of reverting a release no
+    /// worse than its baseline (default 0.01); the evidence cap follows it
+    /// as in guard.yaml. `oracle` is taken at it, and the false-revert goal
+    /// stays 1 %.
+    #[arg(long, value_name = "P")]
+    pub alpha: Option<f64>,
     /// Blame a canary for its burn only at this level (the judge policy's
     /// `blame_alpha`; default 0.00001). Larger gives faster canary reverts
     /// and more reverts in `shared-outage`. The attribution oracle (`attrib`)
@@ -87,16 +93,22 @@ fn detection(args: DetectionArgs) -> anyhow::Result<i32> {
             );
         }
     }
+    let defaults = judge::Policy::default();
+    let alpha = args.alpha.unwrap_or(defaults.alpha);
     let policy = judge::Policy {
-        blame_alpha: args.blame_alpha,
-        ..judge::Policy::default()
+        alpha,
+        evidence_cap_per_second: judge::Policy::evidence_cap_for(alpha, defaults.beta),
+        blame_alpha: args.blame_alpha.or(defaults.blame_alpha),
+        ..defaults
     };
-    // The judge names the field and the reason; say it before any work.
-    judge::Judge::new(
-        policy.clone(),
-        vec![judge::SloSpec::availability("availability", 0.999)],
-    )
-    .context("--blame-alpha")?;
+    // The judge names the reason; say it, under the flag, before any work.
+    if let Some(problem) = judge::policy_problems(&policy).into_iter().next() {
+        let flag = match &problem {
+            judge::JudgeError::Policy { field, .. } => format!("--{}", field.replace('_', "-")),
+            _ => "the policy".into(),
+        };
+        anyhow::bail!("{flag}: {problem}");
+    }
     let grid: Vec<_> = judge::sim::grid()
         .into_iter()
         .filter(|s| args.scenarios.is_empty() || args.scenarios.contains(&s.name))
