@@ -238,6 +238,45 @@ async fn erroring_build_is_reverted_and_the_old_build_runs() {
 }
 
 #[tokio::test]
+async fn an_outage_both_builds_share_holds_the_canary_and_reverts_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rig = rig(
+        &dir.path().join("shared.db"),
+        Arc::new(SimPlatform::default()),
+        None,
+    );
+    first_release(&rig);
+    // A dependency fails 2 % of every build's requests (20× the budget).
+    rig.source.set_error_ratio("1", "availability", 0.02);
+    rig.source.set_error_ratio("2", "availability", 0.02);
+    let id = rig
+        .engine
+        .deploy(&target(), build("2"), Strategy::Canary, "test")
+        .expect("deploy");
+    let reason = wait_held(&rig, id).await;
+    assert!(
+        reason.contains("an outage both versions share, not the release's fault"),
+        "{reason}"
+    );
+    // Held, still judged: the same errors on both sides never blame the
+    // canary, and the old build keeps its traffic.
+    assert_still_held(&rig, id, Duration::from_millis(800)).await;
+    assert!(
+        !rig.platform
+            .actions()
+            .iter()
+            .any(|(_, a)| a.starts_with("revert")),
+        "{:?}",
+        rig.platform.actions()
+    );
+    let (stable, candidate, _) = rig.platform.state(&target());
+    assert_eq!(
+        (stable.as_deref(), candidate.as_deref()),
+        (Some("1"), Some("2"))
+    );
+}
+
+#[tokio::test]
 async fn source_outage_holds_never_promotes_and_resumes_when_it_returns() {
     let dir = tempfile::tempdir().expect("tmp");
     let rig = rig(
