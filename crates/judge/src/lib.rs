@@ -162,9 +162,9 @@ impl SloSpec {
 /// at seed 2; at 10⁻⁵ none at seeds 1–3. A real bad canary is still
 /// reverted: blaming it needs `ln((1 − β)/10⁻⁵) = 11.5` nats instead of 4.6
 /// (a canary at an equal share with no baseline error: its 19th error, not
-/// its 9th), which took 2.2–2.6× as long in the simulator's canary rows
-/// (6–50×, 5 % and 50 % shares), within 1.5× of what any test at that level
-/// needs on average (`sim::attribution_oracle_seconds`). The budget rule does not wait for
+/// its 9th), which took 1.5–2.8× as long in the simulator's canary rows
+/// (6–50×, 5 % and 50 % shares; 2.3× typically), within 1.5× of what any
+/// test at that level needs on average (`sim::attribution_oracle_seconds`). The budget rule does not wait for
 /// blame: a canary burning [`Policy::max_budget_share`] beyond its baseline
 /// is reverted whoever else burns.
 pub const DEFAULT_BLAME_ALPHA: f64 = 1e-5;
