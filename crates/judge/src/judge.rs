@@ -354,9 +354,15 @@ impl Judge {
                 .iter()
                 .map(|e| {
                     if e.status == SloStatus::Undecided && e.statistic >= e.upper_bound {
+                        // At the default blame level this can last a while:
+                        // say how far the blame is from its bound.
                         format!(
-                            "{}: burning, checking whether the baseline burns too",
-                            e.slo
+                            "{}: burning ({} of {} failed); blamed on the new release, not on an outage its baseline shares, at release-against-baseline LLR {:.2}, now {:.2}",
+                            e.slo,
+                            e.bad,
+                            e.events,
+                            blame_bound(&self.policy, e.upper_bound),
+                            e.shared_statistic.map_or(0.0, |s| -s)
                         )
                     } else {
                         format!(
@@ -1051,6 +1057,15 @@ mod tests {
             );
             if blamed {
                 assert!(d.reason.contains("≥ 11.51"), "{}", d.reason);
+            } else {
+                assert_eq!(d.verdict, Verdict::Continue);
+                assert!(
+                    d.reason.contains(
+                        "burning (18 of 1000 failed); blamed on the new release, not on an outage its baseline shares, at release-against-baseline LLR 11.51, now 10.94"
+                    ),
+                    "{}",
+                    d.reason
+                );
             }
         }
     }

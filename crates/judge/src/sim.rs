@@ -653,6 +653,16 @@ pub struct GoalCheck {
 /// verification or later while the release was held (guard keeps judging a
 /// held release), so a held release's late revert counts against the false
 /// revert and shared-outage goals as much as for the others.
+///
+/// One check is out of reach of any judge fed one-second intervals that
+/// never lets one second's errors revert alone (the `bursty` goal's guard,
+/// [`Policy::evidence_cap_per_second`]): a 14.4× release at 100 rps, bound
+/// 1.5 × 1.79 s = 2.69 s. Its median would have to be 2 s, i.e. a revert
+/// by 2 s in half the trials; that needs at least three errors with one in
+/// each second, which 1.44 errors a second give with chance
+/// P(k ≥ 3 in 2 s) − 2·P(0 in 1 s)·P(k ≥ 3 in 1 s) = 0.549 − 2 · 0.237 ·
+/// 0.176 = 0.47, even to a test that knows the truth. It is 3 s at every
+/// seed.
 pub fn check_goals(rows: &[ScenarioResult]) -> Vec<GoalCheck> {
     let mut out = Vec::new();
     for r in rows {
