@@ -13,6 +13,31 @@ fn guard(args: &[&str]) -> std::process::Output {
         .expect("run guard")
 }
 
+/// The `canary` rows of `guard bench detection --json` (2 trials) with
+/// `extra` flags.
+fn canary_rows(extra: &[&str]) -> Vec<Value> {
+    let mut args = vec![
+        "bench",
+        "detection",
+        "--trials",
+        "2",
+        "--scenario",
+        "canary",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = guard(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
 #[test]
 fn json_rows_carry_every_documented_key_and_the_canary_attribution_limit() {
     let out = guard(&[
@@ -67,20 +92,7 @@ fn json_rows_carry_every_documented_key_and_the_canary_attribution_limit() {
 
     // A canary worse than its baseline has an attribution limit; with an
     // equal-traffic baseline it is the slower of the two questions.
-    let out = guard(&[
-        "bench",
-        "detection",
-        "--trials",
-        "2",
-        "--scenario",
-        "canary",
-        "--json",
-    ]);
-    assert!(out.status.success());
-    let canaries: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
+    let canaries = canary_rows(&[]);
     assert_eq!(canaries.len(), 36, "6 multiples × 3 rates × 2 shares");
     for row in &canaries {
         let multiple = row["multiple"].as_f64().expect("multiple");
@@ -118,22 +130,7 @@ fn json_rows_carry_every_documented_key_and_the_canary_attribution_limit() {
         judge::sim::attribution_oracle_seconds(&scenario, &policy).expect("worse than its baseline")
     };
     assert!((fourteen(&canaries) - at(judge::Policy::default().blame_alpha)).abs() < 1e-9);
-    let out = guard(&[
-        "bench",
-        "detection",
-        "--trials",
-        "2",
-        "--scenario",
-        "canary",
-        "--blame-alpha",
-        "0.01",
-        "--json",
-    ]);
-    assert!(out.status.success());
-    let at_alpha: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
+    let at_alpha = canary_rows(&["--blame-alpha", "0.01"]);
     assert!((fourteen(&at_alpha) - at(Some(0.01))).abs() < 1e-9);
     assert!(at(Some(0.01)) * 2.0 < at(judge::Policy::default().blame_alpha));
 

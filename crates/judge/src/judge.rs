@@ -1033,6 +1033,24 @@ mod tests {
         }
     }
 
+    /// The decision after `errors` canary errors (4 in the first second, the
+    /// rest in the second) and none on the baseline, 500 events each a
+    /// second at an equal share: the canary's own test burns either way.
+    fn unanswered_canary_errors(policy: Policy, errors: u64) -> Decision {
+        let mut j = judge(policy);
+        j.step(&interval((4, 500), (0, 500), Some(0.5))).unwrap();
+        let d = j
+            .step(&interval((errors - 4, 500), (0, 500), Some(0.5)))
+            .unwrap();
+        let e = &d.evidence[0];
+        assert!(e.statistic >= e.upper_bound, "the canary's own test burns");
+        d
+    }
+
+    fn blamed(d: &Decision) -> bool {
+        d.evidence[0].status == SloStatus::Burning
+    }
+
     #[test]
     fn by_default_a_half_share_canary_is_blamed_on_its_nineteenth_unanswered_error() {
         // At a 50 % share each error is a fair coin under "alike": eighteen
@@ -1040,34 +1058,19 @@ mod tests {
         // stay below the default bound, ln mean_r (2θ_r)^18 = 10.9440 <
         // ln(0.995/10⁻⁵) = 11.5079; the nineteenth reaches it: 11.5938.
         assert_eq!(Policy::default().blame_alpha, Some(DEFAULT_BLAME_ALPHA));
-        for (second_bad, blamed) in [(14, false), (15, true)] {
-            let mut j = judge(Policy::default());
-            j.step(&interval((4, 500), (0, 500), Some(0.5))).unwrap();
-            let d = j
-                .step(&interval((second_bad, 500), (0, 500), Some(0.5)))
-                .unwrap();
-            let e = &d.evidence[0];
-            assert!(e.statistic >= e.upper_bound, "the canary's own test burns");
-            assert_eq!(
-                e.status == SloStatus::Burning,
-                blamed,
-                "{} canary errors: {}",
-                4 + second_bad,
-                d.reason
-            );
-            if blamed {
-                assert!(d.reason.contains("≥ 11.51"), "{}", d.reason);
-            } else {
-                assert_eq!(d.verdict, Verdict::Continue);
-                assert!(
-                    d.reason.contains(
-                        "burning (18 of 1000 failed); blamed on the new release, not on an outage its baseline shares, at release-against-baseline LLR 11.51, now 10.94"
-                    ),
-                    "{}",
-                    d.reason
-                );
-            }
-        }
+        let d = unanswered_canary_errors(Policy::default(), 18);
+        assert!(!blamed(&d), "{}", d.reason);
+        assert_eq!(d.verdict, Verdict::Continue);
+        assert!(
+            d.reason.contains(
+                "burning (18 of 1000 failed); blamed on the new release, not on an outage its baseline shares, at release-against-baseline LLR 11.51, now 10.94"
+            ),
+            "{}",
+            d.reason
+        );
+        let d = unanswered_canary_errors(Policy::default(), 19);
+        assert!(blamed(&d), "{}", d.reason);
+        assert!(d.reason.contains("≥ 11.51"), "{}", d.reason);
     }
 
     #[test]
@@ -1076,24 +1079,13 @@ mod tests {
         // canary errors and none on the baseline (chance 1/256) stay below
         // the bound, ln mean_r (2θ_r)^8 = 4.5964 < ln A = ln 99.5 = 4.6002;
         // the ninth (1/512) reaches it: 5.2129.
-        for (second_bad, blamed) in [(4, false), (5, true)] {
-            let mut j = judge(Policy {
-                blame_alpha: None,
-                ..Policy::default()
-            });
-            j.step(&interval((4, 500), (0, 500), Some(0.5))).unwrap();
-            let d = j
-                .step(&interval((second_bad, 500), (0, 500), Some(0.5)))
-                .unwrap();
-            let e = &d.evidence[0];
-            assert!(e.statistic >= e.upper_bound, "the canary's own test burns");
-            assert_eq!(
-                e.status == SloStatus::Burning,
-                blamed,
-                "{} canary errors: {}",
-                4 + second_bad,
-                d.reason
-            );
+        let at_alpha = Policy {
+            blame_alpha: None,
+            ..Policy::default()
+        };
+        for (errors, expected) in [(8, false), (9, true)] {
+            let d = unanswered_canary_errors(at_alpha.clone(), errors);
+            assert_eq!(blamed(&d), expected, "{errors} canary errors: {}", d.reason);
         }
     }
 
@@ -1105,20 +1097,10 @@ mod tests {
             blame_alpha: Some(0.001),
             ..Policy::default()
         };
-        for (second_bad, blamed) in [(7, false), (8, true)] {
-            let mut j = judge(policy.clone());
-            j.step(&interval((4, 500), (0, 500), Some(0.5))).unwrap();
-            let d = j
-                .step(&interval((second_bad, 500), (0, 500), Some(0.5)))
-                .unwrap();
-            assert_eq!(
-                d.evidence[0].status == SloStatus::Burning,
-                blamed,
-                "{} canary errors: {}",
-                4 + second_bad,
-                d.reason
-            );
-            if blamed {
+        for (errors, expected) in [(11, false), (12, true)] {
+            let d = unanswered_canary_errors(policy.clone(), errors);
+            assert_eq!(blamed(&d), expected, "{errors} canary errors: {}", d.reason);
+            if expected {
                 assert!(d.reason.contains("≥ 6.90"), "{}", d.reason);
             }
         }
