@@ -10,12 +10,14 @@ mod kube_double;
 #[path = "support/kube_env.rs"]
 mod kube_env;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use guard::platform::kubernetes::controller::{Controller, ControllerSettings};
 use guard::platform::kubernetes::rollout::{self, Phase, RolloutState};
 use guard::platform::kubernetes::{KubeSettings, KubernetesPlatform, UndoOutcome};
+use guard::platform::{Build, Platform, Strategy, Target};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
@@ -284,6 +286,100 @@ async fn held_build_2(
     roll_to(cluster, "web", "2").await;
     let held = wait_phase(cluster, "web", Phase::Held, "2").await;
     (running, signals, good_rs, held)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_a_held_canary_stays_held_and_is_aborted_when_it_burns() {
+    let cluster = TestCluster::start("held-canary").await;
+    let api = cluster.deployments();
+    api.create(&PostParams::default(), &deployment("web", "1", 4))
+        .await
+        .expect("create");
+    let signals = Arc::new(SyntheticSignals::new(5.0, 0.5));
+    let mut running =
+        start_controller_with(&cluster, "guard-b", signals.clone(), Duration::from_secs(2));
+    wait_phase(&cluster, "web", Phase::Baseline, "1").await;
+    // guard-a's engine starts a canary (a quarter of the replicas, no
+    // Gateway API here) and stops leading: guard-b takes it over, and at 5
+    // requests a second it has no verdict within the 2 s deadline.
+    let engine = KubernetesPlatform::new(
+        cluster.client.clone(),
+        KubeSettings {
+            identity: "guard-a".into(),
+            ready_timeout: Duration::from_secs(60),
+            namespaces: BTreeMap::from([("production".to_string(), cluster.namespace.clone())]),
+            ..KubeSettings::default()
+        },
+    );
+    let build = |n: &str| Build {
+        number: n.into(),
+        commit: None,
+        image: Some(kube_env::image(n)),
+        command: vec![],
+        env: BTreeMap::new(),
+    };
+    let target = Target {
+        service: "web".into(),
+        environment: "production".into(),
+    };
+    // Its writes are conditional and the controller writes too: a conflict
+    // is retried, as the engine's next tick does.
+    eventually(WAIT, "the canary at 25 %", || async {
+        engine
+            .shift(&target, &build("1"), &build("2"), Strategy::Canary, 0.25)
+            .await
+            .inspect_err(|e| eprintln!("shift: {e}; again"))
+            .ok()
+    })
+    .await;
+    let held = wait_phase(&cluster, "web", Phase::Held, "2").await;
+    assert_eq!(held.strategy, Strategy::Canary);
+    assert!(
+        held.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("no verdict")),
+        "{held:?}"
+    );
+    // Held: the hold is kept (not read as a new rollout of the stable
+    // template) and the canary keeps running for the person to look at.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        state_of(&api, "web").await.map(|s| s.phase),
+        Some(Phase::Held)
+    );
+    assert!(api.get_opt("web-canary").await.expect("get").is_some());
+
+    // Build 2 starts failing half its requests while held: aborted.
+    signals.turn_bad("2");
+    let reverted = wait_phase(&cluster, "web", Phase::Reverted, "2").await;
+    assert!(
+        reverted
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("while held:")),
+        "{reverted:?}"
+    );
+    eventually(WAIT, "the canary Deployment removed", || async {
+        api.get_opt("web-canary")
+            .await
+            .expect("get")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let d = api.get("web").await.expect("get");
+    assert_eq!(
+        rollout::build_of(&d.spec.template, None).number,
+        "1",
+        "the stable Deployment still runs build 1"
+    );
+    let mut kinds = vec![];
+    while kinds.last() != Some(&notify::EventKind::Reverted) {
+        kinds.push(next_event(&mut running.events, "an event").await.kind);
+    }
+    assert!(kinds.contains(&notify::EventKind::Held), "{kinds:?}");
+    running.stop.cancel();
+    cluster.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,9 +15,10 @@
 //!    ([`KubernetesPlatform::undo`]) together with phase `reverted` and the
 //!    reverted-by/-reason/-to annotations, in one conditional write. `hold`
 //!    (or no verdict by the deadline): phase `held`, the Deployment is left
-//!    for a person; a held rolling rollout is still judged by whichever
-//!    replica leads (from fresh counts after a failover), and a revert
-//!    verdict reverts it ("while held: …").
+//!    for a person; a held rollout (rolling, or a canary taken over from an
+//!    engine, step 4) is still judged by whichever replica leads (from fresh
+//!    counts after a failover), and a revert verdict reverts it ("while
+//!    held: …"; a canary is aborted).
 //!
 //! Rollouts started through guard's deploy API (`guard deploy`, the rollout
 //! engine of the leading replica) carry `by: engine:<identity>` in the state
@@ -394,6 +395,16 @@ impl Controller {
         {
             return self.watch_held(ns, name, &target, s.clone(), &hash).await;
         }
+        // So is a held canary, while the stable Deployment still runs the
+        // template it was judged against (see `watch_held_canary`).
+        if let Some(s) = &state
+            && s.phase == Phase::Held
+            && s.strategy == Strategy::Canary
+            && s.engine_owner().is_none()
+            && s.stable.as_ref().and_then(|st| st.hash.as_deref()) == Some(hash.as_str())
+        {
+            return self.watch_held_canary(ns, name, &target, s.clone()).await;
+        }
         match rollout::next_step(state.as_ref(), &hash) {
             Next::Nothing => Ok(()),
             Next::Start { .. }
@@ -694,6 +705,56 @@ impl Controller {
             .await
     }
 
+    /// Steps the verification of a held canary (taken over from an engine,
+    /// held by [`Controller::verify_canary`]): still running at its share, it
+    /// is aborted on a revert verdict ("while held: …"), as guard's engine
+    /// does; any other verdict waits for the person.
+    async fn watch_held_canary(
+        &self,
+        ns: &str,
+        name: &str,
+        target: &Target,
+        mut state: RolloutState,
+    ) -> Result<(), ReconcileError> {
+        let (Some(hash), Some(stable)) = (state.candidate.hash.clone(), state.stable.clone())
+        else {
+            return Ok(());
+        };
+        let (decision, key, evidence) = self
+            .decide(ns, name, target, &state, &stable, &hash)
+            .await?;
+        let Decision::Revert { reason } = decision else {
+            return Ok(());
+        };
+        let reason = format!("while held: {reason}");
+        let deployment = format!("{ns}/{name}");
+        // Act only on the hold that was judged: a person may have acted, or
+        // a newer rollout started, since it was read.
+        let fresh = self.platform.view(ns, name).await?;
+        let now = RolloutState::read(&fresh.deployment).ok().flatten();
+        if !now.as_ref().is_some_and(|n| {
+            n.phase == Phase::Held
+                && n.strategy == Strategy::Canary
+                && n.candidate.hash.as_deref() == Some(hash.as_str())
+        }) {
+            self.forget(&key);
+            tracing::info!(deployment = %deployment, build = %state.candidate.build, "the held canary changed since it was judged; not acting on it");
+            return Ok(());
+        }
+        canary::abort(&self.platform, ns, name, &reason).await?;
+        self.forget(&key);
+        tracing::warn!(deployment = %deployment, from = %state.candidate.build, to = %stable.build, reason, "held canary reverted");
+        state.phase = Phase::Reverted;
+        self.emit(
+            notify::EventKind::Reverted,
+            target,
+            &state,
+            &reason,
+            evidence,
+        );
+        Ok(())
+    }
+
     /// Steps the candidate's verification and reverts it on a revert verdict,
     /// the reason prefixed by `context`; any other verdict changes nothing
     /// (the post-promote watch and a hold both wait for something else).
@@ -892,8 +953,8 @@ impl Controller {
                 state.by = Some(identity);
                 state.reason = Some(reason.clone());
                 self.write(ns, name, fresh_rv.as_deref(), &state).await?;
-                self.forget(&key);
-                tracing::warn!(deployment = %deployment, build = %state.candidate.build, reason, "canary held for a person");
+                // The verification keeps running: see `watch_held_canary`.
+                tracing::warn!(deployment = %deployment, build = %state.candidate.build, reason, "canary held for a person; still judged, a conclusive revert verdict aborts it");
                 self.emit(notify::EventKind::Held, target, &state, &reason, evidence);
                 Ok(())
             }
