@@ -8,46 +8,22 @@ mod kube_double;
 #[path = "support/kube_env.rs"]
 mod kube_env;
 
-use std::collections::BTreeMap;
-use std::time::Duration;
-
+use guard::platform::kubernetes::KubernetesPlatform;
 use guard::platform::kubernetes::canary::{self, httproute_resource};
 use guard::platform::kubernetes::rollout::{self, Phase, RolloutState};
-use guard::platform::kubernetes::{KubeSettings, KubernetesPlatform};
-use guard::platform::{Build, Platform, Strategy, Target};
+use guard::platform::{Platform, Strategy, Target};
 use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 use kube::api::{Api, DynamicObject, PostParams};
-use kube_env::{TestCluster, deployment, image};
+use kube_env::{TestCluster, build, deployment};
 use serde_json::json;
 
 fn platform(cluster: &TestCluster) -> KubernetesPlatform {
-    KubernetesPlatform::new(
-        cluster.client.clone(),
-        KubeSettings {
-            identity: "guard-a".into(),
-            ready_timeout: Duration::from_secs(60),
-            namespaces: BTreeMap::from([("production".to_string(), cluster.namespace.clone())]),
-            ..KubeSettings::default()
-        },
-    )
-}
-
-fn build(n: &str) -> Build {
-    Build {
-        number: n.into(),
-        commit: None,
-        image: Some(image(n)),
-        command: vec![],
-        env: BTreeMap::new(),
-    }
+    kube_env::engine_platform(cluster, "guard-a")
 }
 
 fn target() -> Target {
-    Target {
-        service: "web".into(),
-        environment: "production".into(),
-    }
+    kube_env::web_in_production()
 }
 
 /// The stable Deployment, its two Services and the route, as deploy/kustomize/base declares them.

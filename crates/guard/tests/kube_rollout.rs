@@ -10,14 +10,13 @@ mod kube_double;
 #[path = "support/kube_env.rs"]
 mod kube_env;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use guard::platform::kubernetes::controller::{Controller, ControllerSettings};
 use guard::platform::kubernetes::rollout::{self, Phase, RolloutState};
 use guard::platform::kubernetes::{KubeSettings, KubernetesPlatform, UndoOutcome};
-use guard::platform::{Build, Platform, Strategy, Target};
+use guard::platform::{Platform, Strategy};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
@@ -288,6 +287,43 @@ async fn held_build_2(
     (running, signals, good_rs, held)
 }
 
+/// `held` is a hold for want of a verdict that stays a hold (a second later,
+/// with `while_held` checked then) until build 2 turns bad, and is then
+/// reverted "while held".
+async fn held_then_reverted_while_held<F, Fut>(
+    cluster: &TestCluster,
+    held: &RolloutState,
+    signals: &SyntheticSignals,
+    while_held: F,
+) where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    assert!(
+        held.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("no verdict")),
+        "{held:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        state_of(&cluster.deployments(), "web")
+            .await
+            .map(|s| s.phase),
+        Some(Phase::Held)
+    );
+    while_held().await;
+    signals.turn_bad("2");
+    let reverted = wait_phase(cluster, "web", Phase::Reverted, "2").await;
+    assert!(
+        reverted
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("while held:")),
+        "{reverted:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_a_held_canary_stays_held_and_is_aborted_when_it_burns() {
     let cluster = TestCluster::start("held-canary").await;
@@ -302,31 +338,19 @@ async fn kube_a_held_canary_stays_held_and_is_aborted_when_it_burns() {
     // guard-a's engine starts a canary (a quarter of the replicas, no
     // Gateway API here) and stops leading: guard-b takes it over, and at 5
     // requests a second it has no verdict within the 2 s deadline.
-    let engine = KubernetesPlatform::new(
-        cluster.client.clone(),
-        KubeSettings {
-            identity: "guard-a".into(),
-            ready_timeout: Duration::from_secs(60),
-            namespaces: BTreeMap::from([("production".to_string(), cluster.namespace.clone())]),
-            ..KubeSettings::default()
-        },
-    );
-    let build = |n: &str| Build {
-        number: n.into(),
-        commit: None,
-        image: Some(kube_env::image(n)),
-        command: vec![],
-        env: BTreeMap::new(),
-    };
-    let target = Target {
-        service: "web".into(),
-        environment: "production".into(),
-    };
+    let engine = kube_env::engine_platform(&cluster, "guard-a");
+    let target = kube_env::web_in_production();
     // Its writes are conditional and the controller writes too: a conflict
     // is retried, as the engine's next tick does.
     eventually(WAIT, "the canary at 25 %", || async {
         engine
-            .shift(&target, &build("1"), &build("2"), Strategy::Canary, 0.25)
+            .shift(
+                &target,
+                &kube_env::build("1"),
+                &kube_env::build("2"),
+                Strategy::Canary,
+                0.25,
+            )
             .await
             .inspect_err(|e| eprintln!("shift: {e}; again"))
             .ok()
@@ -334,31 +358,13 @@ async fn kube_a_held_canary_stays_held_and_is_aborted_when_it_burns() {
     .await;
     let held = wait_phase(&cluster, "web", Phase::Held, "2").await;
     assert_eq!(held.strategy, Strategy::Canary);
-    assert!(
-        held.reason
-            .as_deref()
-            .is_some_and(|r| r.contains("no verdict")),
-        "{held:?}"
-    );
     // Held: the hold is kept (not read as a new rollout of the stable
-    // template) and the canary keeps running for the person to look at.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert_eq!(
-        state_of(&api, "web").await.map(|s| s.phase),
-        Some(Phase::Held)
-    );
-    assert!(api.get_opt("web-canary").await.expect("get").is_some());
-
-    // Build 2 starts failing half its requests while held: aborted.
-    signals.turn_bad("2");
-    let reverted = wait_phase(&cluster, "web", Phase::Reverted, "2").await;
-    assert!(
-        reverted
-            .reason
-            .as_deref()
-            .is_some_and(|r| r.starts_with("while held:")),
-        "{reverted:?}"
-    );
+    // template) and the canary keeps running for the person to look at;
+    // build 2 then starts failing half its requests: aborted.
+    held_then_reverted_while_held(&cluster, &held, &signals, || async {
+        assert!(api.get_opt("web-canary").await.expect("get").is_some());
+    })
+    .await;
     eventually(WAIT, "the canary Deployment removed", || async {
         api.get_opt("web-canary")
             .await
@@ -387,27 +393,9 @@ async fn kube_a_held_rollout_is_still_judged_and_reverted_when_it_burns() {
     let cluster = TestCluster::start("held").await;
     let api = cluster.deployments();
     let (mut running, signals, good_rs, held) = held_build_2(&cluster, "guard-a").await;
-    assert!(
-        held.reason
-            .as_deref()
-            .is_some_and(|r| r.contains("no verdict")),
-        "{held:?}"
-    );
-    // Held: left for a person, nothing reverted or promoted on its own.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let still = state_of(&api, "web").await.expect("state");
-    assert_eq!(still.phase, Phase::Held);
-
-    // Build 2 starts failing half its requests while held: reverted.
-    signals.turn_bad("2");
-    let reverted = wait_phase(&cluster, "web", Phase::Reverted, "2").await;
-    assert!(
-        reverted
-            .reason
-            .as_deref()
-            .is_some_and(|r| r.starts_with("while held:")),
-        "{reverted:?}"
-    );
+    // Held: left for a person, nothing reverted or promoted on its own;
+    // build 2 then starts failing half its requests: reverted.
+    held_then_reverted_while_held(&cluster, &held, &signals, || async {}).await;
     let d = api.get("web").await.expect("get");
     assert_eq!(
         d.spec.template,

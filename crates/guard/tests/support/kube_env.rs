@@ -90,6 +90,43 @@ pub fn image(build: &str) -> String {
     format!("registry.k8s.io/pause:{build}")
 }
 
+/// Build `n` as `guard deploy` hands it to the platform: image [`image`]`(n)`.
+pub fn build(n: &str) -> guard::platform::Build {
+    guard::platform::Build {
+        number: n.into(),
+        commit: None,
+        image: Some(image(n)),
+        command: vec![],
+        env: BTreeMap::new(),
+    }
+}
+
+/// Service `web` in environment `production` (the test's namespace on
+/// [`engine_platform`]).
+pub fn web_in_production() -> Target {
+    Target {
+        service: "web".into(),
+        environment: "production".into(),
+    }
+}
+
+/// The platform as the rollout engine of guard replica `identity` drives it:
+/// environment `production` is the test's namespace.
+pub fn engine_platform(
+    cluster: &TestCluster,
+    identity: &str,
+) -> guard::platform::kubernetes::KubernetesPlatform {
+    guard::platform::kubernetes::KubernetesPlatform::new(
+        cluster.client.clone(),
+        guard::platform::kubernetes::KubeSettings {
+            identity: identity.into(),
+            ready_timeout: Duration::from_secs(60),
+            namespaces: BTreeMap::from([("production".to_string(), cluster.namespace.clone())]),
+            ..Default::default()
+        },
+    )
+}
+
 /// A guarded Deployment `name` running build `build` (annotation + image),
 /// following the label conventions of `deploy/kustomize/base`.
 pub fn deployment(name: &str, build: &str, replicas: i32) -> Deployment {

@@ -714,7 +714,7 @@ impl Controller {
         ns: &str,
         name: &str,
         target: &Target,
-        mut state: RolloutState,
+        state: RolloutState,
     ) -> Result<(), ReconcileError> {
         let (Some(hash), Some(stable)) = (state.candidate.hash.clone(), state.stable.clone())
         else {
@@ -741,15 +741,33 @@ impl Controller {
             tracing::info!(deployment = %deployment, build = %state.candidate.build, "the held canary changed since it was judged; not acting on it");
             return Ok(());
         }
-        canary::abort(&self.platform, ns, name, &reason).await?;
-        self.forget(&key);
-        tracing::warn!(deployment = %deployment, from = %state.candidate.build, to = %stable.build, reason, "held canary reverted");
+        self.abort_judged_canary(ns, name, target, state, &stable, &reason, &key, evidence)
+            .await
+    }
+
+    /// Aborts the judged canary ([`canary::abort`]: traffic back, canary
+    /// removed, the revert recorded) and tells the team.
+    #[allow(clippy::too_many_arguments)]
+    async fn abort_judged_canary(
+        &self,
+        ns: &str,
+        name: &str,
+        target: &Target,
+        mut state: RolloutState,
+        stable: &Side,
+        reason: &str,
+        key: &RunKey,
+        evidence: notify::Evidence,
+    ) -> Result<(), ReconcileError> {
+        canary::abort(&self.platform, ns, name, reason).await?;
+        self.forget(key);
+        tracing::warn!(deployment = %format!("{ns}/{name}"), from = %state.candidate.build, to = %stable.build, reason, "canary reverted");
         state.phase = Phase::Reverted;
         self.emit(
             notify::EventKind::Reverted,
             target,
             &state,
-            &reason,
+            reason,
             evidence,
         );
         Ok(())
@@ -934,18 +952,8 @@ impl Controller {
                 Ok(())
             }
             Decision::Revert { reason } => {
-                canary::abort(&self.platform, ns, name, &reason).await?;
-                self.forget(&key);
-                tracing::warn!(deployment = %deployment, from = %state.candidate.build, to = %stable.build, reason, "canary reverted");
-                state.phase = Phase::Reverted;
-                self.emit(
-                    notify::EventKind::Reverted,
-                    target,
-                    &state,
-                    &reason,
-                    evidence,
-                );
-                Ok(())
+                self.abort_judged_canary(ns, name, target, state, &stable, &reason, &key, evidence)
+                    .await
             }
             Decision::Hold { reason } => {
                 state.phase = Phase::Held;
