@@ -514,21 +514,44 @@ impl Check {
     }
 
     fn addr(&mut self, v: &Spanned<String>, field: &str) -> Option<SocketAddr> {
-        match v.value.parse::<SocketAddr>() {
+        match listen_address(&v.value) {
             Ok(a) => Some(a),
-            Err(_) => {
-                self.push(
-                    Some(v.referenced.line()),
-                    field,
-                    format!(
-                        "not an IP:port address, e.g. `127.0.0.1:7700`; got {:?}",
-                        v.value
-                    ),
-                );
+            Err(reason) => {
+                self.push(Some(v.referenced.line()), field, reason);
                 None
             }
         }
     }
+}
+
+/// An address to listen on: `IP:PORT` (`127.0.0.1:7700`, `[::1]:0`) or
+/// `HOST:PORT` resolved now (`localhost:7700`; its IPv4 address when it has
+/// one, as most people mean 127.0.0.1 by it). Also clap's parser for the
+/// `--listen` flags.
+pub fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let example = "e.g. `127.0.0.1:7700` or `localhost:7700`";
+    if text
+        .rsplit_once(':')
+        .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+    {
+        return Err(format!(
+            "not an address to listen on (HOST:PORT or IP:PORT, {example}); got {text:?}"
+        ));
+    }
+    let resolved: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {text:?} ({e}); {example}"))?
+        .collect();
+    resolved
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| resolved.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?} resolves to no address; {example}"))
 }
 
 /// The judge's policy from `policy:` over the defaults; an unknown field, a
@@ -1332,6 +1355,41 @@ mod tests {
             (ok.policy.alpha, ok.policy.blame_alpha, ok.policy.beta),
             (0.02, Some(0.001), judge::Policy::default().beta)
         );
+    }
+
+    #[test]
+    fn a_listen_address_may_name_a_host() {
+        assert_eq!(
+            listen_address("127.0.0.1:7700"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 7700)))
+        );
+        assert_eq!(
+            listen_address("[::1]:0").map(|a| a.ip().is_loopback()),
+            Ok(true)
+        );
+        // localhost is a loopback address (127.0.0.1 where it has one), so
+        // the API needs no token on it.
+        let local = listen_address("localhost:0").expect("localhost resolves");
+        assert!(local.ip().is_loopback() && local.port() == 0, "{local}");
+        for bad in [
+            "localhost",
+            ":7700",
+            "localhost:http",
+            "localhost:70000",
+            "",
+        ] {
+            let err = listen_address(bad).expect_err(bad);
+            assert!(err.contains("HOST:PORT or IP:PORT"), "{bad}: {err}");
+        }
+        let ok = parse(
+            &format!("api:\n  listen: localhost:0\n{SERVICES}"),
+            "g.yaml",
+            Path::new("."),
+        )
+        .expect("valid");
+        assert!(ok.api.listen.ip().is_loopback());
+        let (found, text) = problems_of(&format!("api:\n  listen: localhost\n{SERVICES}"));
+        assert_eq!(found, at(&[(Some(2), "api.listen")]), "{text}");
     }
 
     #[test]

@@ -80,7 +80,7 @@ pub struct Args {
     #[arg(long, short, env = "GUARD_CONFIG", default_value = "guard.yaml")]
     pub config: PathBuf,
     /// Address for the API, /metrics, health, leader status and webhooks (default: api.listen of guard.yaml).
-    #[arg(long, env = "GUARD_LISTEN", value_name = "ADDR")]
+    #[arg(long, env = "GUARD_LISTEN", value_name = "ADDR", value_parser = crate::config::listen_address)]
     pub listen: Option<SocketAddr>,
     /// Guard Deployments of this namespace only (default: every namespace).
     #[arg(long, env = "GUARD_WATCH_NAMESPACE")]

@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long, env = "GUARD_ULTRA_BOOST_BIN", value_name = "PATH")]
     pub ultra_boost_bin: Option<PathBuf>,
     /// Override `api.listen`.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = config::listen_address)]
     pub listen: Option<SocketAddr>,
     /// Write the API's bound address to this file once it listens (useful with port 0).
     #[arg(long, value_name = "PATH")]
