@@ -268,7 +268,9 @@ impl LocalPlatform {
             .values()
             .cloned()
             .collect();
-        for rt in rts {
+        // Environments drain side by side: each waits for its replicas'
+        // drain delay, and one after another that added up.
+        futures::future::join_all(rts.into_iter().map(|rt| async move {
             let _op = rt.op.lock().await;
             let replicas: Vec<Replica> = {
                 let mut st = rt.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -283,7 +285,8 @@ impl LocalPlatform {
             rt.reapers.close();
             rt.reapers.wait().await;
             rt.router.shutdown(Duration::from_secs(5)).await;
-        }
+        }))
+        .await;
         // The sockets are gone with the replicas; a process that exits
         // without dropping every clone would leave the directory behind.
         let _ = std::fs::remove_dir_all(&self.inner.dir);
