@@ -586,18 +586,7 @@ fn read_policy(raw: &BTreeMap<String, Spanned<serde_json::Value>>, c: &mut Check
             Err(e) => c.push(line, field, e.to_string()),
         }
     }
-    let mut policy: judge::Policy =
-        serde_json::from_value(Value::Object(merged)).unwrap_or_default();
-    // The cap's default is a share of the revert bound `ln((1 − β)/α)`: left
-    // at the default α's, `alpha: 0.05` would let one burst revert alone.
-    if !raw.contains_key("evidence_cap_per_second")
-        && (raw.contains_key("alpha") || raw.contains_key("beta"))
-    {
-        let cap = judge::Policy::evidence_cap_for(policy.alpha, policy.beta);
-        if cap.is_finite() && cap > 0.0 {
-            policy.evidence_cap_per_second = cap;
-        }
-    }
+    let policy: judge::Policy = serde_json::from_value(Value::Object(merged)).unwrap_or_default();
     for problem in judge::policy_problems(&policy) {
         if let judge::JudgeError::Policy { field, reason } = problem {
             c.push(
@@ -1410,15 +1399,15 @@ mod tests {
         // α's cap (3.45) would let one block revert alone.
         let p = policy("  alpha: 0.05\n");
         let ln_a = (0.995f64 / 0.05).ln();
-        assert!((p.evidence_cap_per_second - 0.75 * ln_a).abs() < 1e-12);
-        assert!(p.evidence_cap_per_second < ln_a);
+        assert!((p.evidence_cap() - 0.75 * ln_a).abs() < 1e-12);
+        assert!(p.evidence_cap() < ln_a);
         let p = policy("  beta: 0.01\n");
-        assert!((p.evidence_cap_per_second - 0.75 * (0.99f64 / 0.01).ln()).abs() < 1e-12);
+        assert!((p.evidence_cap() - 0.75 * (0.99f64 / 0.01).ln()).abs() < 1e-12);
         let p = policy("  alpha: 0.05\n  evidence_cap_per_second: 9\n");
-        assert_eq!(p.evidence_cap_per_second, 9.0);
+        assert_eq!(p.evidence_cap(), 9.0);
         assert_eq!(
-            policy("  min_events: 10\n").evidence_cap_per_second,
-            judge::Policy::default().evidence_cap_per_second
+            policy("  min_events: 10\n").evidence_cap(),
+            judge::Policy::default().evidence_cap()
         );
     }
 

@@ -376,6 +376,23 @@ fn custom_alert_windows_catalogs() {
     );
 }
 
+/// `guard slo generate` of `input` to `output` with recording rules only
+/// and two extra labels (`env=prod`, `tier=1`).
+fn labelled_recordings<'a>(input: &'a str, output: &'a str) -> [&'a str; 11] {
+    [
+        "slo",
+        "generate",
+        "-i",
+        input,
+        "-o",
+        output,
+        "--disable-alerts",
+        "-l",
+        "env=prod",
+        "-l",
+        "tier=1",
+    ]
+}
 #[test]
 fn directory_input_mirrors_the_tree_and_flags_apply() {
     let Some(dir) = fixtures() else { return };
@@ -399,19 +416,7 @@ fn directory_input_mirrors_the_tree_and_flags_apply() {
         input.to_string_lossy().into_owned(),
         out_dir.to_string_lossy().into_owned(),
     );
-    let args = [
-        "slo",
-        "generate",
-        "-i",
-        &i,
-        "-o",
-        &o,
-        "--disable-alerts",
-        "-l",
-        "env=prod",
-        "-l",
-        "tier=1",
-    ];
+    let args = labelled_recordings(&i, &o);
     let out = guard(&args);
     assert!(out.status.success(), "{}", describe(&args, &out));
     let a = std::fs::read_to_string(out_dir.join("a.yml")).expect("a.yml written");
@@ -445,19 +450,7 @@ fn directory_input_mirrors_the_tree_and_flags_apply() {
 
     // A directory input to standard output: one YAML stream, every file's
     // documents in the order of the files, each header naming its file.
-    let args = [
-        "slo",
-        "generate",
-        "-i",
-        &i,
-        "-o",
-        "-",
-        "--disable-alerts",
-        "-l",
-        "env=prod",
-        "-l",
-        "tier=1",
-    ];
+    let args = labelled_recordings(&i, "-");
     let out = guard(&args);
     assert!(out.status.success(), "{}", describe(&args, &out));
     let stream = String::from_utf8_lossy(&out.stdout).into_owned();

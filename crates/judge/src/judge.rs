@@ -213,7 +213,7 @@ impl Judge {
 
     fn close_block(&mut self) {
         let seconds = self.pending_seconds;
-        let cap = self.policy.evidence_cap_per_second;
+        let cap = self.policy.evidence_cap();
         for t in &mut self.tracks {
             let (c, b) = (t.pending_candidate, t.pending_baseline);
             t.candidate_test.add(c.bad(), c.total, seconds, cap);
@@ -641,11 +641,10 @@ pub fn policy_problems(p: &Policy) -> Vec<JudgeError> {
             ),
         );
     }
-    if !(p.evidence_cap_per_second > 0.0 && p.evidence_cap_per_second.is_finite()) {
-        err(
-            "evidence_cap_per_second",
-            format!("must be > 0; got {}", p.evidence_cap_per_second),
-        );
+    if let Some(cap) = p.evidence_cap_per_second
+        && !(cap > 0.0 && cap.is_finite())
+    {
+        err("evidence_cap_per_second", format!("must be > 0; got {cap}"));
     }
     if !(p.block_seconds > 0.0 && p.block_seconds.is_finite()) {
         err(
@@ -738,7 +737,7 @@ mod tests {
     fn statistic_matches_hand_computation() {
         let policy = Policy {
             multiples: vec![2.0, 14.4],
-            evidence_cap_per_second: 1e9,
+            evidence_cap_per_second: Some(1e9),
             ..Policy::default()
         };
         let mut j = judge(policy);
@@ -786,11 +785,11 @@ mod tests {
         // a mixture of 2 · 3.4501 − ln 5 = 6.9002 − 1.6094 = 5.2908 ≥ ln A.
         let p = Policy::default();
         let ln_a = 99.5f64.ln();
-        assert!((p.evidence_cap_per_second - 0.75 * ln_a).abs() < 1e-12);
-        assert!(p.evidence_cap_per_second < ln_a);
+        assert!((p.evidence_cap() - 0.75 * ln_a).abs() < 1e-12);
+        assert!(p.evidence_cap() < ln_a);
         let two_blocks_one_alternative = {
             let mut xs = vec![f64::NEG_INFINITY; p.multiples.len()];
-            xs[0] = 2.0 * p.evidence_cap_per_second;
+            xs[0] = 2.0 * p.evidence_cap();
             stats::log_mean_exp(&xs)
         };
         assert!(

@@ -201,7 +201,9 @@ pub struct Policy {
     pub multiples: Vec<f64>,
     /// At most this much log-likelihood-ratio evidence towards *revert* per
     /// second of data (per block), so one burst cannot revert on its own.
-    pub evidence_cap_per_second: f64,
+    /// `None` (the default): [`Policy::evidence_cap_for`] the policy's α and
+    /// β, so it follows them; [`Policy::evidence_cap`] is the value in force.
+    pub evidence_cap_per_second: Option<f64>,
     /// Intervals are summed into blocks at least this long before the tests
     /// see them (the engine's polling period is usually 1 s).
     pub block_seconds: f64,
@@ -228,7 +230,7 @@ impl Default for Policy {
             max_verify_seconds: 3600.0,
             min_events: 100,
             multiples: vec![2.0, 4.0, 6.0, 14.4, 50.0],
-            evidence_cap_per_second: Policy::evidence_cap_for(alpha, beta),
+            evidence_cap_per_second: None,
             block_seconds: 1.0,
             max_missing_seconds: 30.0,
         }
@@ -251,6 +253,13 @@ impl Policy {
     /// and 2).
     pub fn evidence_cap_for(alpha: f64, beta: f64) -> f64 {
         0.75 * ((1.0 - beta) / alpha).ln()
+    }
+
+    /// The evidence cap in force: [`Policy::evidence_cap_per_second`] when
+    /// set, else [`Policy::evidence_cap_for`] this policy's α and β.
+    pub fn evidence_cap(&self) -> f64 {
+        self.evidence_cap_per_second
+            .unwrap_or_else(|| Self::evidence_cap_for(self.alpha, self.beta))
     }
 }
 

@@ -736,7 +736,7 @@ pub fn check_goals(rows: &[ScenarioResult]) -> Vec<GoalCheck> {
 pub fn single_sprt_policy(multiple: f64) -> Policy {
     Policy {
         multiples: vec![multiple],
-        evidence_cap_per_second: f64::MAX,
+        evidence_cap_per_second: Some(f64::MAX),
         // A classical SPRT stops at its first boundary.
         min_verify_seconds: 0.0,
         min_events: 0,

@@ -97,7 +97,6 @@ fn detection(args: DetectionArgs) -> anyhow::Result<i32> {
     let alpha = args.alpha.unwrap_or(defaults.alpha);
     let policy = judge::Policy {
         alpha,
-        evidence_cap_per_second: judge::Policy::evidence_cap_for(alpha, defaults.beta),
         blame_alpha: args.blame_alpha.or(defaults.blame_alpha),
         ..defaults
     };

@@ -292,7 +292,7 @@ pub fn test_verifier() -> guard::platform::kubernetes::verify::JudgeVerifier {
 /// still be verifying when the test kills it.
 pub fn slow_verifier() -> guard::platform::kubernetes::verify::JudgeVerifier {
     let mut v = test_verifier();
-    v.policy.evidence_cap_per_second /= 10.0;
+    v.policy.evidence_cap_per_second = Some(v.policy.evidence_cap() / 10.0);
     v
 }
 
