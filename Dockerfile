@@ -42,13 +42,25 @@ RUN --mount=type=cache,id=cargo-registry,target=/usr/local/cargo/registry,sharin
 
 # ---------------------------------------------------------------------------
 # test: formatting, lints and the whole test suite. Integration tests start a
-# real Prometheus and Alertmanager (Debian packages), so those are installed.
+# real Prometheus and Alertmanager (Debian packages) and run kubectl (kustomize
+# rendering, the controller's kubeconfig), so those are installed. kubectl is
+# not in Debian's own archive: the Kubernetes project's apt repository, for the
+# minor the cluster runs (as in .drone.yml).
 FROM sources AS test
-# Versions come from the pinned Debian suite; the suite is the pin.
+ARG KUBECTL_MINOR=v1.34
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# Versions come from the pinned Debian suite and Kubernetes minor; those are the pins.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      prometheus prometheus-alertmanager \
+      ca-certificates curl gpg prometheus prometheus-alertmanager \
+ && mkdir -p /etc/apt/keyrings \
+ && curl -fsSL "https://pkgs.k8s.io/core:/stable:/${KUBECTL_MINOR}/deb/Release.key" \
+      | gpg --dearmor -o /etc/apt/keyrings/kubernetes.gpg \
+ && echo "deb [signed-by=/etc/apt/keyrings/kubernetes.gpg] https://pkgs.k8s.io/core:/stable:/${KUBECTL_MINOR}/deb/ /" \
+      > /etc/apt/sources.list.d/kubernetes.list \
+ && apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends kubectl \
  && rm -rf /var/lib/apt/lists/*
 # Tests read the SLO specs, the deploy assets and the scripts: the whole context.
 COPY . .
@@ -121,9 +133,11 @@ ENV BUILD_NUMBER=${BUILD_NUMBER} \
     GIT_COMMIT=${GIT_COMMIT}
 COPY --from=build /out/guard /usr/local/bin/guard
 USER 65532:65532
+# guard.yaml's api.listen in deploy/kustomize/guard (the image has no config of
+# its own: mount one at /etc/guard/guard.yaml, as the Deployment does).
 EXPOSE 8090
 ENTRYPOINT ["/usr/local/bin/guard"]
-CMD ["serve"]
+CMD ["controller", "--config", "/etc/guard/guard.yaml"]
 
 # ---------------------------------------------------------------------------
 # ultra-boost: the service. Last, so a plain `docker build .` builds it.

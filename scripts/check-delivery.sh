@@ -313,8 +313,8 @@ guard_config() {
   fi
   (cd "$d" && exec "$bin" serve --config "$d/guard.yaml" --listen 127.0.0.1:0 --address-file "$d/addr") > "$d/log" 2>&1 &
   pid=$!
-  # Poll (deadline 5 s): a config error ends the process within milliseconds.
-  for i in $(seq 1 50); do
+  # Poll (deadline 20 s): a config error ends the process within milliseconds.
+  for i in $(seq 1 200); do
     [ -s "$d/addr" ] && break
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
@@ -355,9 +355,10 @@ EOF
       return 1
     fi
   else
-    # guard serve does not select the kubernetes platform from guard.yaml yet,
-    # so it does not get as far as listening here; the file itself was loaded.
-    echo "guard serve --config guard.yaml: config loaded and validated (still starting after ${i} polls; not listening here)"
+    echo "ERROR guard serve --config guard.yaml: still not listening after ${i} polls (20 s):"
+    cat "$d/log"
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    return 1
   fi
   kill "$pid"
   wait "$pid" 2>/dev/null || true

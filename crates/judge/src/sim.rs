@@ -664,7 +664,7 @@ pub struct GoalCheck {
 /// 0.176 = 0.47, even to a test that knows the truth (each step checked
 /// by the test `no_burst_guarded_judge_reverts_a_fourteen_x_release_at_100_rps_by_two_seconds_in_half_the_trials`
 /// in `tests/detection_grid.rs`, where guard's judge reverts by 2 s in 18 %
-/// of 400 trials). It is 3 s at seeds 1 to 3.
+/// of 400 trials). It is 3 s at seeds 1 to 4.
 pub fn check_goals(rows: &[ScenarioResult]) -> Vec<GoalCheck> {
     let mut out = Vec::new();
     for r in rows {
