@@ -89,7 +89,8 @@ pub struct RawApi {
     pub listen: Option<Spanned<String>>,
     /// File holding the bearer token (env `GUARD_API_TOKEN` wins).
     pub token_file: Option<Spanned<String>>,
-    /// Base URL people reach the API at, for links in notifications.
+    /// Base URL people reach guard at: notifications link to the rollout's
+    /// status page (`{public_url}/rollouts/{id}`).
     pub public_url: Option<String>,
 }
 

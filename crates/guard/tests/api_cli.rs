@@ -240,6 +240,10 @@ async fn api_auth_validation_metrics_and_the_cli_flow() {
     let (code, out, err) = deploy_and_wait(&api, "2").await;
     assert_eq!(code, 0, "deploy of a good build exits 0:\n{out}\n{err}");
     assert!(out.contains("already in progress; following it"), "{out}");
+    assert!(
+        out.contains(&format!("({api}/rollouts/")),
+        "the status page is named:\n{out}"
+    );
     assert!(out.contains("verdict: promote"), "{out}");
     assert!(
         out.contains("verifying"),
@@ -393,6 +397,88 @@ async fn api_auth_validation_metrics_and_the_cli_flow() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    status_pages(&api).await;
+}
+
+/// The status pages a person opens (after the flow above: rollouts 1 and 2
+/// promoted, 3 reverted, 4 rolled back): behind the token, which a browser
+/// sends as Basic's password; the reason of a revert escaped into the page.
+async fn status_pages(api: &str) {
+    let c = anonymous();
+    let r = c.get(format!("{api}/")).send().await.expect("get /");
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(
+        r.headers()[reqwest::header::WWW_AUTHENTICATE]
+            .to_str()
+            .is_ok_and(|v| v.starts_with("Basic ")),
+        "a browser is asked for the token: {:?}",
+        r.headers()
+    );
+    let r = c
+        .get(format!("{api}/"))
+        .basic_auth("someone", Some("wrong"))
+        .send()
+        .await
+        .expect("get /");
+    assert_eq!(r.status().as_u16(), 401);
+    let page = |path: &'static str| {
+        let c = c.clone();
+        let url = format!("{api}{path}");
+        async move {
+            let r = c
+                .get(url)
+                .basic_auth("someone", Some(TOKEN_VALUE))
+                .send()
+                .await
+                .expect("get page");
+            let code = r.status().as_u16();
+            let html = r
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| t.starts_with("text/html"));
+            (code, html, r.text().await.expect("text"))
+        }
+    };
+    let (code, html, body) = page("/").await;
+    assert_eq!((code, html), (200, true), "{body}");
+    for want in [
+        "<td>ultra-boost</td><td>test</td><td>1</td>",
+        "href=\"/rollouts/4\"",
+        "rolled_back",
+        "<span class=\"revert\">reverted</span>",
+        "<span class=\"promote\">promoted</span>",
+    ] {
+        assert!(body.contains(want), "{want} not on /:\n{body}");
+    }
+    let detail: Value = client()
+        .get(format!("{api}/api/v1/rollouts/3"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let reason = detail["reason"].as_str().expect("a revert has a reason");
+    let escaped = reason
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;");
+    let (code, _, body) = page("/rollouts/3").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains(&escaped),
+        "{escaped} not on the page:\n{body}"
+    );
+    assert!(body.contains("<h2>Steps</h2>"), "{body}");
+    assert!(
+        body.contains("<td>webhook</td>"),
+        "the webhook's deliveries are listed:\n{body}"
+    );
+    let (code, _, _) = page("/rollouts/999").await;
+    assert_eq!(code, 404);
 }
 
 /// A double of a guard replica that became leader after the one that

@@ -9,16 +9,19 @@
 //! | POST | `/api/v1/rollouts/{id}/{promote,abort,pause,resume}` | a person's command |
 //! | POST | `/api/v1/rollbacks` | `{service, environment, to?}` |
 //! | GET | `/api/v1/status` | per target: the release running, the rollout in progress |
+//! | GET | `/`, `/rollouts/{id}` | status pages for people ([`ui`]) |
 //! | GET | `/metrics` | Prometheus text format (no auth: read-only counters) |
 //! | GET | `/-/healthy`, `/-/ready` | probes (no auth) |
 //!
-//! Auth: `Authorization: Bearer <token>` on `/api/*` when a token is
-//! configured (env `GUARD_API_TOKEN` or `api.token_file`). Without a token the
+//! Auth: `Authorization: Bearer <token>` on `/api/*` and the status pages
+//! (or the token as HTTP Basic's password, which a browser asks for) when a
+//! token is configured (env `GUARD_API_TOKEN` or `api.token_file`). Without a token the
 //! API only starts on a loopback address ([`check_exposure`]).
 //!
 //! In a cluster (`guard controller`, [`ApiState::cluster`]) only the replica
 //! holding the leader Lease runs rollouts and keeps their history, so the
-//! others answer `/api/v1/*` (except the Alertmanager receiver) with 503 and
+//! others answer `/api/v1/*` (except the Alertmanager receiver) and the
+//! status pages with 503 and
 //! `Retry-After: 1`; the CLI retries, and the Service sends the retry to a
 //! replica at random. A new rollout's stable side is what the cluster runs
 //! ([`Cluster::running`]), not guard's own history.
@@ -41,6 +44,7 @@ use crate::engine::phase::Command;
 use crate::engine::{Engine, EngineError, LiveStatus};
 
 pub mod alertmanager;
+mod ui;
 use crate::platform::{BoxFuture, Build, Strategy, Target};
 use crate::store::{DeliveryRecord, RolloutRecord, StepRecord, StoreError};
 
@@ -101,6 +105,7 @@ pub fn router(state: ApiState, extra: Option<Router>) -> Router {
         api = api.merge(extra);
     }
     let api = api
+        .merge(ui::routes(state.clone()))
         .layer(middleware::from_fn_with_state(state.clone(), leader_only))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
@@ -129,18 +134,40 @@ async fn auth(
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(presented_token);
         if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
+            // A browser asks for the token on Basic (the status pages);
+            // scripts and the CLI send Bearer.
+            let challenge = if req.uri().path().starts_with("/api/") {
+                "Bearer"
+            } else {
+                "Basic realm=\"guard\", charset=\"UTF-8\""
+            };
             return (
                 StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                Json(json!({"error": "missing or wrong bearer token (Authorization: Bearer $GUARD_API_TOKEN)"})),
+                [(header::WWW_AUTHENTICATE, challenge)],
+                Json(json!({"error": "missing or wrong token (Authorization: Bearer $GUARD_API_TOKEN, or the token as a browser's Basic password)"})),
             )
                 .into_response();
         }
     }
     next.run(req).await
+}
+
+/// The token of an `Authorization` header: `Bearer <token>`, or Basic with
+/// the token as the password (any user name), which is what a browser sends.
+fn presented_token(value: &str) -> Option<String> {
+    use base64::Engine as _;
+    if let Some(token) = value.strip_prefix("Bearer ") {
+        return Some(token.trim().to_string());
+    }
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let credentials = String::from_utf8(decoded).ok()?;
+    let (_user, password) = credentials.split_once(':')?;
+    Some(password.to_string())
 }
 
 /// In a cluster, only the leader answers `/api/v1/*` (its history is the one
@@ -445,6 +472,11 @@ pub struct TargetStatus {
 }
 
 async fn status(State(state): State<ApiState>) -> Result<Json<Vec<TargetStatus>>, ApiError> {
+    Ok(Json(target_statuses(&state)?))
+}
+
+/// Every target guard manages, what runs there and its latest rollout.
+fn target_statuses(state: &ApiState) -> Result<Vec<TargetStatus>, ApiError> {
     let store = state.engine.store();
     let mut out = vec![];
     for target in state.builds.targets() {
@@ -455,10 +487,10 @@ async fn status(State(state): State<ApiState>) -> Result<Json<Vec<TargetStatus>>
             service: target.service,
             environment: target.environment,
             release,
-            rollout: latest.map(|r| view(&state, r)),
+            rollout: latest.map(|r| view(state, r)),
         });
     }
-    Ok(Json(out))
+    Ok(out)
 }
 
 /// guard's own metrics: OpenMetrics when the scraper asks for it (Prometheus

@@ -151,6 +151,11 @@ impl Client {
         serde_json::from_str(&body).with_context(|| format!("{what}: unexpected answer from guard"))
     }
 
+    /// The status page of rollout `id`, for people.
+    pub fn page_url(&self, id: i64) -> String {
+        format!("{}/rollouts/{id}", self.base)
+    }
+
     pub async fn get<T: DeserializeOwned>(&self, path: &str, what: &str) -> anyhow::Result<T> {
         self.send(self.http.get(format!("{}{path}", self.base)), what)
             .await

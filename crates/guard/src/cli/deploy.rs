@@ -61,8 +61,11 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
                 .and_then(Value::as_i64)
                 .ok_or_else(|| anyhow::anyhow!("guard answered without a rollout id"))?;
             println!(
-                "rollout {id}: {} build {} to {}",
-                args.service, args.build, args.environment
+                "rollout {id}: {} build {} to {} ({})",
+                args.service,
+                args.build,
+                args.environment,
+                client.page_url(id)
             );
             id
         }
@@ -72,8 +75,11 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
             match same_build_in_progress(&client, &args).await? {
                 Some(id) => {
                     println!(
-                        "rollout {id}: {} build {} to {} is already in progress; following it",
-                        args.service, args.build, args.environment
+                        "rollout {id}: {} build {} to {} is already in progress; following it ({})",
+                        args.service,
+                        args.build,
+                        args.environment,
+                        client.page_url(id)
                     );
                     id
                 }

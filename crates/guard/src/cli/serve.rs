@@ -561,7 +561,7 @@ impl Runtime {
                 warn!(error = %e, "API server stopped");
             }
         });
-        info!(api = %api_addr, store = %config.store.display(), ultra_boost = %ultra_boost.display(), "guard is serving");
+        info!(api = %api_addr, status_page = %format!("http://{api_addr}/"), store = %config.store.display(), ultra_boost = %ultra_boost.display(), "guard is serving");
         Ok(Self {
             config,
             engine,

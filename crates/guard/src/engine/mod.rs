@@ -123,7 +123,7 @@ pub struct EngineSettings {
     /// Per-target settings; targets not listed get `default_target`.
     pub targets: HashMap<Target, TargetSettings>,
     pub default_target: TargetSettings,
-    /// Status page base URL for notifications (`{base}/api/v1/rollouts/{id}`).
+    /// Base URL of the status pages for notifications (`{base}/rollouts/{id}`).
     pub status_url: Option<String>,
     /// How often a verifying rollout's judge state is saved to the store, so a
     /// restarted guard goes on from the evidence gathered so far (at most
@@ -1397,7 +1397,7 @@ impl RolloutTask {
                 .settings
                 .status_url
                 .as_ref()
-                .map(|b| format!("{b}/api/v1/rollouts/{}", self.record.id)),
+                .map(|b| format!("{b}/rollouts/{}", self.record.id)),
             environment_url: None,
             transient: self.record.target.environment.starts_with("pr-"),
             rollout_id: Some(self.record.id),
