@@ -398,6 +398,41 @@ async fn api_auth_validation_metrics_and_the_cli_flow() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     status_pages(&api).await;
+    a_second_guard_on_the_same_store_refuses_to_start(&dir.path().join("guard.yaml"));
+}
+
+/// Two guards on one store would both resume and act on the same rollouts:
+/// the second refuses, naming the first one's pid, and changes nothing.
+fn a_second_guard_on_the_same_store_refuses_to_start(config: &std::path::Path) {
+    let mut second = Command::new(env!("CARGO_BIN_EXE_guard"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .env("GUARD_API_TOKEN", TOKEN_VALUE)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run guard");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("a second guard on the same store kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = second.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is in use by another guard (pid "),
+        "the holder is named: {err}"
+    );
 }
 
 /// The status pages a person opens (after the flow above: rollouts 1 and 2

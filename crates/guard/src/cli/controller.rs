@@ -467,7 +467,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     // Notifications: the controller, engine and review events go to the
     // dispatcher; deliveries of engine rollouts are recorded in the store.
     let store = Arc::new(
-        Store::open(&config.store)
+        Store::open_exclusive(&config.store)
             .with_context(|| format!("opening the store {}", config.store.display()))?,
     );
     let mut registry = Registry::default();

@@ -409,7 +409,7 @@ impl Runtime {
         let mut registry = Registry::default();
         let metrics = Arc::new(GuardMetrics::register(&mut registry));
         let store = Arc::new(
-            Store::open(&config.store)
+            Store::open_exclusive(&config.store)
                 .with_context(|| format!("opening the store {}", config.store.display()))?,
         );
 

@@ -8,9 +8,19 @@
 //!
 //! All methods are synchronous and short (one small transaction); callers on
 //! the async runtime call them directly.
+//!
+//! One guard per store: `guard serve` and `guard controller` open it with
+//! [`Store::open_exclusive`], which holds an advisory lock on `<store>.lock`
+//! for as long as the process lives (the kernel drops it when the process
+//! dies, even by SIGKILL), so a second guard on the same file refuses to
+//! start instead of resuming and acting on the first one's rollouts.
 
+use std::fs::File;
+use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::sync::Mutex;
+
+use nix::fcntl::{Flock, FlockArg};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -41,6 +51,18 @@ pub enum StoreError {
     /// No rollout with that id.
     #[error("no rollout {0}")]
     NotFound(i64),
+    /// Another guard process holds the store.
+    #[error(
+        "the store {path} is in use by another guard{holder}: one guard per store; stop that one, or give this one its own `store:`"
+    )]
+    InUse { path: String, holder: String },
+    /// The lock file next to the store could not be opened or locked.
+    #[error("cannot lock the store: {path}: {source}")]
+    Lock {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A rollout as stored.
@@ -161,6 +183,8 @@ pub struct PendingNotice {
 /// The SQLite store.
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Held for the store's lifetime by [`Store::open_exclusive`].
+    _lock: Option<Flock<File>>,
 }
 
 const SCHEMA: &str = "
@@ -275,6 +299,66 @@ impl Store {
         Self::init(conn)
     }
 
+    /// Opens the store at `path` for this process alone: fails with
+    /// [`StoreError::InUse`] (naming the holder's pid) while another process
+    /// holds it. The lock lives as long as the returned store.
+    pub fn open_exclusive(path: &Path) -> Result<Self, StoreError> {
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock_path = std::path::PathBuf::from(lock_path);
+        let shown = lock_path.display().to_string();
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|source| StoreError::Lock {
+                path: shown.clone(),
+                source,
+            })?;
+        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let pid = pid.trim();
+                return Err(StoreError::InUse {
+                    path: path.display().to_string(),
+                    holder: if pid.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (pid {pid}, per {shown})")
+                    },
+                });
+            }
+            Err((_, errno)) => {
+                return Err(StoreError::Lock {
+                    path: shown,
+                    source: errno.into(),
+                });
+            }
+        };
+        // Who holds it, for the message a second guard prints.
+        let written = lock
+            .set_len(0)
+            .and_then(|()| write!(lock, "{}", std::process::id()));
+        if let Err(source) = written {
+            return Err(StoreError::Lock {
+                path: shown,
+                source,
+            });
+        }
+        let mut store = Self::open(path)?;
+        store._lock = Some(lock);
+        Ok(store)
+    }
+
     /// An in-memory store (tests, benchmarks that measure without disk).
     pub fn in_memory() -> Result<Self, StoreError> {
         Self::init(Connection::open_in_memory()?)
@@ -290,6 +374,7 @@ impl Store {
         conn.execute_batch(SCHEMA)?;
         Ok(Self {
             conn: Mutex::new(conn),
+            _lock: None,
         })
     }
 
@@ -987,6 +1072,25 @@ mod tests {
             phase: Phase::Pending,
             requested_by: "test".into(),
         }
+    }
+
+    #[test]
+    fn one_process_holds_a_store_until_it_drops_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("guard.db");
+        let first = Store::open_exclusive(&path).expect("first");
+        match Store::open_exclusive(&path) {
+            Err(StoreError::InUse { holder, .. }) => assert!(
+                holder.contains(&format!("pid {}", std::process::id())),
+                "{holder}"
+            ),
+            Err(e) => panic!("expected InUse, got {e}"),
+            Ok(_) => panic!("a second open of a held store succeeded"),
+        }
+        // Readers that do not act (tests, tools) may still open it.
+        Store::open(&path).expect("a plain open");
+        drop(first);
+        Store::open_exclusive(&path).expect("free again once dropped");
     }
 
     #[test]
