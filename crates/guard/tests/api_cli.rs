@@ -289,7 +289,11 @@ async fn api_auth_validation_metrics_and_the_cli_flow() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // History reads a rollback as what it did: build 1 back, in place of 2.
+    // Status and history read a rollback as what it did: build 1 back, in
+    // place of 2.
+    let (code, out, _) = cli(&api, &["status"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("rollout 4 build 1: rolled_back"), "{out}");
     let (code, out, _) = cli(&api, &["history", "ultra-boost", "--env", "test"]);
     assert_eq!(code, 0, "{out}");
     assert!(
@@ -611,4 +615,58 @@ async fn deploy_wait_says_so_when_the_answering_guard_lost_the_rollout() {
             "{err}"
         );
     }
+}
+
+/// A deploy while the last release is still in its post-promote watch is
+/// refused with when the watch ends and how to end it; `guard promote` ends
+/// it, and the deploy then goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_during_the_watch_says_how_to_end_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("guard.yaml"), config("10m")).expect("config");
+    let g = Guard::start(dir.path(), &[]);
+    let api = g.api.clone();
+    wait_state(&api, 1, "promoted", Duration::from_secs(30), |s| {
+        s == "promoted"
+    })
+    .await;
+    let _load = Load::start(router(&api).await, 100);
+    let id = serve_harness::deploy(&api, "2").await;
+    wait_state(&api, id, "watching", Duration::from_secs(60), |s| {
+        s == "watching"
+    })
+    .await;
+
+    let (code, body) = serve_harness::post(
+        &api,
+        "/api/v1/deployments",
+        json!({"service": "ultra-boost", "environment": "test", "build": "3"}),
+    )
+    .await;
+    assert_eq!(code, 409, "{body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("build 2 is promoted and watched until")
+            && error.contains("guard promote ultra-boost --env test"),
+        "{error}"
+    );
+
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let api = api.clone();
+        move || cli(&api, &["promote", "ultra-boost", "--env", "test"])
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 0, "{out}{err}");
+    wait_state(&api, id, "promoted", Duration::from_secs(20), |s| {
+        s == "promoted"
+    })
+    .await;
+    let (code, body) = serve_harness::post(
+        &api,
+        "/api/v1/deployments",
+        json!({"service": "ultra-boost", "environment": "test", "build": "3"}),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
 }

@@ -353,7 +353,12 @@ impl Judge {
             let detail: Vec<String> = waiting
                 .iter()
                 .map(|e| {
-                    if e.status == SloStatus::Undecided && e.statistic >= e.upper_bound {
+                    if e.events == 0 {
+                        format!(
+                            "{}: no events yet (without enough traffic by {:.0}s the release is held)",
+                            e.slo, self.policy.max_verify_seconds
+                        )
+                    } else if e.status == SloStatus::Undecided && e.statistic >= e.upper_bound {
                         // At the default blame level this can last a while:
                         // say how far the blame is from its bound.
                         format!(
@@ -731,6 +736,26 @@ mod tests {
         i.seconds = f64::NAN;
         assert!(j.step(&i).is_err());
         assert_eq!(j, before);
+    }
+
+    #[test]
+    fn an_slo_without_events_is_named_while_verifying() {
+        let mut j = judge(Policy::default());
+        let d = j.step(&interval((0, 0), (0, 0), None)).unwrap();
+        assert_eq!(d.verdict, Verdict::Continue);
+        assert!(
+            d.reason.contains(
+                "availability: no events yet (without enough traffic by 3600s the release is held)"
+            ),
+            "{}",
+            d.reason
+        );
+        let d = j.step(&interval((0, 100), (0, 0), None)).unwrap();
+        assert!(
+            d.reason.contains("availability: 100 events, 0 bad"),
+            "{}",
+            d.reason
+        );
     }
 
     #[test]

@@ -299,7 +299,7 @@ async fn deploy(
         .strategy
         .unwrap_or_else(|| state.builds.strategy(&target));
     let by = req.requested_by.as_deref().unwrap_or("api");
-    let id = match &state.cluster {
+    let started = match &state.cluster {
         Some(cluster) => {
             let stable = cluster.running(&target).await.map_err(|e| {
                 ApiError(
@@ -312,15 +312,38 @@ async fn deploy(
             })?;
             state
                 .engine
-                .deploy_over(&target, stable, build, strategy, by)?
+                .deploy_over(&target, stable, build, strategy, by)
         }
-        None => state.engine.deploy(&target, build, strategy, by)?,
+        None => state.engine.deploy(&target, build, strategy, by),
     };
+    let id = started.map_err(|e| busy_with_a_watch(&state, e))?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"id": id, "url": format!("/api/v1/rollouts/{id}")})),
     )
         .into_response())
+}
+
+/// A deploy refused because the target's last release is still in its
+/// post-promote watch says so, and how to end it.
+fn busy_with_a_watch(state: &ApiState, e: EngineError) -> ApiError {
+    if let EngineError::Store(StoreError::Busy { id, .. }) = &e
+        && let Ok(r) = state.engine.store().rollout(*id)
+        && let crate::engine::phase::Phase::Watching { until_ms } = r.phase
+    {
+        let until = jiff::Timestamp::from_millisecond(until_ms)
+            .map(|t| t.strftime("%H:%M:%S UTC").to_string())
+            .unwrap_or_default();
+        return ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "{e}: build {} is promoted and watched until {until} (guard.yaml `watch`); \
+                 wait, or end the watch with `guard promote {} --env {}`",
+                r.candidate.number, r.target.service, r.target.environment
+            ),
+        );
+    }
+    e.into()
 }
 
 #[derive(Debug, Deserialize)]

@@ -83,17 +83,14 @@ async fn rollout(State(state): State<ApiState>, Path(id): Path<i64>) -> Result<R
          <h1>Rollout {id}: {service}/{env} build {build}</h1>\n<table>\n",
         service = esc(&rec.target.service),
         env = esc(&rec.target.environment),
-        build = esc(&rec.candidate.number),
+        build = esc(rec.builds_shown().0),
     );
     let mut fact = |name: &str, value: String| {
         let _ = writeln!(body, "<tr><th>{name}</th><td>{value}</td></tr>");
     };
     fact("state", state_badge(r.record.verdict.as_deref(), &r.state));
     fact("reason", opt(rec.reason.as_deref()));
-    fact(
-        "previous build",
-        opt(rec.stable.as_ref().map(|b| b.number.as_str())),
-    );
+    fact("in place of", esc(rec.builds_shown().1));
     fact("commit", opt(rec.candidate.commit.as_deref()));
     fact(
         "strategy",
@@ -130,7 +127,7 @@ fn target_row(out: &mut String, t: &TargetStatus) {
         Some(r) => (
             format!(
                 "<a href=\"/rollouts/{id}\">{id}</a> (build {})",
-                esc(&r.record.candidate.number),
+                esc(r.record.builds_shown().0),
                 id = r.record.id
             ),
             state_badge(r.record.verdict.as_deref(), &r.state),
@@ -196,14 +193,15 @@ fn history_table(out: &mut String, rollouts: &[RolloutView]) {
     );
     for r in rollouts {
         let rec = &r.record;
+        let (to, from) = rec.builds_shown();
         let _ = writeln!(
             out,
             "<tr><td><a href=\"/rollouts/{id}\">{id}</a></td><td>{}/{}</td><td>{}</td><td>{}</td>\
              <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&rec.target.service),
             esc(&rec.target.environment),
-            esc(&rec.candidate.number),
-            opt(rec.stable.as_ref().map(|b| b.number.as_str())),
+            esc(to),
+            esc(from),
             rec.strategy.as_str(),
             state_badge(rec.verdict.as_deref(), &r.state),
             r.seconds_to_verdict

@@ -34,7 +34,10 @@ pub struct Args {
     #[arg(long)]
     pub commit: Option<String>,
     /// Follow the rollout until its verdict; the exit code reflects it. A
-    /// rollout of the same build already in progress is followed instead.
+    /// promoted release is followed through its post-promote watch
+    /// (guard.yaml `watch`, default 60 s; a revert then still exits 2, and
+    /// `guard promote` ends the watch early). A rollout of the same build
+    /// already in progress is followed instead.
     #[arg(long, short)]
     pub wait: bool,
     #[command(flatten)]
@@ -89,7 +92,10 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         Err(e) => return Err(e),
     };
     if !args.wait {
-        println!("follow it with: guard history --id {id}");
+        println!(
+            "follow it: run this again with --wait, or open {}",
+            client.page_url(id)
+        );
         return Ok(0);
     }
     follow(&client, id, &args).await
@@ -162,22 +168,41 @@ fn pct(x: f64) -> String {
     format!("{:.0} %", x * 100.0)
 }
 
-/// One line: phase, share, events, statistic vs bounds, budget.
+/// One line: phase, share, the deciding SLO's counts, statistic vs bounds,
+/// budget; the SLOs still without events; the time left of a post-promote
+/// watch.
 pub fn progress_line(d: &RolloutDetail) -> String {
     let r = &d.rollout.record;
     let mut s = format!("{:<10} share {:>5}", r.phase.name(), pct(r.phase.share()));
+    if let Phase::Watching { until_ms } = r.phase {
+        let left = (until_ms - jiff::Timestamp::now().as_millisecond()).max(0) / 1000;
+        s.push_str(&format!(
+            "  promoted; the watch ends in {left} s (`guard promote` ends it now)"
+        ));
+    }
     if let Some(live) = &d.rollout.live {
-        s.push_str(&format!("  events {:>6}", live.events));
         if let Some(e) = &live.evidence {
+            s.push_str(&format!(
+                "  {} {}/{} bad",
+                e.slo.as_deref().unwrap_or(""),
+                e.bad_events,
+                e.events
+            ));
             if let (Some(st), Some(lo), Some(hi)) = (e.statistic, e.lower_bound, e.upper_bound) {
-                s.push_str(&format!(
-                    "  {} Λ {st:>6.2} in [{lo:.2}, {hi:.2}]",
-                    e.slo.as_deref().unwrap_or("")
-                ));
+                s.push_str(&format!("  Λ {st:>6.2} in [{lo:.2}, {hi:.2}]"));
             }
             if let Some(b) = e.budget_burned_pct {
                 s.push_str(&format!("  budget {b:.3} %"));
             }
+        }
+        let idle: Vec<&str> = live
+            .slos
+            .iter()
+            .filter(|(_, c)| c.candidate.total == 0)
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if !idle.is_empty() {
+            s.push_str(&format!("  no events yet: {}", idle.join(", ")));
         }
         if !live.source_ok {
             s.push_str("  SOURCE DOWN");

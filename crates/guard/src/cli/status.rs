@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::client::{ApiArgs, Client};
 use crate::api::{RolloutDetail, RolloutView, TargetStatus};
-use crate::store::{RolloutKind, RolloutRecord};
+use crate::store::RolloutKind;
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -41,7 +41,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<i32> {
             println!(
                 "  rollout {} build {}: {}{}",
                 rec.id,
-                rec.candidate.number,
+                rec.builds_shown().0,
                 rec.phase.name(),
                 rec.reason
                     .as_deref()
@@ -105,7 +105,7 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<i32> {
             return Ok(0);
         }
         let r = &d.rollout.record;
-        let (to, from) = builds_shown(r);
+        let (to, from) = r.builds_shown();
         println!(
             "rollout {} {}/{} {} {to} (from {from}) {}: {}",
             r.id,
@@ -160,7 +160,7 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<i32> {
     );
     for v in &list {
         let r = &v.record;
-        let (to, from) = builds_shown(r);
+        let (to, from) = r.builds_shown();
         println!(
             "{:>5}  {:<24} {:>8} {:>8}  {:<11} {:>10}  {}",
             r.id,
@@ -187,16 +187,6 @@ fn step_time(at_ms: i64) -> String {
 /// The build a rollout puts in place and the one it replaces. A rollback is
 /// recorded as a revert (its "stable" is the build it goes back to), so
 /// people read it the other way round.
-fn builds_shown(r: &RolloutRecord) -> (&str, &str) {
-    let stable = r.stable.as_ref().map_or("-", |b| b.number.as_str());
-    let candidate = r.candidate.number.as_str();
-    if r.kind == RolloutKind::Rollback {
-        (stable, candidate)
-    } else {
-        (candidate, stable)
-    }
-}
-
 #[derive(Debug, clap::Args)]
 pub struct RollbackArgs {
     /// Service name as in guard.yaml.

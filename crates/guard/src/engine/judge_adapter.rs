@@ -100,10 +100,12 @@ impl Verifier for JudgeVerifier {
         let judge = match &mut self.judge {
             Ok(j) => j,
             Err(e) => {
+                let reason = format!("judge not configured: {e}");
                 return Verdict {
                     decision: Decision::Hold {
-                        reason: format!("judge not configured: {e}"),
+                        reason: reason.clone(),
                     },
+                    reason,
                     evidence: notify::Evidence::default(),
                     detail: serde_json::Value::Null,
                 };
@@ -156,6 +158,7 @@ pub fn convert(d: &judge::Decision) -> Verdict {
     };
     Verdict {
         decision,
+        reason: d.reason.clone(),
         evidence: evidence(d),
         detail: serde_json::to_value(d).unwrap_or(serde_json::Value::Null),
     }

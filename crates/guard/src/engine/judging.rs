@@ -38,6 +38,9 @@ pub struct Tick {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Verdict {
     pub decision: Decision,
+    /// The judge's words for where it stands, also while it continues
+    /// ("verifying: availability: no events yet …"), for people watching.
+    pub reason: String,
     /// Summary for history and notifications (the deciding SLO's numbers).
     pub evidence: notify::Evidence,
     /// Full per-SLO evidence as the judge reported it (JSON), for the API.

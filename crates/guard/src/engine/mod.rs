@@ -1258,12 +1258,7 @@ impl RolloutTask {
         st.events = candidate_events(&st.slos);
         st.evidence = Some(verdict.evidence.clone());
         st.detail = Some(verdict.detail.clone());
-        match &verdict.decision {
-            Decision::Continue => {}
-            Decision::Pass { reason } | Decision::Revert { reason } | Decision::Hold { reason } => {
-                st.note = Some(reason.clone());
-            }
-        }
+        st.note = Some(verdict.reason.clone()).filter(|r| !r.is_empty());
         drop(st);
         self.last_evidence = Some(verdict.evidence);
         self.checkpoint(now);

@@ -102,8 +102,9 @@ pub enum PlatformError {
         service: String,
         environment: String,
     },
-    /// A replica did not become ready in time; the rollout must not go on.
-    #[error("build {build} did not become ready within {seconds} s: {detail}")]
+    /// A replica did not become ready (it exited, failed its probe or took
+    /// too long); the rollout must not go on.
+    #[error("build {build} did not become ready (it had {seconds} s): {detail}")]
     NotReady {
         build: String,
         seconds: u64,

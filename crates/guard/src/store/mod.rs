@@ -96,6 +96,19 @@ pub struct RolloutRecord {
 }
 
 impl RolloutRecord {
+    /// The build the rollout puts in place and the one it replaces, as
+    /// people read them (a rollback's record keeps the build it goes back to
+    /// as `stable` and the one it leaves as `candidate`); `-` for none.
+    pub fn builds_shown(&self) -> (&str, &str) {
+        let stable = self.stable.as_ref().map_or("-", |b| b.number.as_str());
+        let candidate = self.candidate.number.as_str();
+        if self.kind == RolloutKind::Rollback {
+            (stable, candidate)
+        } else {
+            (candidate, stable)
+        }
+    }
+
     /// Seconds from the candidate taking traffic to the verdict.
     pub fn seconds_to_verdict(&self) -> Option<f64> {
         match (self.traffic_at_ms, self.verdict_at_ms) {
