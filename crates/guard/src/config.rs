@@ -132,12 +132,13 @@ pub struct RawPrometheus {
 #[serde(deny_unknown_fields)]
 pub struct RawService {
     pub name: Spanned<String>,
-    /// Replicas per release on the local platform. Default 2.
-    pub replicas: Option<Spanned<u32>>,
+    /// Replicas per release on the local platform. Default 2. (Typed when
+    /// checked, so a wrong type is one problem among the others.)
+    pub replicas: Option<Spanned<serde_json::Value>>,
     /// Default strategy for `guard deploy`: `rolling` (default) or `canary`.
     pub strategy: Option<Spanned<String>>,
     /// Canary router weights, percent, e.g. `[5, 25, 50]`.
-    pub canary_steps: Option<Spanned<Vec<f64>>>,
+    pub canary_steps: Option<Spanned<serde_json::Value>>,
     /// Post-promote watch. Default `60s`.
     pub watch: Option<Spanned<String>>,
     /// How every build of this service runs (local platform).
@@ -227,7 +228,7 @@ pub struct RawEnvironment {
 pub struct RawSlo {
     pub name: Spanned<String>,
     /// Percent, e.g. `99.9`.
-    pub objective: Spanned<f64>,
+    pub objective: Spanned<serde_json::Value>,
     /// Default `30d`.
     pub period: Option<Spanned<String>>,
     #[serde(default)]
@@ -475,6 +476,26 @@ struct Check {
 }
 
 impl Check {
+    /// `v` as a `T`, or a problem naming `field` and what it should be.
+    fn typed<T: serde::de::DeserializeOwned>(
+        &mut self,
+        v: &Spanned<serde_json::Value>,
+        field: &str,
+        expected: &str,
+    ) -> Option<T> {
+        match serde_json::from_value(v.value.clone()) {
+            Ok(t) => Some(t),
+            Err(_) => {
+                self.push(
+                    line_of(v),
+                    field,
+                    format!("must be {expected}; got {}", v.value),
+                );
+                None
+            }
+        }
+    }
+
     fn push(&mut self, line: Option<u64>, field: impl Into<String>, reason: impl Into<String>) {
         self.problems.push(Problem {
             line,
@@ -737,17 +758,20 @@ impl RawConfig {
                     format!("service {:?} is declared twice", s.name.value),
                 );
             }
-            let replicas = match &s.replicas {
-                Some(r) if r.value == 0 || r.value > 64 => {
+            let replicas = match s.replicas.as_ref().map(|r| {
+                let n = c.typed::<u32>(r, &f("replicas"), "a whole number, 1 to 64");
+                (n, r)
+            }) {
+                Some((Some(n), r)) if n == 0 || n > 64 => {
                     c.push(
                         line_of(r),
                         f("replicas"),
-                        format!("must be 1 to 64; got {}", r.value),
+                        format!("must be 1 to 64; got {n}"),
                     );
                     2
                 }
-                Some(r) => r.value,
-                None => 2,
+                Some((Some(n), _)) => n,
+                Some((None, _)) | None => 2,
             };
             let strategy = match s.strategy.as_ref().map(|x| (x.value.as_str(), line_of(x))) {
                 None | Some(("rolling", _)) => Strategy::Rolling,
@@ -761,20 +785,24 @@ impl RawConfig {
                     Strategy::Rolling
                 }
             };
+            const STEPS: &str = "increasing percentages between 0 and 100, e.g. `[5, 25, 50]`";
             let canary_steps = match &s.canary_steps {
-                Some(steps) => {
-                    let ok = !steps.value.is_empty()
-                        && steps.value.iter().all(|p| *p > 0.0 && *p < 100.0)
-                        && steps.value.windows(2).all(|w| w[0] < w[1]);
-                    if !ok {
-                        c.push(
-                            line_of(steps),
-                            f("canary_steps"),
-                            format!("must be increasing percentages between 0 and 100, e.g. `[5, 25, 50]`; got {:?}", steps.value),
-                        );
+                Some(raw) => match c.typed::<Vec<f64>>(raw, &f("canary_steps"), STEPS) {
+                    Some(steps) => {
+                        let ok = !steps.is_empty()
+                            && steps.iter().all(|p| *p > 0.0 && *p < 100.0)
+                            && steps.windows(2).all(|w| w[0] < w[1]);
+                        if !ok {
+                            c.push(
+                                line_of(raw),
+                                f("canary_steps"),
+                                format!("must be {STEPS}; got {steps:?}"),
+                            );
+                        }
+                        steps.iter().map(|p| p / 100.0).collect()
                     }
-                    steps.value.iter().map(|p| p / 100.0).collect()
-                }
+                    None => vec![0.05, 0.25, 0.5],
+                },
                 None => vec![0.05, 0.25, 0.5],
             };
             let watch = c.duration(&s.watch, &f("watch"), Duration::from_secs(60));
@@ -892,16 +920,17 @@ impl RawConfig {
                         format!("SLO {:?} is declared twice", o.name.value),
                     );
                 }
-                if !(o.objective.value > 0.0 && o.objective.value < 100.0) {
+                const OBJECTIVE: &str = "a percentage strictly between 0 and 100, e.g. `99.9`";
+                let objective = c
+                    .typed::<f64>(&o.objective, &fo("objective"), OBJECTIVE)
+                    .unwrap_or(99.9);
+                if !(objective > 0.0 && objective < 100.0) {
                     c.push(
                         line_of(&o.objective),
                         fo("objective"),
-                        format!(
-                            "a percentage strictly between 0 and 100, e.g. `99.9`; got {}",
-                            o.objective.value
-                        ),
+                        format!("{OBJECTIVE}; got {objective}"),
                     );
-                } else if o.objective.value < 1.0 {
+                } else if objective < 1.0 {
                     // 0.999 is the ratio written where a percentage belongs: as
                     // written, a release failing 99 % of requests would pass.
                     c.push(
@@ -909,8 +938,8 @@ impl RawConfig {
                         fo("objective"),
                         format!(
                             "a percentage: {v} means {v} % of events must be good; write {} for a ratio of {v}",
-                            o.objective.value * 100.0,
-                            v = o.objective.value
+                            objective * 100.0,
+                            v = objective
                         ),
                     );
                 }
@@ -1003,7 +1032,7 @@ impl RawConfig {
                 };
                 slos.push(SloConfig {
                     name: o.name.value.clone(),
-                    objective: o.objective.value / 100.0,
+                    objective: objective / 100.0,
                     period,
                     sli,
                     scrape,
@@ -1023,6 +1052,9 @@ impl RawConfig {
             });
         }
         if !c.problems.is_empty() {
+            // In the file's order, as its author reads it (stable: problems
+            // of one line keep the order they were found in).
+            c.problems.sort_by_key(|p| p.line.unwrap_or(u64::MAX));
             return Err(ConfigError::Invalid {
                 file: file.to_string(),
                 problems: c.problems,
@@ -1300,6 +1332,29 @@ mod tests {
     }
 
     #[test]
+    fn a_wrong_type_is_one_problem_among_the_others() {
+        let yaml = "services:\n  - name: s\n    replicas: two\n    canary_steps: five\n    build: {command: [x]}\n    environments: [{name: e}]\n    slos: [{name: a, objective: high}]\npolicy:\n  alpha: 1.5\nengine:\n  tick: 1 parsec\n";
+        let (found, text) = problems_of(yaml);
+        assert_eq!(
+            found,
+            at(&[
+                (Some(3), "services[0].replicas"),
+                (Some(4), "services[0].canary_steps"),
+                (Some(7), "services[0].slos[0].objective"),
+                (Some(9), "policy.alpha"),
+                (Some(11), "engine.tick"),
+            ]),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "line 3: services[0].replicas: must be a whole number, 1 to 64; got \"two\""
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn the_documented_example_validates() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/guard.yaml");
         let c = load(&path).expect("examples/guard.yaml is valid");
@@ -1326,8 +1381,8 @@ mod tests {
             found,
             at(&[
                 (Some(2), "policy.alpah"),
-                (Some(4), "policy.min_events"),
                 (Some(3), "policy.beta"),
+                (Some(4), "policy.min_events"),
                 (Some(5), "policy.multiples"),
             ]),
             "{text}"
@@ -1419,9 +1474,9 @@ mod tests {
         assert_eq!(
             found,
             at(&[
+                (Some(8), "services[0].environments[1].name"),
                 (None, "services[0].build.command[2]"),
                 (None, "services[0].builds.2.env.X"),
-                (Some(8), "services[0].environments[1].name"),
             ]),
             "{text}"
         );
