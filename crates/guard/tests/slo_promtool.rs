@@ -73,6 +73,14 @@ fn every_generated_rules_file_passes_promtool_check() {
     let ours = tmp.path().join("ultra-boost.rules.yml");
     generate(&repo_root().join("slos/ultra-boost.yml"), &ours, &[]);
     promtool_check(&ours);
+    // An existing directory as --out: the rules take the spec's name there.
+    let dir = tmp.path().join("rules");
+    std::fs::create_dir(&dir).expect("mkdir");
+    generate(&repo_root().join("slos/ultra-boost.yml"), &dir, &[]);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("ultra-boost.yml")).expect("rules in the directory"),
+        std::fs::read_to_string(&ours).expect("rules")
+    );
 
     // Sloth's examples, when the shared fixtures are present (the Sloth
     // compatibility test insists on them under CI).

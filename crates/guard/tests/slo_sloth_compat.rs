@@ -233,6 +233,22 @@ fn validate_accepts_good_and_rejects_bad_like_sloth() {
         .filter(|f| !f["errors"].as_array().unwrap().is_empty())
         .count();
     assert_eq!(invalid, 6, "{report}");
+    // An input that cannot be read is a report too.
+    let missing = dir
+        .join("validate/no-such-file.yml")
+        .to_string_lossy()
+        .into_owned();
+    let args = ["slo", "validate", "-i", &missing, "--json"];
+    let out = guard(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&args, &out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["valid"], Value::Bool(false), "{report}");
+    assert!(
+        report["files"][0]["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot read")),
+        "{report}"
+    );
 }
 
 #[test]
@@ -370,7 +386,7 @@ fn custom_alert_windows_catalogs() {
     let out = guard(&args);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&args, &out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("4w"),
+        String::from_utf8_lossy(&out.stderr).contains("no alert windows for the 28d SLO period"),
         "{}",
         describe(&args, &out)
     );

@@ -53,6 +53,16 @@ impl PromDuration {
         }
     }
 
+    /// As people write SLO periods: whole days in days (`28d`, where
+    /// Prometheus prints `4w`), anything else as Prometheus prints it.
+    pub fn in_days(self) -> String {
+        if self.millis > 0 && self.millis % MS_PER_D == 0 {
+            format!("{}d", self.millis / MS_PER_D)
+        } else {
+            self.to_string()
+        }
+    }
+
     /// Milliseconds.
     pub const fn as_millis(self) -> u64 {
         self.millis

@@ -77,7 +77,8 @@ pub enum WindowsError {
     Conflict { path: PathBuf, period: PromDuration },
     /// The catalog has no windows for the requested SLO period.
     #[error(
-        "no alert windows for the {period} SLO period (known periods: {known}); add an AlertWindows file with --slo-period-windows-path"
+        "no alert windows for the {} SLO period (known periods: {known}); add an AlertWindows file with --slo-period-windows-path",
+        period.in_days()
     )]
     UnknownPeriod { period: PromDuration, known: String },
 }
@@ -149,14 +150,14 @@ impl Catalog {
             })
     }
 
-    /// The SLO periods the catalog knows, e.g. `4w, 30d`.
+    /// The SLO periods the catalog knows, e.g. `28d, 30d`.
     pub fn periods_list(&self) -> String {
         if self.by_period.is_empty() {
             return "none".to_string();
         }
         self.by_period
             .keys()
-            .map(|p| p.to_string())
+            .map(|p| p.in_days())
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -294,10 +295,13 @@ mod tests {
             crate::gofmt::float_g(w28.burn_rate_factor(&w28.page_slow)),
             "5.6000000000000005"
         );
-        assert!(matches!(
-            c.get(PromDuration::from_days(7)),
-            Err(WindowsError::UnknownPeriod { .. })
-        ));
+        let unknown = c.get(PromDuration::from_days(7)).unwrap_err();
+        assert!(
+            unknown
+                .to_string()
+                .starts_with("no alert windows for the 7d SLO period (known periods: 28d, 30d)"),
+            "{unknown}"
+        );
         let names: Vec<String> = w30.alert_windows().iter().map(|d| d.to_string()).collect();
         assert_eq!(names, ["5m", "30m", "1h", "2h", "6h", "1d", "3d"]);
     }

@@ -61,7 +61,8 @@ pub struct GenerateArgs {
     /// `-`: every file's rules on standard output, one YAML stream).
     #[arg(short = 'i', long = "input", value_name = "PATH")]
     pub input: PathBuf,
-    /// Output file (in an existing directory) or directory; `-` writes to
+    /// Output file (in an existing directory), or an existing directory
+    /// (the rules file takes the input's name there); `-` writes to
     /// standard output.
     #[arg(short = 'o', long = "out", default_value = "-", value_name = "PATH")]
     pub out: PathBuf,
@@ -194,6 +195,10 @@ fn generate(args: GenerateArgs) -> anyhow::Result<i32> {
             .collect()
     } else if to_stdout {
         vec![(args.input.clone(), None)]
+    } else if args.out.is_dir() {
+        // A file into an existing directory: under the input's own name.
+        let name = args.input.file_name().unwrap_or(args.input.as_os_str());
+        vec![(args.input.clone(), Some(args.out.join(name)))]
     } else {
         // As Sloth (which creates the file, not its directories): a missing
         // directory is more often a typo than a wish for a new tree.
@@ -342,6 +347,16 @@ fn validate(args: ValidateArgs) -> anyhow::Result<i32> {
     let files = match spec_files(&args.input) {
         Ok(f) => f,
         Err(e) => {
+            if args.json {
+                // Scripts read standard output: the failure is a report too.
+                let report = FileReport {
+                    file: args.input.display().to_string(),
+                    documents: 0,
+                    slos: 0,
+                    errors: vec![ErrorReport::from(&*e)],
+                };
+                println!("{}", serde_json::json!({"valid": false, "files": [report]}));
+            }
             print_errors(&[*e]);
             return Ok(1);
         }
