@@ -56,7 +56,7 @@ impl PromDuration {
     /// As people write SLO periods: whole days in days (`28d`, where
     /// Prometheus prints `4w`), anything else as Prometheus prints it.
     pub fn in_days(self) -> String {
-        if self.millis > 0 && self.millis % MS_PER_D == 0 {
+        if self.millis > 0 && self.millis.is_multiple_of(MS_PER_D) {
             format!("{}d", self.millis / MS_PER_D)
         } else {
             self.to_string()
