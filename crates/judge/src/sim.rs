@@ -711,7 +711,7 @@ pub fn check_goals(rows: &[ScenarioResult]) -> Vec<GoalCheck> {
         }
         if independent && r.multiple == 2.0 {
             check(
-                "2x reverted before 2% of budget",
+                "2x reverted (>= 99%) before 2% of budget",
                 r.reverted_before_budget_goal_rate >= 0.99,
                 format!(
                     "{:.2}% reverted before {BUDGET_GOAL_PCT}% of the budget ({reverts}), median budget burned by the verdict {:.4}%",
