@@ -412,7 +412,10 @@ fn command(phase: &Phase, cmd: Command) -> Result<Phase, Refused> {
                 share: *share,
             })
         }
-        (Command::Pause, P::Paused { .. }) => Ok(phase.clone()),
+        // Twice is once, either way (a script may not know which came first).
+        (Command::Pause, P::Paused { .. }) | (Command::Resume, P::Verifying { .. }) => {
+            Ok(phase.clone())
+        }
         (Command::Resume, P::Paused { step, share } | P::Held { step, share, .. }) => {
             Ok(P::Verifying {
                 step: *step,
@@ -621,6 +624,8 @@ mod tests {
             "a paused rollout ignores verdicts"
         );
         assert_eq!(step(&paused, Input::Command(Command::Resume)), v);
+        assert_eq!(step(&paused, Input::Command(Command::Pause)), paused);
+        assert_eq!(step(&v, Input::Command(Command::Resume)), v);
         assert!(matches!(
             step(&v, Input::Command(Command::Promote)),
             Phase::Promoting { .. }
