@@ -20,7 +20,7 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("guard: error: {err:#}");
+            eprintln!("guard: error: {}", guard::cli::explain(&err));
             std::process::ExitCode::from(1)
         }
     }

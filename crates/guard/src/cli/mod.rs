@@ -74,3 +74,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Bench(args) => bench::run(args),
     }
 }
+
+/// An error and its causes on one line, as `{:#}` prints them, without a
+/// cause whose words the line already holds (libraries often repeat their
+/// source in their own message: "unable to open database file: …: unable
+/// to open database file").
+pub fn explain(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_said_once() {
+        let io = std::io::Error::other("disk full");
+        let wrapped = anyhow::Error::new(io).context("writing x: disk full");
+        let err = wrapped.context("saving the rollout");
+        assert_eq!(explain(&err), "saving the rollout: writing x: disk full");
+        let plain = anyhow::anyhow!("no such file").context("reading guard.yaml");
+        assert_eq!(explain(&plain), "reading guard.yaml: no such file");
+    }
+}

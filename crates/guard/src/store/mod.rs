@@ -57,7 +57,7 @@ pub enum StoreError {
     )]
     InUse { path: String, holder: String },
     /// The lock file next to the store could not be opened or locked.
-    #[error("cannot lock the store: {path}: {source}")]
+    #[error("cannot lock the store: {path}")]
     Lock {
         path: String,
         #[source]
