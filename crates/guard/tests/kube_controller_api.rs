@@ -135,12 +135,16 @@ async fn kube_controller_serves_the_deploy_api_with_token_and_leader_only() {
     prom.run_build("1");
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = kube_env::write_kubeconfig(dir.path(), &double.url());
-    let config_path = dir.path().join("guard.yaml");
-    std::fs::write(
-        &config_path,
-        config(dir.path(), prom.addr, &cluster.namespace),
-    )
-    .expect("guard.yaml");
+    // Each replica its own store, as each pod has its own volume (guard
+    // refuses a store another guard holds).
+    let config_for = |replica: &str| {
+        let home = dir.path().join(replica);
+        std::fs::create_dir_all(&home).expect("replica dir");
+        let path = home.join("guard.yaml");
+        std::fs::write(&path, config(&home, prom.addr, &cluster.namespace)).expect("guard.yaml");
+        path
+    };
+    let config_path = config_for("a");
     let deployments = cluster.deployments();
     for name in ["ultra-boost", "web"] {
         deployments
@@ -174,7 +178,7 @@ async fn kube_controller_serves_the_deploy_api_with_token_and_leader_only() {
     // A second replica: not the leader, so it refuses the API and acts on nothing.
     let follower_addr_file = dir.path().join("addr-b");
     let follower_proc = spawn_controller(
-        &config_path.clone(),
+        &config_for("b"),
         &kubeconfig,
         &cluster.namespace,
         "api-b",
