@@ -261,16 +261,24 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         "guard demo: starting {} ({} replicas) on the local platform",
         target.service, service.replicas
     ));
-    let rt = match Runtime::start(
-        config,
-        RuntimeOptions {
-            ultra_boost_bin: args.ultra_boost_bin.clone(),
-            listen: None,
-            memory_log: None,
-        },
-    )
-    .await
-    {
+    // Interrupted while the replicas start: dropping the start stops them
+    // (kill on drop); the demo's files go too.
+    let started = tokio::select! {
+        r = Runtime::start(
+            config,
+            RuntimeOptions {
+                ultra_boost_bin: args.ultra_boost_bin.clone(),
+                listen: None,
+                memory_log: None,
+            },
+        ) => r,
+        code = interrupted() => {
+            tl.say("interrupted while starting: removing the demo's files");
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Ok(code);
+        }
+    };
+    let rt = match started {
         Ok(rt) => rt,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
