@@ -135,7 +135,8 @@ pub struct RetryConfig {
     pub max_attempts: u32,
     /// First backoff; doubles per attempt.
     pub base_ms: u64,
-    /// Longest backoff, and the longest `Retry-After` honoured.
+    /// Longest backoff between attempts. (A wait the server asks for, by
+    /// `Retry-After` or a rate limit's reset, is honoured up to 15 minutes.)
     pub max_ms: u64,
     /// Per-request timeout.
     pub timeout_ms: u64,

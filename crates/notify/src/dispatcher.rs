@@ -25,7 +25,8 @@
 //!   errors or `Debug` output.
 //! - Delivery is at least once per request that was answered with an error or
 //!   not answered at all; a request that timed out after the receiver acted may
-//!   arrive twice (the webhook's `X-Guard-Delivery` id lets receivers dedupe).
+//!   arrive twice (the webhook body's signed `id`, also in `X-Guard-Delivery`,
+//!   lets receivers dedupe).
 //!   Within one process: guard's store keeps each rollout event until every
 //!   notifier has answered it and `guard serve` sends the rest again when it
 //!   starts, with the same webhook delivery id ([`webhook::delivery_id`]).
@@ -793,27 +794,31 @@ async fn grafana_handle(
         }
         EventKind::IncidentResolved => {
             let known = job.fingerprint.as_ref().and_then(|fp| incidents.remove(fp));
-            close_or_create(known, ev, ctx, &close, &create).await;
+            let _ = close_or_create(known, ev, ctx, &close, &create).await;
         }
         EventKind::Promoted | EventKind::Reverted | EventKind::Held | EventKind::RolledBack => {
             let known = ctx.created(rollouts, ev);
-            close_or_create(known, ev, ctx, &close, &create).await;
-            // Only once answered: a guard killed meanwhile closes it on restart.
-            ctx.keep_created(rollouts, ev, None);
+            // Forgotten only once closed (or posted whole): a guard killed
+            // meanwhile, or a close Grafana refused, leaves the id for the
+            // rollout's next event to close.
+            if close_or_create(known, ev, ctx, &close, &create).await {
+                ctx.keep_created(rollouts, ev, None);
+            }
         }
     }
 }
 
 /// Closes the annotation guard opened, or posts the whole region when there is
 /// none, or when Grafana no longer has it (404: deleted by a person, or a
-/// fresh Grafana database).
+/// fresh Grafana database). `true` once the region is closed or posted.
 async fn close_or_create<C, P, M, N>(
     known: Option<i64>,
     ev: &Event,
     ctx: &Ctx,
     close: &C,
     create: &P,
-) where
+) -> bool
+where
     C: Fn(i64, &Event) -> M,
     P: Fn(&Event) -> N,
     M: FnMut() -> reqwest::RequestBuilder,
@@ -822,10 +827,12 @@ async fn close_or_create<C, P, M, N>(
     if let Some(id) = known {
         match ctx.deliver(ev, "close annotation", close(id, ev)).await {
             Err(Some(404)) => {}
-            _ => return,
+            closed => return closed.is_ok(),
         }
     }
-    let _ = ctx.deliver(ev, "create annotation", create(ev)).await;
+    ctx.deliver(ev, "create annotation", create(ev))
+        .await
+        .is_ok()
 }
 
 async fn github_handle(

@@ -8,7 +8,9 @@
 //!    deployment's `id`, kept per rollout. Then a status `in_progress`.
 //! 2. verdict: `POST /repos/{owner}/{repo}/deployments/{id}/statuses` with
 //!    `success` (promote; `auto_inactive: true` has GitHub mark the earlier
-//!    successful deployments to that environment `inactive`) or `failure`
+//!    deployments to that environment `inactive` — GitHub does so only for
+//!    environments that are neither production nor transient; in
+//!    `production` the newest `success` is the one GitHub shows) or `failure`
 //!    (revert), then `inactive` on the reverted deployment, because it no
 //!    longer runs; the failure stays in its status history, and the previous
 //!    release's deployment, never retired since the candidate never

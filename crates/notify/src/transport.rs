@@ -1,6 +1,10 @@
 //! One HTTP request with retries: exponential backoff with jitter on 5xx, 429,
-//! 408, timeouts and connection errors, honouring `Retry-After` (seconds or an
-//! HTTP date); no retry on other 4xx, which a retry cannot fix.
+//! 408, timeouts and connection errors; no retry on other 4xx, which a retry
+//! cannot fix, except a rate limit. A rate limit (429, or GitHub's 403 with
+//! `x-ratelimit-remaining: 0` or a `Retry-After`) is waited out as the server
+//! says — `Retry-After` (seconds or an HTTP date), else `x-ratelimit-reset`,
+//! else a minute — up to [`LONGEST_SERVER_WAIT`]; retrying sooner only
+//! prolongs it (GitHub may ban an integration that keeps trying).
 //!
 //! Error texts are built without URLs (reqwest's `without_url`) and passed
 //! through the [`Redactor`], so webhook URLs and tokens never reach a log,
@@ -33,6 +37,13 @@ pub(crate) struct Failure {
 /// Longest body kept for history: enough for an error message, no more.
 const BODY_SNIPPET: usize = 300;
 
+/// Longest wait a server may ask for that is honoured; beyond it the delivery
+/// fails and stays in the outbox, resent when guard next starts.
+pub(crate) const LONGEST_SERVER_WAIT: Duration = Duration::from_secs(15 * 60);
+
+/// A rate limit that names no time: GitHub asks to wait at least a minute.
+const UNNAMED_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
+
 /// Sends with retries. `make` builds the request afresh for every attempt (a
 /// webhook signature carries the attempt's timestamp). `on_retry` is told of
 /// each retry, for the metric.
@@ -57,17 +68,17 @@ pub(crate) async fn send(
                         attempts: attempt,
                     });
                 }
-                let retry_after = retry_after(&resp);
+                let server_wait = server_wait(status, resp.headers(), jiff::Timestamp::now());
                 let body = snippet(resp, redactor).await;
                 let failure = Failure {
                     status: Some(status.as_u16()),
                     detail: format!("HTTP {status}: {body}"),
                     attempts: attempt,
                 };
-                if !retryable(status) {
+                if !(retryable(status) || server_wait.is_some_and(|w| w.rate_limited)) {
                     return Err(failure);
                 }
-                (retry_after, failure)
+                (server_wait.map(|w| w.wait), failure)
             }
             Err(err) => {
                 let detail = redactor.clean(&error_chain(&err));
@@ -89,7 +100,8 @@ pub(crate) async fn send(
             });
         }
         on_retry();
-        let wait = backoff(policy, attempt).max(retry_after.unwrap_or_default().min(policy.max));
+        let wait =
+            backoff(policy, attempt).max(retry_after.unwrap_or_default().min(LONGEST_SERVER_WAIT));
         tracing::debug!(attempt, wait_ms = wait.as_millis() as u64, detail = %failure.detail, "notification attempt failed, retrying");
         tokio::time::sleep(wait).await;
     }
@@ -115,14 +127,51 @@ pub(crate) fn backoff(policy: &RetryPolicy, attempt: u32) -> Duration {
     half + Duration::from_nanos(jitter_ns)
 }
 
-/// `Retry-After` as a wait: delta-seconds, or an HTTP date (RFC 9110 §10.2.3).
-fn retry_after(resp: &Response) -> Option<Duration> {
-    let v = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?;
-    parse_retry_after(v, jiff::Timestamp::now())
+/// What the server asked for before another try.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct ServerWait {
+    pub wait: Duration,
+    /// A rate limit, to be waited out even where the status alone (GitHub's
+    /// 403) would not be retried.
+    pub rate_limited: bool,
+}
+
+/// The wait a reply asks for: `Retry-After` (RFC 9110 §10.2.3), else the
+/// reset of an exhausted rate limit (`x-ratelimit-remaining: 0`,
+/// `x-ratelimit-reset` in epoch seconds, as GitHub sends), else a minute
+/// for a rate limit that names no time; `None` when it asks for none.
+pub(crate) fn server_wait(
+    status: StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    now: jiff::Timestamp,
+) -> Option<ServerWait> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let exhausted = header("x-ratelimit-remaining") == Some("0");
+    let rate_limited = status == StatusCode::TOO_MANY_REQUESTS
+        || (status == StatusCode::FORBIDDEN
+            && (exhausted || headers.contains_key(reqwest::header::RETRY_AFTER)));
+    let named = header(reqwest::header::RETRY_AFTER.as_str())
+        .and_then(|v| parse_retry_after(v, now))
+        .or_else(|| {
+            let reset: i64 = header("x-ratelimit-reset")?.parse().ok()?;
+            exhausted.then(|| {
+                let secs = reset.saturating_sub(now.as_second()).max(0) + 1;
+                Duration::from_secs(secs as u64)
+            })
+        });
+    match named {
+        Some(wait) => Some(ServerWait { wait, rate_limited }),
+        None if rate_limited => Some(ServerWait {
+            wait: UNNAMED_RATE_LIMIT_WAIT,
+            rate_limited,
+        }),
+        None => None,
+    }
 }
 
 pub(crate) fn parse_retry_after(v: &str, now: jiff::Timestamp) -> Option<Duration> {
@@ -181,6 +230,54 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn a_rate_limit_is_waited_out_as_the_server_says() {
+        use reqwest::header::{HeaderMap, HeaderValue};
+        let now: jiff::Timestamp = "2026-11-27T12:00:00Z".parse().unwrap();
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_str(v).unwrap());
+            }
+            h
+        };
+        let at = |status: u16, pairs: &[(&'static str, &str)]| {
+            server_wait(StatusCode::from_u16(status).unwrap(), &headers(pairs), now)
+        };
+        let limited = |secs: u64| {
+            Some(ServerWait {
+                wait: Duration::from_secs(secs),
+                rate_limited: true,
+            })
+        };
+        // GitHub's primary limit: 403, remaining 0, reset 90 s ahead.
+        let reset = (now.as_second() + 90).to_string();
+        assert_eq!(
+            at(
+                403,
+                &[
+                    ("x-ratelimit-remaining", "0"),
+                    ("x-ratelimit-reset", &reset)
+                ]
+            ),
+            limited(91)
+        );
+        // A secondary limit: 403 with Retry-After.
+        assert_eq!(at(403, &[("retry-after", "120")]), limited(120));
+        // A 429 that names no time: a minute.
+        assert_eq!(at(429, &[]), limited(60));
+        // A 403 that is no rate limit (remaining calls left): not retried.
+        assert_eq!(at(403, &[("x-ratelimit-remaining", "4999")]), None);
+        // A 503 with Retry-After: the wait, retried as any 5xx.
+        assert_eq!(
+            at(503, &[("retry-after", "5")]),
+            Some(ServerWait {
+                wait: Duration::from_secs(5),
+                rate_limited: false
+            })
+        );
     }
 
     #[test]

@@ -13,8 +13,10 @@
 //! - `X-Guard-Event: <kind>` (`reverted`, `incident_opened`, ...) and
 //!   `X-Guard-Delivery: <id>`, derived from the event itself: the same on
 //!   every retry, and when a restarted guard sends again what it had not
-//!   seen answered, so a receiver that drops duplicates by it sees each
-//!   event once.
+//!   seen answered. The body's `"id"` holds the same value and, unlike the
+//!   headers, is covered by the signature: a receiver that drops duplicates
+//!   should do it by the body's `id`, so a replayed request with a new
+//!   header value is still seen as the duplicate it is.
 //!
 //! The key is the UTF-8 bytes of the configured secret (`notify.webhook.secret`
 //! / `GUARD_WEBHOOK_SECRET`). A receiver recomputes the HMAC over the raw body

@@ -21,6 +21,8 @@
 
 #![allow(dead_code)]
 
+pub mod harness;
+
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -59,6 +61,8 @@ impl Req {
 pub struct Canned {
     pub status: u16,
     pub retry_after: Option<String>,
+    /// Further response headers.
+    pub headers: Vec<(&'static str, String)>,
     pub body: String,
     /// Wait this long before answering (a hung server).
     pub delay: Duration,
@@ -69,6 +73,7 @@ impl Canned {
         Canned {
             status,
             retry_after: None,
+            headers: vec![],
             body: body.to_owned(),
             delay: Duration::ZERO,
         }
@@ -78,6 +83,7 @@ impl Canned {
         Canned {
             status: 200,
             retry_after: None,
+            headers: vec![],
             body: "late".to_owned(),
             delay,
         }
@@ -86,7 +92,30 @@ impl Canned {
         Canned {
             status,
             retry_after: Some(retry_after.to_owned()),
+            headers: vec![],
             body: "rate limited".to_owned(),
+            delay: Duration::ZERO,
+        }
+    }
+    /// GitHub's primary rate limit, as its REST docs show it ("Rate limits
+    /// for the REST API"): 403, `x-ratelimit-remaining: 0` and the reset in
+    /// epoch seconds, `reset_in` from now; no `Retry-After`.
+    pub fn github_rate_limited(reset_in: Duration) -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let reset = (now + reset_in).as_secs();
+        Canned {
+            status: 403,
+            retry_after: None,
+            headers: vec![
+                ("x-ratelimit-limit", "5000".to_owned()),
+                ("x-ratelimit-remaining", "0".to_owned()),
+                ("x-ratelimit-used", "5000".to_owned()),
+                ("x-ratelimit-reset", reset.to_string()),
+                ("x-ratelimit-resource", "core".to_owned()),
+            ],
+            body: r#"{"message":"API rate limit exceeded for user ID 1.","documentation_url":"https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"}"#.to_owned(),
             delay: Duration::ZERO,
         }
     }
@@ -247,6 +276,10 @@ async fn handle(
         if let Some(ra) = c.retry_after {
             resp.headers_mut()
                 .insert("retry-after", HeaderValue::from_str(&ra).unwrap());
+        }
+        for (name, value) in c.headers {
+            resp.headers_mut()
+                .insert(name, HeaderValue::from_str(&value).unwrap());
         }
         return resp;
     }
