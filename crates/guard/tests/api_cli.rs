@@ -637,12 +637,14 @@ async fn a_deploy_during_the_watch_says_how_to_end_it() {
     })
     .await;
 
-    let (code, body) = serve_harness::post(
-        &api,
-        "/api/v1/deployments",
-        json!({"service": "ultra-boost", "environment": "test", "build": "3"}),
-    )
-    .await;
+    let deploy_3 = || {
+        serve_harness::post(
+            &api,
+            "/api/v1/deployments",
+            json!({"service": "ultra-boost", "environment": "test", "build": "3"}),
+        )
+    };
+    let (code, body) = deploy_3().await;
     assert_eq!(code, 409, "{body}");
     let error = body["error"].as_str().unwrap_or_default();
     assert!(
@@ -662,11 +664,6 @@ async fn a_deploy_during_the_watch_says_how_to_end_it() {
         s == "promoted"
     })
     .await;
-    let (code, body) = serve_harness::post(
-        &api,
-        "/api/v1/deployments",
-        json!({"service": "ultra-boost", "environment": "test", "build": "3"}),
-    )
-    .await;
+    let (code, body) = deploy_3().await;
     assert_eq!(code, 201, "{body}");
 }
