@@ -617,9 +617,10 @@ async fn deploy_wait_says_so_when_the_answering_guard_lost_the_rollout() {
     }
 }
 
-/// A deploy while the last release is still in its post-promote watch is
-/// refused with when the watch ends and how to end it; `guard promote` ends
-/// it, and the deploy then goes through.
+/// `deploy --wait --no-watch` returns at the promote; a deploy while that
+/// release is still in its post-promote watch is refused with when the watch
+/// ends and how to end it; `guard promote` ends it, and the deploy then goes
+/// through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_during_the_watch_says_how_to_end_it() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -631,8 +632,38 @@ async fn a_deploy_during_the_watch_says_how_to_end_it() {
     })
     .await;
     let _load = Load::start(router(&api).await, 100);
-    let id = serve_harness::deploy(&api, "2").await;
-    wait_state(&api, id, "watching", Duration::from_secs(60), |s| {
+    // CI that does not want to wait out the watch: back at the promote.
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let api = api.clone();
+        move || {
+            cli(
+                &api,
+                &[
+                    "deploy",
+                    "ultra-boost",
+                    "--env",
+                    "test",
+                    "--build",
+                    "2",
+                    "--wait",
+                    "--no-watch",
+                ],
+            )
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("verdict: promote") && out.contains("guard watches it until"),
+        "{out}"
+    );
+    let id: i64 = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|w| w.trim_end_matches(':').parse().ok())
+        .unwrap_or_else(|| panic!("no rollout id in {out}"));
+    wait_state(&api, id, "watching", Duration::from_secs(5), |s| {
         s == "watching"
     })
     .await;

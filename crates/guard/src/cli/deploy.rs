@@ -40,6 +40,11 @@ pub struct Args {
     /// already in progress is followed instead.
     #[arg(long, short)]
     pub wait: bool,
+    /// With --wait, return (exit 0) as soon as the release is promoted,
+    /// without following the post-promote watch; guard still watches it, and
+    /// a revert during the watch reaches the team through the notifiers.
+    #[arg(long, requires = "wait")]
+    pub no_watch: bool,
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -255,6 +260,19 @@ async fn follow(client: &Client, id: i64, args: &Args) -> anyhow::Result<i32> {
         }
         printed_steps = d.steps.len();
         let r = &d.rollout.record;
+        if args.no_watch
+            && let Phase::Watching { until_ms } = r.phase
+        {
+            let until = jiff::Timestamp::from_millisecond(until_ms)
+                .map(|t| t.strftime("%H:%M:%S UTC").to_string())
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "verdict: promote ({}); guard watches it until {until} and reverts it if it burns (--no-watch: not followed)",
+                r.reason.as_deref().unwrap_or("")
+            );
+            return Ok(0);
+        }
         if r.phase.is_terminal() {
             let e = r.evidence.clone().unwrap_or_default();
             let _ = writeln!(
