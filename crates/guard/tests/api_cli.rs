@@ -490,14 +490,7 @@ async fn status_pages(api: &str) {
     ] {
         assert!(body.contains(want), "{want} not on /:\n{body}");
     }
-    let detail: Value = client()
-        .get(format!("{api}/api/v1/rollouts/3"))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let detail = serve_harness::get(api, "/api/v1/rollouts/3").await;
     let reason = detail["reason"].as_str().expect("a revert has a reason");
     let escaped = reason
         .replace('&', "&amp;")
