@@ -486,10 +486,19 @@ impl Check {
         match serde_json::from_value(v.value.clone()) {
             Ok(t) => Some(t),
             Err(_) => {
+                let quoted = v
+                    .value
+                    .as_str()
+                    .is_some_and(|text| serde_json::from_str::<T>(text).is_ok());
+                let hint = if quoted {
+                    " (a text: write it without quotes)"
+                } else {
+                    ""
+                };
                 self.push(
                     line_of(v),
                     field,
-                    format!("must be {expected}; got {}", v.value),
+                    format!("must be {expected}; got {}{hint}", v.value),
                 );
                 None
             }
@@ -1350,6 +1359,13 @@ mod tests {
             text.contains(
                 "line 3: services[0].replicas: must be a whole number, 1 to 64; got \"two\""
             ),
+            "{text}"
+        );
+        let (_, text) = problems_of(
+            "services:\n  - name: s\n    build: {command: [x]}\n    environments: [{name: e}]\n    slos: [{name: a, objective: \"99.9\"}]\n",
+        );
+        assert!(
+            text.contains("got \"99.9\" (a text: write it without quotes)"),
             "{text}"
         );
     }

@@ -511,6 +511,26 @@ async fn status_pages(api: &str) {
     );
     let (code, _, _) = page("/rollouts/999").await;
     assert_eq!(code, 404);
+
+    // The credentials a browser keeps for the pages never command the API,
+    // and no other site's page can make a browser do so.
+    let r = c
+        .post(format!("{api}/api/v1/rollouts/4/pause"))
+        .basic_auth("someone", Some(TOKEN_VALUE))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 401, "Basic is for the pages only");
+    let r = c
+        .post(format!("{api}/api/v1/rollouts/4/pause"))
+        .bearer_auth(TOKEN_VALUE)
+        .header("origin", "https://evil.example")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("x=1")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 403, "a cross-site POST is refused");
 }
 
 /// A double of a guard replica that became leader after the one that

@@ -7,7 +7,7 @@
 //! | GET | `/api/v1/rollouts?service=&environment=&limit=` | newest first |
 //! | GET | `/api/v1/rollouts/{id}` | the rollout, its steps, live status, notification deliveries |
 //! | POST | `/api/v1/rollouts/{id}/{promote,abort,pause,resume}` | a person's command |
-//! | POST | `/api/v1/rollbacks` | `{service, environment, to?}` |
+//! | POST | `/api/v1/rollbacks` | `{service, environment, to?, requested_by?}` |
 //! | GET | `/api/v1/status` | per target: the release running, the rollout in progress |
 //! | GET | `/`, `/rollouts/{id}` | status pages for people ([`ui`]) |
 //! | GET | `/metrics` | Prometheus text format (no auth: read-only counters) |
@@ -32,7 +32,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -130,15 +130,39 @@ async fn auth(
     req: Request,
     next: Next,
 ) -> Response {
+    // A web page may make a browser POST here (a form needs no CORS
+    // preflight, and a browser resends Basic credentials and reaches
+    // loopback): a request another origin started never changes anything.
+    // The CLI, CI and Alertmanager send no Origin.
+    if !matches!(*req.method(), Method::GET | Method::HEAD)
+        && let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())
+    {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let same_origin = origin
+            .split_once("://")
+            .is_some_and(|(_, authority)| !host.is_empty() && authority == host);
+        if !same_origin {
+            return (
+                StatusCode::FORBIDDEN,
+                Json(json!({"error": format!("refused: a {} from the web page at {origin}; guard takes commands from its CLI and API clients, not from other sites", req.method())})),
+            )
+                .into_response();
+        }
+    }
     if let Some(token) = &state.token {
+        let api = req.uri().path().starts_with("/api/");
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(presented_token);
+            .and_then(|v| presented_token(v, !api));
         if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
-            // A browser asks for the token on Basic (the status pages);
-            // scripts and the CLI send Bearer.
-            let challenge = if req.uri().path().starts_with("/api/") {
+            // A browser asks for the token on Basic (the status pages, which
+            // only read); the API, which acts, takes Bearer alone, so the
+            // credentials a browser keeps for the pages never command it.
+            let challenge = if api {
                 "Bearer"
             } else {
                 "Basic realm=\"guard\", charset=\"UTF-8\""
@@ -146,7 +170,11 @@ async fn auth(
             return (
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, challenge)],
-                Json(json!({"error": "missing or wrong token (Authorization: Bearer $GUARD_API_TOKEN, or the token as a browser's Basic password)"})),
+                Json(json!({"error": if api {
+                    "missing or wrong bearer token (Authorization: Bearer $GUARD_API_TOKEN)"
+                } else {
+                    "missing or wrong token (a browser asks for it: any user name, the token as the password)"
+                }})),
             )
                 .into_response();
         }
@@ -154,14 +182,15 @@ async fn auth(
     next.run(req).await
 }
 
-/// The token of an `Authorization` header: `Bearer <token>`, or Basic with
-/// the token as the password (any user name), which is what a browser sends.
-fn presented_token(value: &str) -> Option<String> {
+/// The token of an `Authorization` header: `Bearer <token>`, or, where
+/// `basic` allows it, Basic with the token as the password (any user name),
+/// which is what a browser sends.
+fn presented_token(value: &str, basic: bool) -> Option<String> {
     use base64::Engine as _;
     if let Some(token) = value.strip_prefix("Bearer ") {
         return Some(token.trim().to_string());
     }
-    let encoded = value.strip_prefix("Basic ")?;
+    let encoded = value.strip_prefix("Basic ").filter(|_| basic)?;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .ok()?;
@@ -458,6 +487,8 @@ struct RollbackRequest {
     service: String,
     environment: String,
     to: Option<String>,
+    /// Who asks (shown in history); default `api`.
+    requested_by: Option<String>,
 }
 
 async fn rollback(
@@ -473,7 +504,11 @@ async fn rollback(
     let target = known_target(&state, &req.service, &req.environment)?;
     let id = state
         .engine
-        .rollback(&target, req.to.as_deref(), "api")
+        .rollback(
+            &target,
+            req.to.as_deref(),
+            req.requested_by.as_deref().unwrap_or("api"),
+        )
         .await?;
     Ok((
         StatusCode::CREATED,

@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::{ApiError, ApiState, RolloutView, TargetStatus, target_statuses, view};
-use crate::store::{DeliveryRecord, StepRecord};
+use crate::store::{DeliveryRecord, StepRecord, StoreError};
 
 /// Rollouts listed on the overview.
 const HISTORY: usize = 50;
@@ -44,7 +44,13 @@ async fn overview(State(state): State<ApiState>) -> Result<Response, ApiError> {
         .into_iter()
         .map(|r| view(&state, r))
         .collect();
-    let in_flight = history.iter().any(|r| r.record.active);
+    // From the targets, not the history: an old rollout still in flight
+    // stays in view however many others came after it.
+    let in_flight: Vec<&RolloutView> = targets
+        .iter()
+        .filter_map(|t| t.rollout.as_ref())
+        .filter(|r| r.record.active)
+        .collect();
 
     let mut body = String::new();
     body.push_str("<h1>guard</h1>\n<h2>What runs where</h2>\n");
@@ -56,7 +62,7 @@ async fn overview(State(state): State<ApiState>) -> Result<Response, ApiError> {
         target_row(&mut body, t);
     }
     body.push_str("</table>\n");
-    for r in history.iter().filter(|r| r.record.active) {
+    for r in &in_flight {
         let _ = writeln!(
             body,
             "<h2>In flight: <a href=\"/rollouts/{id}\">rollout {id}</a></h2>",
@@ -66,12 +72,26 @@ async fn overview(State(state): State<ApiState>) -> Result<Response, ApiError> {
     }
     let _ = writeln!(body, "<h2>Last {HISTORY} rollouts</h2>");
     history_table(&mut body, &history);
-    Ok(page("guard", in_flight, &body))
+    Ok(page("guard", !in_flight.is_empty(), &body))
 }
 
 async fn rollout(State(state): State<ApiState>, Path(id): Path<i64>) -> Result<Response, ApiError> {
     let store = state.engine.store();
-    let r = view(&state, store.rollout(id)?);
+    let record = match store.rollout(id) {
+        Err(StoreError::NotFound(_)) => {
+            let body = format!(
+                "<h1>No rollout {id}</h1>\n<p>This guard has no rollout {id} in its history. <a href=\"/\">All targets</a></p>\n"
+            );
+            return Ok(page_with(
+                StatusCode::NOT_FOUND,
+                "guard: no such rollout",
+                false,
+                &body,
+            ));
+        }
+        other => other?,
+    };
+    let r = view(&state, record);
     let steps = store.steps(id)?;
     let deliveries = store.deliveries(id)?;
     let rec = &r.record;
@@ -326,6 +346,10 @@ fn esc(s: &str) -> String {
 }
 
 fn page(title: &str, refresh: bool, body: &str) -> Response {
+    page_with(StatusCode::OK, title, refresh, body)
+}
+
+fn page_with(status: StatusCode, title: &str, refresh: bool, body: &str) -> Response {
     let refresh = if refresh {
         "<meta http-equiv=\"refresh\" content=\"5\">\n"
     } else {
@@ -344,7 +368,7 @@ fn page(title: &str, refresh: bool, body: &str) -> Response {
         esc(title)
     );
     (
-        StatusCode::OK,
+        status,
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),

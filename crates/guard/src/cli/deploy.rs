@@ -291,7 +291,21 @@ async fn follow(client: &Client, id: i64, args: &Args) -> anyhow::Result<i32> {
             return Ok(exit_code(&r.phase));
         }
         if tty {
-            let _ = write!(out, "{}", progress_line(&d));
+            // One screen row: a wrapped line would leave a copy behind at
+            // every refresh (the clear above erases one row).
+            let width = std::env::var("COLUMNS")
+                .ok()
+                .and_then(|c| c.parse::<usize>().ok())
+                .unwrap_or(80);
+            let line = progress_line(&d);
+            let shown: String = if line.chars().count() >= width {
+                let mut cut: String = line.chars().take(width.saturating_sub(2)).collect();
+                cut.push('…');
+                cut
+            } else {
+                line
+            };
+            let _ = write!(out, "{shown}");
             let _ = out.flush();
         } else if last_plain.elapsed() >= Duration::from_secs(5) {
             let _ = writeln!(out, "          {}", progress_line(&d));

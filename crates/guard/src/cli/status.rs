@@ -207,7 +207,7 @@ pub async fn rollback(args: RollbackArgs) -> anyhow::Result<i32> {
     let v: Value = client
         .post(
             "/api/v1/rollbacks",
-            &json!({"service": args.service, "environment": args.environment, "to": args.to}),
+            &json!({"service": args.service, "environment": args.environment, "to": args.to, "requested_by": "cli"}),
             "rolling back",
         )
         .await?;
