@@ -13,10 +13,13 @@
 //! | GET | `/metrics` | Prometheus text format (no auth: read-only counters) |
 //! | GET | `/-/healthy`, `/-/ready` | probes (no auth) |
 //!
-//! Auth: `Authorization: Bearer <token>` on `/api/*` and the status pages
-//! (or the token as HTTP Basic's password, which a browser asks for) when a
-//! token is configured (env `GUARD_API_TOKEN` or `api.token_file`). Without a token the
-//! API only starts on a loopback address ([`check_exposure`]).
+//! Auth: `Authorization: Bearer <token>` on `/api/*` when a token is
+//! configured (env `GUARD_API_TOKEN` or `api.token_file`); the read-only
+//! status pages also take it as HTTP Basic's password, which a browser asks
+//! for. Without a token the API only starts on a loopback address
+//! ([`check_exposure`]). A request that changes something and carries an
+//! `Origin` other than guard's own (a web page's form) is refused, token or
+//! not.
 //!
 //! In a cluster (`guard controller`, [`ApiState::cluster`]) only the replica
 //! holding the leader Lease runs rollouts and keeps their history, so the
