@@ -19,20 +19,28 @@ const TOKEN_VALUE: &str = "s3cret-token";
 /// `guard deploy ultra-boost --env test --build <build> --wait` against
 /// `api`, off the async runtime: (exit code, stdout, stderr).
 async fn deploy_and_wait(api: &str, build: &str) -> (i32, String, String) {
-    let (api, build) = (api.to_string(), build.to_string());
+    deploy_and_wait_with(api, build, &[]).await
+}
+
+/// [`deploy_and_wait`] with `extra` flags.
+async fn deploy_and_wait_with(api: &str, build: &str, extra: &[&str]) -> (i32, String, String) {
+    let api = api.to_string();
+    let args: Vec<String> = [
+        "deploy",
+        "ultra-boost",
+        "--env",
+        "test",
+        "--build",
+        build,
+        "--wait",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|a| a.to_string())
+    .collect();
     tokio::task::spawn_blocking(move || {
-        cli(
-            &api,
-            &[
-                "deploy",
-                "ultra-boost",
-                "--env",
-                "test",
-                "--build",
-                &build,
-                "--wait",
-            ],
-        )
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(&api, &args)
     })
     .await
     .expect("join")
@@ -646,26 +654,7 @@ async fn a_deploy_during_the_watch_says_how_to_end_it() {
     .await;
     let _load = Load::start(router(&api).await, 100);
     // CI that does not want to wait out the watch: back at the promote.
-    let (code, out, err) = tokio::task::spawn_blocking({
-        let api = api.clone();
-        move || {
-            cli(
-                &api,
-                &[
-                    "deploy",
-                    "ultra-boost",
-                    "--env",
-                    "test",
-                    "--build",
-                    "2",
-                    "--wait",
-                    "--no-watch",
-                ],
-            )
-        }
-    })
-    .await
-    .expect("join");
+    let (code, out, err) = deploy_and_wait_with(&api, "2", &["--no-watch"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("verdict: promote") && out.contains("guard watches it until"),
