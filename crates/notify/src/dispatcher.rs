@@ -491,11 +491,29 @@ impl Ctx {
         action: &str,
         make: impl FnMut() -> reqwest::RequestBuilder,
     ) -> Result<Reply, Option<u16>> {
+        self.deliver_once(ev, action, make, || std::future::ready(None))
+            .await
+    }
+
+    /// As [`Ctx::deliver`], for a request that must not take effect twice:
+    /// `landed` finds what an attempt that seemed to fail did (see
+    /// [`transport::send`]).
+    async fn deliver_once<L: Future<Output = Option<Reply>>>(
+        &self,
+        ev: &Event,
+        action: &str,
+        make: impl FnMut() -> reqwest::RequestBuilder,
+        landed: impl FnMut() -> L,
+    ) -> Result<Reply, Option<u16>> {
         let metrics = self.metrics.clone();
         let target = self.target;
-        let result = transport::send(&self.policy, &self.redactor, make, || {
-            metrics.inc(target, "retried")
-        })
+        let result = transport::send(
+            &self.policy,
+            &self.redactor,
+            make,
+            || metrics.inc(target, "retried"),
+            landed,
+        )
         .await;
         match result {
             Ok(reply) => {
@@ -867,7 +885,7 @@ async fn github_handle(
                 );
             }
             let reply = ctx
-                .deliver(
+                .deliver_once(
                     ev,
                     "create deployment",
                     request(
@@ -875,6 +893,7 @@ async fn github_handle(
                         format!("{base}/deployments"),
                         github::create_deployment(ev),
                     ),
+                    || find_deployment(target, &base, ev, ctx),
                 )
                 .await;
             let Ok(reply) = reply else { return };
@@ -913,4 +932,46 @@ async fn github_handle(
             break; // Later statuses would tell a story the first one did not.
         }
     }
+}
+
+/// The deployment an earlier attempt created for the event's rollout, if
+/// GitHub has it: listed by ref, environment and task, matched by the
+/// rollout, service and build in its payload. `None` also when GitHub cannot
+/// say (then the create is tried again).
+async fn find_deployment(
+    target: &GitHubTarget,
+    base: &str,
+    ev: &Event,
+    ctx: &Ctx,
+) -> Option<Reply> {
+    let rollout = ev.rollout_id?;
+    let git_ref = github::git_ref(ev)?;
+    let resp = ctx
+        .client
+        .get(format!("{base}/deployments"))
+        .query(&[
+            ("ref", git_ref),
+            ("environment", ev.environment.as_str()),
+            ("task", "deploy"),
+            ("per_page", "100"),
+        ])
+        .bearer_auth(target.token.expose())
+        .header(reqwest::header::ACCEPT, github::ACCEPT)
+        .header("X-GitHub-Api-Version", github::API_VERSION)
+        .timeout(ctx.policy.timeout)
+        .send()
+        .await
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let listed: Vec<serde_json::Value> = resp.json().await.ok()?;
+    let ours = listed
+        .into_iter()
+        .find(|d| github::created_for(d, ev, rollout))?;
+    Some(Reply {
+        status: 200,
+        body: ours.to_string(),
+        attempts: 0,
+    })
 }

@@ -18,7 +18,10 @@
 //!    `in_progress` with the reason; a manual rollback `inactive`.
 //!
 //! `environment_url` (review apps) and `log_url` (guard's status page) are sent
-//! when known. Every request has `Accept: application/vnd.github+json`,
+//! when known. Creating a deployment is not repeated blindly: after a timeout
+//! or a 5xx GitHub may have created it, so guard first lists the ref's
+//! deployments to that environment and takes the one whose payload names the
+//! rollout. Every request has `Accept: application/vnd.github+json`,
 //! `Authorization: Bearer`, `X-GitHub-Api-Version: 2022-11-28` and a
 //! `User-Agent` (GitHub refuses requests without one). If guard missed the
 //! `started` event it creates the deployment when the verdict comes.
@@ -95,6 +98,15 @@ pub fn create_deployment(ev: &Event) -> Value {
             "rollout_id": ev.rollout_id,
         },
     })
+}
+
+/// Whether `deployment`, as GitHub lists it, is the one guard created for
+/// the event's rollout `rollout` (its payload says so).
+pub fn created_for(deployment: &Value, ev: &Event, rollout: i64) -> bool {
+    let payload = &deployment["payload"];
+    payload["rollout_id"].as_i64() == Some(rollout)
+        && payload["service"].as_str() == Some(ev.service.as_str())
+        && payload["build"].as_str() == ev.build.as_deref()
 }
 
 /// Body of `POST /repos/{owner}/{repo}/deployments/{id}/statuses`.

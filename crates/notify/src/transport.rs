@@ -47,17 +47,25 @@ const UNNAMED_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
 /// Sends with retries. `make` builds the request afresh for every attempt (a
 /// webhook signature carries the attempt's timestamp). `on_retry` is told of
 /// each retry, for the metric.
-pub(crate) async fn send(
+///
+/// A timeout, a 5xx or a broken reply does not say whether the server acted.
+/// For a request that must not take effect twice (creating a GitHub
+/// deployment), `landed` asks the server after such a failure whether an
+/// attempt took effect; what it finds is the reply, and the retries end.
+/// Requests that may repeat pass `|| std::future::ready(None)`.
+pub(crate) async fn send<L: Future<Output = Option<Reply>>>(
     policy: &RetryPolicy,
     redactor: &Redactor,
     mut make: impl FnMut() -> RequestBuilder,
     mut on_retry: impl FnMut(),
+    mut landed: impl FnMut() -> L,
 ) -> Result<Reply, Failure> {
     let mut attempt = 0u32;
     loop {
         attempt += 1;
         let last = attempt >= policy.max_attempts;
-        let (retry_after, failure) = match make().timeout(policy.timeout).send().await {
+        let (retry_after, failure, maybe_acted) = match make().timeout(policy.timeout).send().await
+        {
             Ok(resp) => {
                 let status = resp.status();
                 if status.is_success() {
@@ -78,7 +86,8 @@ pub(crate) async fn send(
                 if !(retryable(status) || server_wait.is_some_and(|w| w.rate_limited)) {
                     return Err(failure);
                 }
-                (server_wait.map(|w| w.wait), failure)
+                let maybe_acted = status.is_server_error();
+                (server_wait.map(|w| w.wait), failure, maybe_acted)
             }
             Err(err) => {
                 let detail = redactor.clean(&error_chain(&err));
@@ -90,9 +99,18 @@ pub(crate) async fn send(
                 if !(err.is_timeout() || err.is_connect() || err.is_request() || err.is_body()) {
                     return Err(failure);
                 }
-                (None, failure)
+                // A refused connection never reached the server; anything
+                // later may have.
+                (None, failure, !err.is_connect())
             }
         };
+        if maybe_acted && let Some(found) = landed().await {
+            tracing::info!(attempt, detail = %failure.detail, "an attempt that seemed to fail had taken effect; not repeating it");
+            return Ok(Reply {
+                attempts: attempt,
+                ..found
+            });
+        }
         if last {
             return Err(Failure {
                 detail: format!("gave up after {attempt} attempts: {}", failure.detail),

@@ -800,3 +800,86 @@ fn building_outside_a_runtime_is_an_error_not_a_panic() {
     .unwrap_err();
     assert!(matches!(err, notify::NotifyError::NoRuntime));
 }
+
+/// Creating a deployment is the one GitHub request that must not take effect
+/// twice: a second deployment for one rollout would stay `pending` forever.
+/// When GitHub created it but its answer was lost (its edge's 502, an answer
+/// later than the timeout), the retry finds it by the rollout in its payload;
+/// a 502 that created nothing, or another rollout's deployment of the same
+/// commit, is not mistaken for it.
+#[tokio::test]
+async fn a_deployment_github_created_before_its_answer_was_lost_is_not_created_twice() {
+    let gh = GitHubDouble::start("ghp_testtoken").await;
+    let h = Harness::build(
+        &github_env(&gh),
+        None,
+        RetryConfig {
+            max_attempts: 4,
+            base_ms: 5,
+            max_ms: 50,
+            timeout_ms: 500,
+        },
+    );
+    let lost_502 = Canned::acts_then_answers(502, "<html>Bad Gateway</html>", Duration::ZERO);
+    let lost_in_time = Canned::acts_then_answers(201, "{}", Duration::from_secs(2));
+    gh.script([Canned::status(502, "<html>Bad Gateway</html>")]);
+    h.dispatcher.send(event(EventKind::Started, 3));
+    h.flush().await;
+    gh.script([lost_502]);
+    h.dispatcher.send(event(EventKind::Started, 4));
+    h.flush().await;
+    gh.script([lost_in_time]);
+    h.dispatcher.send(event(EventKind::Started, 5));
+    h.flush().await;
+
+    let rollouts_of_deployments = gh.with_memory(|m| {
+        let mut ids: Vec<_> = m.deployments.keys().copied().collect();
+        ids.sort_unstable();
+        ids.iter()
+            .map(|id| {
+                m.deployments[id].0["payload"]["rollout_id"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(
+        rollouts_of_deployments,
+        [3, 4, 5],
+        "one deployment per rollout"
+    );
+    let lines: Vec<String> = gh
+        .requests()
+        .iter()
+        .map(|r| match r.method.as_str() {
+            "GET" => format!("GET {}?{}", r.path, r.query),
+            m => format!("{m} {}", r.path),
+        })
+        .collect();
+    let list = "GET /repos/acme/ultra-boost/deployments?ref=9fceb02d0ae598e95dc970b74767f19372d61af8&environment=production&task=deploy&per_page=100";
+    assert_eq!(
+        lines,
+        [
+            // Rollout 3: the 502 created nothing; the list is empty; created anew.
+            "POST /repos/acme/ultra-boost/deployments",
+            list,
+            "POST /repos/acme/ultra-boost/deployments",
+            "POST /repos/acme/ultra-boost/deployments/1/statuses",
+            // Rollout 4: created, answer lost; rollout 3's deployment of the
+            // same commit is listed too, and not taken.
+            "POST /repos/acme/ultra-boost/deployments",
+            list,
+            "POST /repos/acme/ultra-boost/deployments/3/statuses",
+            // Rollout 5: created, answer too late.
+            "POST /repos/acme/ultra-boost/deployments",
+            list,
+            "POST /repos/acme/ultra-boost/deployments/5/statuses",
+        ]
+        .map(str::to_owned)
+    );
+    let records = h.records("github");
+    assert!(
+        records.iter().all(|r| r.outcome == Outcome::Delivered),
+        "{records:#?}"
+    );
+}

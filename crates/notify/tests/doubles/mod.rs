@@ -39,6 +39,8 @@ use std::time::{Duration, Instant};
 pub struct Req {
     pub method: Method,
     pub path: String,
+    /// The query string, without `?` (empty when there is none).
+    pub query: String,
     pub headers: HeaderMap,
     pub body: Bytes,
     pub at: Instant,
@@ -66,6 +68,9 @@ pub struct Canned {
     pub body: String,
     /// Wait this long before answering (a hung server).
     pub delay: Duration,
+    /// The service acts on the request as it would (creates what it asks
+    /// for) and then answers this instead: an answer lost on the way back.
+    pub acts_first: bool,
 }
 
 impl Canned {
@@ -76,6 +81,7 @@ impl Canned {
             headers: vec![],
             body: body.to_owned(),
             delay: Duration::ZERO,
+            acts_first: false,
         }
     }
     /// Answers 200 only after `delay`: longer than the client's timeout, a hang.
@@ -86,6 +92,17 @@ impl Canned {
             headers: vec![],
             body: "late".to_owned(),
             delay,
+            acts_first: false,
+        }
+    }
+    /// The service does what was asked, then answers `status` with `body`
+    /// after `delay`: GitHub's edge answering 502 after the API created the
+    /// deployment, or an answer that never comes back in time.
+    pub fn acts_then_answers(status: u16, body: &str, delay: Duration) -> Self {
+        Canned {
+            delay,
+            acts_first: true,
+            ..Canned::status(status, body)
         }
     }
     pub fn retry_after(status: u16, retry_after: &str) -> Self {
@@ -95,6 +112,7 @@ impl Canned {
             headers: vec![],
             body: "rate limited".to_owned(),
             delay: Duration::ZERO,
+            acts_first: false,
         }
     }
     /// GitHub's primary rate limit, as its REST docs show it ("Rate limits
@@ -117,6 +135,7 @@ impl Canned {
             ],
             body: r#"{"message":"API rate limit exceeded for user ID 1.","documentation_url":"https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"}"#.to_owned(),
             delay: Duration::ZERO,
+            acts_first: false,
         }
     }
 }
@@ -264,6 +283,7 @@ async fn handle(
     let req = Req {
         method,
         path: uri.path().to_owned(),
+        query: uri.query().unwrap_or_default().to_owned(),
         headers,
         body,
         at: Instant::now(),
@@ -271,6 +291,9 @@ async fn handle(
     inner.requests.lock().unwrap().push(req.clone());
     let canned = inner.script.lock().unwrap().pop_front();
     if let Some(c) = canned {
+        if c.acts_first {
+            let _ = real(&inner, &req);
+        }
         tokio::time::sleep(c.delay).await;
         let mut resp = (StatusCode::from_u16(c.status).unwrap(), c.body).into_response();
         if let Some(ra) = c.retry_after {
@@ -283,12 +306,17 @@ async fn handle(
         }
         return resp;
     }
+    real(&inner, &req)
+}
+
+/// What the service itself answers.
+fn real(inner: &Inner, req: &Req) -> Response {
     match inner.kind {
-        Kind::Slack => slack(&req),
-        Kind::Teams => teams(&req),
-        Kind::Grafana => grafana(&inner, &req),
-        Kind::GitHub => github(&inner, &req),
-        Kind::Webhook => webhook(&inner, &req),
+        Kind::Slack => slack(req),
+        Kind::Teams => teams(req),
+        Kind::Grafana => grafana(inner, req),
+        Kind::GitHub => github(inner, req),
+        Kind::Webhook => webhook(inner, req),
     }
 }
 
@@ -394,17 +422,20 @@ fn github(inner: &Inner, req: &Req) -> Response {
             json!({"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"}),
         );
     }
+    let rest = match req.path.strip_prefix("/repos/acme/ultra-boost/deployments") {
+        Some(r) => r,
+        None => return not_found(),
+    };
+    let mut mem = inner.memory.lock().unwrap();
+    if rest.is_empty() && req.method == Method::GET {
+        return json_resp(StatusCode::OK, list_deployments(&mem, &req.query));
+    }
     let Ok(body) = serde_json::from_slice::<Value>(&req.body) else {
         return json_resp(
             StatusCode::BAD_REQUEST,
             json!({"message": "Problems parsing JSON"}),
         );
     };
-    let rest = match req.path.strip_prefix("/repos/acme/ultra-boost/deployments") {
-        Some(r) => r,
-        None => return not_found(),
-    };
-    let mut mem = inner.memory.lock().unwrap();
     if rest.is_empty() && req.method == Method::POST {
         if body["ref"].as_str().is_none_or(str::is_empty) {
             return json_resp(
@@ -414,19 +445,11 @@ fn github(inner: &Inner, req: &Req) -> Response {
         }
         let id = mem.next_id;
         mem.next_id += 1;
-        let deployment = json!({
-            "url": format!("https://api.github.com/repos/acme/ultra-boost/deployments/{id}"),
-            "id": id,
-            "node_id": "MDEwOkRlcGxveW1lbnQx",
-            "sha": body["ref"], "ref": body["ref"], "task": body["task"].as_str().unwrap_or("deploy"),
-            "payload": body["payload"], "environment": body["environment"],
-            "description": body["description"], "transient_environment": body["transient_environment"],
-            "production_environment": body["production_environment"],
-            "created_at": "2026-11-27T02:00:00Z", "updated_at": "2026-11-27T02:00:00Z",
-        });
+        let deployment = deployment_json(id, &body);
         mem.deployments.insert(id, (body, Vec::new()));
         return json_resp(StatusCode::CREATED, deployment);
     }
+
     if let Some(id) = rest
         .strip_prefix('/')
         .and_then(|r| r.strip_suffix("/statuses"))
@@ -462,6 +485,45 @@ fn github(inner: &Inner, req: &Req) -> Response {
         );
     }
     not_found()
+}
+
+/// A deployment as GitHub's REST API shows it.
+fn deployment_json(id: i64, body: &Value) -> Value {
+    json!({
+            "url": format!("https://api.github.com/repos/acme/ultra-boost/deployments/{id}"),
+        "id": id,
+        "node_id": "MDEwOkRlcGxveW1lbnQx",
+        "sha": body["ref"], "ref": body["ref"], "task": body["task"].as_str().unwrap_or("deploy"),
+        "payload": body["payload"], "environment": body["environment"],
+        "description": body["description"], "transient_environment": body["transient_environment"],
+        "production_environment": body["production_environment"],
+        "created_at": "2026-11-27T02:00:00Z", "updated_at": "2026-11-27T02:00:00Z",
+    })
+}
+
+/// `GET /repos/o/r/deployments`: newest first, filtered by `sha`, `ref`,
+/// `task` and `environment` as GitHub documents ("List deployments").
+fn list_deployments(mem: &Memory, query: &str) -> Value {
+    let Ok(url) = reqwest::Url::parse(&format!("http://double/?{query}")) else {
+        return json!([]);
+    };
+    let filters: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .filter(|(k, _)| ["sha", "ref", "task", "environment"].contains(&k.as_str()))
+        .collect();
+    let mut ids: Vec<i64> = mem.deployments.keys().copied().collect();
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    let listed: Vec<Value> = ids
+        .into_iter()
+        .map(|id| deployment_json(id, &mem.deployments[&id].0))
+        .filter(|d| {
+            filters
+                .iter()
+                .all(|(k, v)| d[k.as_str()].as_str() == Some(v))
+        })
+        .collect();
+    Value::Array(listed)
 }
 
 fn webhook(inner: &Inner, req: &Req) -> Response {
