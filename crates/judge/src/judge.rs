@@ -369,6 +369,11 @@ impl Judge {
                             blame_bound(&self.policy, e.upper_bound),
                             e.shared_statistic.map_or(0.0, |s| -s)
                         )
+                    } else if e.pass_statistic <= e.lower_bound && e.events < self.policy.min_events {
+                        format!(
+                            "{}: passes its test (LLR {:.2} ≤ {:.2}) but has {} of the {} events the policy asks for",
+                            e.slo, e.pass_statistic, e.lower_bound, e.events, self.policy.min_events
+                        )
                     } else {
                         format!(
                             "{}: {} events, {} bad, LLR {:.2} in ({:.2}, {:.2})",
@@ -713,6 +718,34 @@ mod tests {
         assert_eq!(err, JudgeError::NoSlos);
         let err = Judge::new(Policy::default(), vec![SloSpec::availability("a", 1.0)]).unwrap_err();
         assert!(err.to_string().contains("SLO `a`"), "{err}");
+    }
+
+    /// A test past its pass bound with fewer events than `min_events` says
+    /// so, not that its statistic lies between bounds it has left.
+    #[test]
+    fn an_slo_that_passes_before_its_minimum_events_says_what_it_waits_for() {
+        let mut j = judge(Policy {
+            min_events: 100_000,
+            ..Policy::default()
+        });
+        let mut d = j.step(&interval((0, 1000), (0, 0), None)).unwrap();
+        for _ in 0..60 {
+            if d.evidence[0].pass_statistic <= d.evidence[0].lower_bound {
+                break;
+            }
+            d = j.step(&interval((0, 1000), (0, 0), None)).unwrap();
+        }
+        let e = &d.evidence[0];
+        assert!(e.pass_statistic <= e.lower_bound, "{d:?}");
+        assert_eq!(d.verdict, Verdict::Continue);
+        assert!(
+            d.reason.contains(&format!(
+                "availability: passes its test (LLR {:.2} ≤ {:.2}) but has {} of the 100000 events the policy asks for",
+                e.pass_statistic, e.lower_bound, e.events
+            )),
+            "{}",
+            d.reason
+        );
     }
 
     #[test]

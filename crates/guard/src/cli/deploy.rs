@@ -193,8 +193,20 @@ pub fn progress_line(d: &RolloutDetail) -> String {
                 e.bad_events,
                 e.events
             ));
-            if let (Some(st), Some(lo), Some(hi)) = (e.statistic, e.lower_bound, e.upper_bound) {
-                s.push_str(&format!("  Λ {st:>6.2} in [{lo:.2}, {hi:.2}]"));
+            match (e.statistic, e.lower_bound, e.upper_bound) {
+                // Past the pass bound while still verifying: the policy's
+                // minimum time or events is not reached yet.
+                (Some(st), Some(lo), Some(_))
+                    if st <= lo && matches!(r.phase, Phase::Verifying { .. }) =>
+                {
+                    s.push_str(&format!(
+                        "  Λ {st:>6.2} ≤ {lo:.2}, passes; waits for the policy's minimum time or events"
+                    ));
+                }
+                (Some(st), Some(lo), Some(hi)) => {
+                    s.push_str(&format!("  Λ {st:>6.2} in [{lo:.2}, {hi:.2}]"));
+                }
+                _ => {}
             }
             if let Some(b) = e.budget_burned_pct {
                 s.push_str(&format!("  budget {b:.3} %"));
@@ -313,5 +325,86 @@ async fn follow(client: &Client, id: i64, args: &Args) -> anyhow::Result<i32> {
         }
         drop(out);
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::RolloutView;
+    use crate::engine::LiveStatus;
+    use crate::platform::{Build, Strategy, Target};
+    use crate::store::RolloutRecord;
+
+    fn verifying_with(statistic: f64) -> RolloutDetail {
+        let build = |n: &str| Build {
+            number: n.into(),
+            commit: None,
+            image: None,
+            command: vec![],
+            env: Default::default(),
+        };
+        let record = RolloutRecord {
+            id: 1,
+            target: Target {
+                service: "web".into(),
+                environment: "production".into(),
+            },
+            strategy: Strategy::Rolling,
+            kind: RolloutKind::Deploy,
+            stable: Some(build("1")),
+            candidate: build("2"),
+            phase: Phase::Verifying {
+                step: 0,
+                share: 1.0,
+            },
+            active: true,
+            verdict: None,
+            reason: None,
+            created_ms: 0,
+            updated_ms: 0,
+            traffic_at_ms: None,
+            verdict_at_ms: None,
+            finished_ms: None,
+            evidence: None,
+            requested_by: "cli".into(),
+        };
+        let live = LiveStatus {
+            evidence: Some(notify::Evidence {
+                slo: Some("availability".into()),
+                events: 300,
+                bad_events: 0,
+                statistic: Some(statistic),
+                lower_bound: Some(-4.6),
+                upper_bound: Some(4.6),
+                ..Default::default()
+            }),
+            source_ok: true,
+            ..Default::default()
+        };
+        RolloutDetail {
+            rollout: RolloutView {
+                state: "verifying".into(),
+                seconds_to_verdict: None,
+                live: Some(live),
+                record,
+            },
+            steps: vec![],
+            deliveries: vec![],
+        }
+    }
+
+    #[test]
+    fn the_progress_line_says_a_passed_test_waits_for_the_policy_minimums() {
+        let line = progress_line(&verifying_with(-5.2));
+        assert!(
+            line.contains(
+                "Λ  -5.20 ≤ -4.60, passes; waits for the policy's minimum time or events"
+            ),
+            "{line}"
+        );
+        let line = progress_line(&verifying_with(1.5));
+        assert!(line.contains("Λ   1.50 in [-4.60, 4.60]"), "{line}");
+        assert!(line.contains("availability 0/300 bad"), "{line}");
     }
 }
