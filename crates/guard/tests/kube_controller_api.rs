@@ -211,6 +211,25 @@ async fn kube_controller_serves_the_deploy_api_with_token_and_leader_only() {
             .and_then(|v| v.to_str().ok()),
         Some("1")
     );
+    // A browser the Service sent to the follower gets a page, not JSON.
+    let page = http
+        .get(format!("http://{follower}/"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("get the follower's overview");
+    assert_eq!(page.status().as_u16(), 503);
+    assert_eq!(
+        page.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("text/html; charset=utf-8")
+    );
+    let page = page.text().await.expect("page");
+    assert!(
+        page.contains("This guard replica is not the leader") && page.contains("The leader is <b>"),
+        "{page}"
+    );
     let unknown = http
         .post(&url)
         .bearer_auth(TOKEN)

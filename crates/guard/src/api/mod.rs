@@ -202,13 +202,18 @@ fn presented_token(value: &str, basic: bool) -> Option<String> {
     Some(password.to_string())
 }
 
-/// In a cluster, only the leader answers `/api/v1/*` (its history is the one
-/// that counts); Alertmanager's receiver only notifies, so every replica takes it.
+/// In a cluster, only the leader answers `/api/v1/*` and the pages (its
+/// history is the one that counts); a follower's page says which replica
+/// leads and refreshes. Alertmanager's receiver only notifies, so every
+/// replica takes it.
 async fn leader_only(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     if let Some(cluster) = &state.cluster
         && req.uri().path() != "/api/v1/alerts"
         && let Some(leader) = cluster.follower_of()
     {
+        if !req.uri().path().starts_with("/api/") {
+            return ui::follower_page(&leader);
+        }
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "1")],

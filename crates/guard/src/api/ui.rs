@@ -345,6 +345,25 @@ fn esc(s: &str) -> String {
     out
 }
 
+/// What a cluster follower shows instead of a page: only the leader's
+/// history counts, and a Service may route a browser to any replica.
+pub(crate) fn follower_page(leader: &str) -> Response {
+    let mut resp = page_with(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "guard: not the leader",
+        true,
+        &format!(
+            "<h1>This guard replica is not the leader</h1>\n<p>The leader is <b>{}</b>; \
+             its pages hold the rollouts. This page refreshes every 5 s and shows them once \
+             the Service routes it to the leader, or this replica leads.</p>\n",
+            esc(leader)
+        ),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+    resp
+}
+
 fn page(title: &str, refresh: bool, body: &str) -> Response {
     page_with(StatusCode::OK, title, refresh, body)
 }
