@@ -585,6 +585,20 @@ pub fn listen_address(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{text:?} resolves to no address; {example}"))
 }
 
+/// What a policy field holds, from its default's JSON, in a user's words.
+fn shape_of(default: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match default {
+        Value::Number(n) if n.is_u64() => "a whole number, 0 or more",
+        Value::Number(_) => "a number",
+        // The optional fields (`blame_alpha`, `evidence_cap_per_second`).
+        Value::Null => "a number, or left out for the default",
+        Value::Array(_) => "a list of numbers, e.g. [2, 6, 14.4]",
+        Value::Bool(_) => "true or false",
+        Value::String(_) | Value::Object(_) => "as documented in examples/guard.yaml",
+    }
+}
+
 /// The judge's policy from `policy:` over the defaults; an unknown field, a
 /// wrong type and a value out of range are each reported with their line.
 fn read_policy(raw: &BTreeMap<String, Spanned<serde_json::Value>>, c: &mut Check) -> judge::Policy {
@@ -614,7 +628,13 @@ fn read_policy(raw: &BTreeMap<String, Spanned<serde_json::Value>>, c: &mut Check
                 merged.insert(key.clone(), v.value.clone());
                 lines.insert(key.as_str(), line);
             }
-            Err(e) => c.push(line, field, e.to_string()),
+            Err(e) => {
+                let why = match merged.get(key).map(shape_of) {
+                    Some(shape) => format!("must be {shape}; got {}", v.value),
+                    None => e.to_string(),
+                };
+                c.push(line, field, why)
+            }
         }
     }
     let policy: judge::Policy = serde_json::from_value(Value::Object(merged)).unwrap_or_default();
@@ -1404,7 +1424,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("expected one of alpha, beta"), "{text}");
-        assert!(text.contains("invalid type: string \"many\""), "{text}");
+        assert!(
+            text.contains("policy.min_events: must be a whole number, 0 or more; got \"many\""),
+            "{text}"
+        );
 
         let ok = parse(
             &format!("policy:\n  alpha: 0.02\n  blame_alpha: 0.001\n{SERVICES}"),
