@@ -54,7 +54,8 @@ async fn run(config: BackgroundConfig, metrics: Arc<Metrics>) {
         metrics
             .background_duration
             .observe(start.elapsed().as_secs_f64());
-        metrics.background_run(ok);
+        // The run is counted last, so a scrape that sees it counted also sees
+        // its error or its success time.
         if ok {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -68,6 +69,7 @@ async fn run(config: BackgroundConfig, metrics: Arc<Metrics>) {
         } else {
             metrics.app_error("background", "run_failed");
         }
+        metrics.background_run(ok);
     }
 }
 
