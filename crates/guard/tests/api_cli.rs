@@ -60,6 +60,29 @@ fn cli(api: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `guard deploy` exits 2 for "reverted"; a mistyped flag is an error (1),
+/// not a revert. Help stays 0.
+#[test]
+fn a_usage_error_exits_1_not_a_verdicts_code() {
+    let (code, _, err) = cli(
+        "http://127.0.0.1:9",
+        &[
+            "deploy",
+            "ultra-boost",
+            "--env",
+            "production",
+            "--build",
+            "86",
+            "--wiat",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("unexpected argument '--wiat'"), "{err}");
+    let (code, out, _) = cli("http://127.0.0.1:9", &["deploy", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Usage: guard deploy"), "{out}");
+}
+
 #[test]
 fn an_unauthenticated_api_is_refused_on_a_public_address() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -410,7 +433,27 @@ async fn api_auth_validation_metrics_and_the_cli_flow() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     status_pages(&api).await;
+    a_reader_that_stops_reading_ends_a_listing_quietly(&api);
     a_second_guard_on_the_same_store_refuses_to_start(&dir.path().join("guard.yaml"));
+}
+
+/// `guard history | head -1`: the reader is gone before guard writes; guard
+/// stops quietly (exit 0, no panic), as Unix tools do.
+fn a_reader_that_stops_reading_ends_a_listing_quietly(api: &str) {
+    for args in [&["history"][..], &["history", "--json"], &["status"]] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_guard"))
+            .args(args)
+            .env("GUARD_API_URL", api)
+            .env("GUARD_API_TOKEN", TOKEN_VALUE)
+            .stdout(writer)
+            .output()
+            .expect("run guard");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "guard {args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "guard {args:?}: {stderr}");
+    }
 }
 
 /// Two guards on one store would both resume and act on the same rollouts:

@@ -144,11 +144,13 @@ impl Timeline {
 
     /// A line for people: stdout, or stderr when stdout is for scripts.
     fn line(&self, text: impl AsRef<str>) {
-        if self.to_stderr {
-            eprintln!("{}", text.as_ref());
+        // A closed reader loses the timeline, not the demo's cleanup.
+        use std::io::Write as _;
+        let _ = if self.to_stderr {
+            writeln!(std::io::stderr().lock(), "{}", text.as_ref())
         } else {
-            println!("{}", text.as_ref());
-        }
+            writeln!(std::io::stdout().lock(), "{}", text.as_ref())
+        };
     }
 }
 

@@ -68,7 +68,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
                 .get("id")
                 .and_then(Value::as_i64)
                 .ok_or_else(|| anyhow::anyhow!("guard answered without a rollout id"))?;
-            println!(
+            outln!(
                 "rollout {id}: {} build {} to {} ({})",
                 args.service,
                 args.build,
@@ -82,7 +82,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         Err(e) if args.wait && e.is::<Conflict>() => {
             match same_build_in_progress(&client, &args).await? {
                 Some(id) => {
-                    println!(
+                    outln!(
                         "rollout {id}: {} build {} to {} is already in progress; following it ({})",
                         args.service,
                         args.build,
@@ -97,7 +97,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         Err(e) => return Err(e),
     };
     if !args.wait {
-        println!(
+        outln!(
             "follow it: run this again with --wait, or open {}",
             client.page_url(id)
         );
@@ -201,6 +201,16 @@ pub fn progress_line(d: &RolloutDetail) -> String {
                 {
                     s.push_str(&format!(
                         "  Λ {st:>6.2} ≤ {lo:.2}, passes; waits for the policy's minimum time or events"
+                    ));
+                }
+                // Past the revert bound while still verifying: a canary's
+                // burn is blamed on it only once its baseline is seen not to
+                // share it.
+                (Some(st), Some(_), Some(hi))
+                    if st >= hi && matches!(r.phase, Phase::Verifying { .. }) =>
+                {
+                    s.push_str(&format!(
+                        "  Λ {st:>6.2} ≥ {hi:.2}, burning; checking the baseline does not share it"
                     ));
                 }
                 (Some(st), Some(lo), Some(hi)) => {
@@ -401,6 +411,11 @@ mod tests {
             line.contains(
                 "Λ  -5.20 ≤ -4.60, passes; waits for the policy's minimum time or events"
             ),
+            "{line}"
+        );
+        let line = progress_line(&verifying_with(18.59));
+        assert!(
+            line.contains("Λ  18.59 ≥ 4.60, burning; checking the baseline does not share it"),
             "{line}"
         );
         let line = progress_line(&verifying_with(1.5));

@@ -2,6 +2,16 @@
 //! `Args` and `run`. This file only routes.
 use clap::{Parser, Subcommand};
 
+/// `println!` that returns the write error (`?`) instead of panicking: a
+/// reader that stops reading (`guard status | head -1`) ends the command
+/// quietly (see `main`), not with a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?;
+    }};
+}
+
 pub mod bench;
 pub mod client;
 pub mod controller;

@@ -411,7 +411,7 @@ fn validate(args: ValidateArgs) -> anyhow::Result<i32> {
             "valid": invalid == 0,
             "files": reports,
         });
-        println!("{out}");
+        outln!("{out}");
     } else {
         // The result on standard output, the problems on standard error.
         let mut stdout = std::io::stdout().lock();

@@ -21,11 +21,11 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<i32> {
     let client = Client::new(&args.api)?;
     let targets: Vec<TargetStatus> = client.get("/api/v1/status", "reading status").await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&targets)?);
+        outln!("{}", serde_json::to_string_pretty(&targets)?);
         return Ok(0);
     }
     for t in &targets {
-        println!(
+        outln!(
             "{}/{}: build {}{}",
             t.service,
             t.environment,
@@ -38,7 +38,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<i32> {
         );
         if let Some(r) = &t.rollout {
             let rec = &r.record;
-            println!(
+            outln!(
                 "  rollout {} build {}: {}{}",
                 rec.id,
                 rec.builds_shown().0,
@@ -54,9 +54,9 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<i32> {
                     steps: vec![],
                     deliveries: vec![],
                 };
-                println!("  {}", super::deploy::progress_line(&detail));
+                outln!("  {}", super::deploy::progress_line(&detail));
                 if let Some(note) = &live.note {
-                    println!("  note: {note}");
+                    outln!("  note: {note}");
                 }
             }
         }
@@ -101,12 +101,12 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<i32> {
             .get(&format!("/api/v1/rollouts/{id}"), "reading the rollout")
             .await?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&d)?);
+            outln!("{}", serde_json::to_string_pretty(&d)?);
             return Ok(0);
         }
         let r = &d.rollout.record;
         let (to, from) = r.builds_shown();
-        println!(
+        outln!(
             "rollout {} {}/{} {} {to} (from {from}) {}: {}",
             r.id,
             r.target.service,
@@ -121,7 +121,7 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<i32> {
         );
         for s in &d.steps {
             let when = step_time(s.at_ms);
-            println!(
+            outln!(
                 "  {:>3} {when} {:<10} {}{}",
                 s.seq,
                 s.to,
@@ -133,7 +133,7 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<i32> {
             );
         }
         for n in &d.deliveries {
-            println!(
+            outln!(
                 "  notify {} {}: {}",
                 n.notifier,
                 n.event,
@@ -151,17 +151,22 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<i32> {
         .get(&format!("/api/v1/rollouts{query}"), "listing rollouts")
         .await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        outln!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(0);
     }
-    println!(
+    outln!(
         "{:>5}  {:<24} {:>8} {:>8}  {:<11} {:>10}  reason",
-        "id", "target", "build", "from", "state", "to verdict"
+        "id",
+        "target",
+        "build",
+        "from",
+        "state",
+        "to verdict"
     );
     for v in &list {
         let r = &v.record;
         let (to, from) = r.builds_shown();
-        println!(
+        outln!(
             "{:>5}  {:<24} {:>8} {:>8}  {:<11} {:>10}  {}",
             r.id,
             format!("{}/{}", r.target.service, r.target.environment),
@@ -211,7 +216,7 @@ pub async fn rollback(args: RollbackArgs) -> anyhow::Result<i32> {
             "rolling back",
         )
         .await?;
-    println!(
+    outln!(
         "rollback: rollout {}",
         v.get("id").and_then(Value::as_i64).unwrap_or_default()
     );
@@ -247,7 +252,7 @@ pub async fn command(name: &str, args: CommandArgs) -> anyhow::Result<i32> {
     let v: Value = client
         .post(&format!("/api/v1/rollouts/{id}/{name}"), &json!({}), name)
         .await?;
-    println!(
+    outln!(
         "rollout {id}: {}",
         v.get("state").and_then(Value::as_str).unwrap_or("?")
     );
