@@ -328,7 +328,7 @@ async fn api_auth_validation_metrics_and_the_cli_flow() {
     let (code, out, _) = cli(&api, &["history", "ultra-boost", "--env", "test"]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.lines().next().is_some_and(|h| h.contains("to verdict")),
+        out.lines().next().is_some_and(|h| h.contains("decided in")),
         "{out}"
     );
     let row: Vec<&str> = out

@@ -23,7 +23,8 @@ use crate::platform::{Strategy, Target};
 #[command(
     after_help = "Notifications go wherever GUARD_SLACK_WEBHOOK_URL, GUARD_TEAMS_WEBHOOK_URL, GUARD_WEBHOOK_URL, \
 GUARD_GRAFANA_URL/TOKEN or GUARD_GITHUB_TOKEN/REPO point.\nExit code 0 when every verdict is the expected one, 2 otherwise; \
-130 or 143 when interrupted (SIGINT, SIGTERM), after stopping the replicas and removing the demo's files."
+1 on an error (e.g. a build undecided in the time the demo gives it: 90 s with the embedded config, \
+with --config the policy's max_verify_seconds per step plus the watch); 130 or 143 when interrupted (SIGINT, SIGTERM), after stopping the replicas and removing the demo's files."
 )]
 pub struct Args {
     /// The ultra-boost binary (default: next to guard, then PATH).
@@ -219,12 +220,32 @@ async fn wait_terminal(
         }
         anyhow::ensure!(
             start.elapsed() < deadline,
-            "rollout {id} did not finish within {} s (in {})",
+            "rollout {id} did not finish within the demo's {} s per build (in {})",
             deadline.as_secs(),
             r.phase.name()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Time a build gets to be decided with the embedded demo config.
+const DEMO_PER_BUILD: Duration = Duration::from_secs(90);
+
+/// What a build may take with a config of the user's: each step up to the
+/// policy's deadline, then the watch after the promote; never under the
+/// embedded config's time.
+fn time_per_build(
+    policy: &judge::Policy,
+    service: &config::ServiceConfig,
+    strategy: Strategy,
+) -> Duration {
+    let steps = match strategy {
+        Strategy::Canary => service.canary_steps.len().max(1),
+        Strategy::Rolling => 1,
+    };
+    let verify = Duration::from_secs_f64(policy.max_verify_seconds.max(0.0));
+    let steps = u32::try_from(steps).unwrap_or(u32::MAX);
+    DEMO_PER_BUILD.max(verify.saturating_mul(steps) + service.watch + Duration::from_secs(30))
 }
 
 pub async fn run(args: Args) -> anyhow::Result<i32> {
@@ -254,6 +275,12 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         service: service.name.clone(),
         environment: env.name.clone(),
     };
+    // The embedded policy decides each build within seconds. Another config's
+    // may take up to its deadline per step, plus the watch after a promote.
+    let per_build = match &args.config {
+        None => DEMO_PER_BUILD,
+        Some(_) => time_per_build(&config.policy, service, strategy),
+    };
     let tl = Timeline {
         start: Instant::now(),
         quiet: false,
@@ -263,6 +290,12 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         "guard demo: starting {} ({} replicas) on the local platform",
         target.service, service.replicas
     ));
+    if per_build > DEMO_PER_BUILD {
+        tl.say(format!(
+            "  this config's policy may take up to {} s per build to decide (policy.max_verify_seconds per step, plus the watch)",
+            per_build.as_secs()
+        ));
+    }
     // Interrupted while the replicas start: dropping the start stops them
     // (kill on drop); the demo's files go too.
     let started = tokio::select! {
@@ -288,7 +321,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         }
     };
     let (result, signal) = tokio::select! {
-        r = demo(&rt, &target, strategy, args.rps, &tl) => (Some(r), None),
+        r = demo(&rt, &target, strategy, args.rps, per_build, &tl) => (Some(r), None),
         code = interrupted() => (None, Some(code)),
     };
     if signal.is_some() {
@@ -365,6 +398,7 @@ async fn demo(
     target: &Target,
     strategy: Strategy,
     rps: u32,
+    per_build: Duration,
     tl: &Timeline,
 ) -> anyhow::Result<Report> {
     // The first release comes up through the engine (bootstrap): wait for it.
@@ -389,7 +423,7 @@ async fn demo(
     ));
     // A few seconds of the stable release: the judge's pre-rollout baseline.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let result = deploy_all(rt, target, strategy, tl).await;
+    let result = deploy_all(rt, target, strategy, per_build, tl).await;
     let (sent, client_errors) = load.stop().await;
     if client_errors > 0 {
         tl.say(format!(
@@ -406,6 +440,7 @@ async fn deploy_all(
     rt: &Runtime,
     target: &Target,
     strategy: Strategy,
+    per_build: Duration,
     tl: &Timeline,
 ) -> anyhow::Result<Vec<ReleaseReport>> {
     let mut releases = vec![];
@@ -425,7 +460,7 @@ async fn deploy_all(
             strategy.as_str()
         ));
         let id = rt.engine.deploy(target, build, strategy, "demo")?;
-        let r = wait_terminal(rt, id, tl, Duration::from_secs(90)).await?;
+        let r = wait_terminal(rt, id, tl, per_build).await?;
         let after = rt.platform.router_totals(target)?;
         let ev = r.evidence.clone().unwrap_or_default();
         tl.say(format!(
@@ -451,4 +486,41 @@ async fn deploy_all(
         });
     }
     Ok(releases)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example guard.yaml's policy may hold a build for an hour per step:
+    /// the demo waits that long with it instead of failing after 90 s.
+    #[test]
+    fn a_users_config_gets_its_policys_deadline_per_step_plus_the_watch() {
+        let example =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/guard.yaml");
+        let text = std::fs::read_to_string(&example).expect("examples/guard.yaml");
+        let c = config::parse(&text, "examples/guard.yaml", std::path::Path::new("/tmp"))
+            .expect("the example is valid");
+        let service = &c.services[0];
+        let rolling = time_per_build(&c.policy, service, Strategy::Rolling);
+        assert_eq!(
+            rolling,
+            Duration::from_secs_f64(c.policy.max_verify_seconds)
+                + service.watch
+                + Duration::from_secs(30)
+        );
+        let canary = time_per_build(&c.policy, service, Strategy::Canary);
+        assert!(
+            canary > rolling && service.canary_steps.len() > 1,
+            "{canary:?} vs {rolling:?}"
+        );
+        let quick = judge::Policy {
+            max_verify_seconds: 5.0,
+            ..judge::Policy::default()
+        };
+        assert_eq!(
+            time_per_build(&quick, service, Strategy::Rolling),
+            DEMO_PER_BUILD.max(Duration::from_secs(35) + service.watch)
+        );
+    }
 }

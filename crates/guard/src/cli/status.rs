@@ -161,7 +161,7 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<i32> {
         "build",
         "from",
         "state",
-        "to verdict"
+        "decided in"
     );
     for v in &list {
         let r = &v.record;
@@ -199,7 +199,8 @@ pub struct RollbackArgs {
     /// Environment to roll back, e.g. production.
     #[arg(long = "env", short = 'e')]
     pub environment: String,
-    /// Build to go back to (default: the release before the current one).
+    /// Build to go back to (default: the build the last promoted release
+    /// replaced; after a rollback to it, give --to to go elsewhere).
     #[arg(long)]
     pub to: Option<String>,
     #[command(flatten)]
@@ -231,8 +232,8 @@ pub struct CommandArgs {
     /// The service's environment, e.g. production (or give --id).
     #[arg(long = "env", short = 'e', required_unless_present = "id")]
     pub environment: Option<String>,
-    /// Rollout id.
-    #[arg(long)]
+    /// Rollout id (instead of SERVICE --env ENV).
+    #[arg(long, conflicts_with_all = ["service", "environment"])]
     pub id: Option<i64>,
     #[command(flatten)]
     pub api: ApiArgs,

@@ -72,7 +72,9 @@ pub enum EngineError {
         environment: String,
     },
     /// Rollback to the build that runs already: nothing would change.
-    #[error("build {build} already runs for {service} in {environment}; nothing to roll back")]
+    #[error(
+        "build {build} already runs for {service} in {environment}; nothing to roll back (without --to a rollback goes to the build the last promoted release replaced; --to BUILD names another)"
+    )]
     AlreadyRunning {
         service: String,
         environment: String,

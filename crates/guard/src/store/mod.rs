@@ -56,8 +56,17 @@ pub enum StoreError {
         "the store {path} is in use by another guard{holder}: one guard per store; stop that one, or give this one its own `store:`"
     )]
     InUse { path: String, holder: String },
+    /// The store's directory is missing and cannot be made.
+    #[error(
+        "cannot create the store's directory {path} (set `store:` in guard.yaml to a file guard may write)"
+    )]
+    Directory {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// The lock file next to the store could not be opened or locked.
-    #[error("cannot lock the store: {path}")]
+    #[error("cannot lock the store: {path} (set `store:` in guard.yaml to a file guard may write)")]
     Lock {
         path: String,
         #[source]
@@ -323,7 +332,10 @@ impl Store {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
-            let _ = std::fs::create_dir_all(dir);
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Directory {
+                path: dir.display().to_string(),
+                source,
+            })?;
         }
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -1104,6 +1116,28 @@ mod tests {
         Store::open(&path).expect("a plain open");
         drop(first);
         Store::open_exclusive(&path).expect("free again once dropped");
+    }
+
+    /// A directory that cannot be made is named (under a plain file, so the
+    /// test holds for root too), not reported as a lock file not found.
+    #[test]
+    fn a_store_directory_that_cannot_be_made_is_named() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("plain");
+        std::fs::write(&file, "x").expect("write");
+        let path = file.join("var/guard.db");
+        match Store::open_exclusive(&path) {
+            Err(e @ StoreError::Directory { .. }) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains(&format!("{}/var", file.display()))
+                        && text.contains("set `store:` in guard.yaml"),
+                    "{text}"
+                );
+            }
+            Err(e) => panic!("expected Directory, got {e}"),
+            Ok(_) => panic!("a store under a plain file opened"),
+        }
     }
 
     #[test]
