@@ -504,6 +504,13 @@ async fn status_pages(api: &str) {
         "a browser is asked for the token: {:?}",
         r.headers()
     );
+    assert!(
+        r.text()
+            .await
+            .expect("page")
+            .contains("<h1>guard's token is needed</h1>"),
+        "a person who cancels the prompt reads why"
+    );
     let r = c
         .get(format!("{api}/"))
         .basic_auth("someone", Some("wrong"))

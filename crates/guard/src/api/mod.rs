@@ -165,19 +165,13 @@ async fn auth(
             // A browser asks for the token on Basic (the status pages, which
             // only read); the API, which acts, takes Bearer alone, so the
             // credentials a browser keeps for the pages never command it.
-            let challenge = if api {
-                "Bearer"
-            } else {
-                "Basic realm=\"guard\", charset=\"UTF-8\""
-            };
+            if !api {
+                return ui::unauthorized_page("Basic realm=\"guard\", charset=\"UTF-8\"");
+            }
             return (
                 StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, challenge)],
-                Json(json!({"error": if api {
-                    "missing or wrong bearer token (Authorization: Bearer $GUARD_API_TOKEN)"
-                } else {
-                    "missing or wrong token (a browser asks for it: any user name, the token as the password)"
-                }})),
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(json!({"error": "missing or wrong bearer token (Authorization: Bearer $GUARD_API_TOKEN)"})),
             )
                 .into_response();
         }

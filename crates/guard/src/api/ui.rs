@@ -345,6 +345,23 @@ fn esc(s: &str) -> String {
     out
 }
 
+/// A page's answer without the right token: the browser asks for it again.
+pub(crate) fn unauthorized_page(challenge: &'static str) -> Response {
+    let mut resp = page_with(
+        StatusCode::UNAUTHORIZED,
+        "guard: token needed",
+        false,
+        "<h1>guard's token is needed</h1>\n<p>Sign in with any user name and guard's API \
+         token (<code>GUARD_API_TOKEN</code>, or the file <code>api.token_file</code> names) \
+         as the password.</p>\n",
+    );
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static(challenge),
+    );
+    resp
+}
+
 /// What a cluster follower shows instead of a page: only the leader's
 /// history counts, and a Service may route a browser to any replica.
 pub(crate) fn follower_page(leader: &str) -> Response {
