@@ -365,6 +365,9 @@ pub struct PromQueries {
     pub query: String,
 }
 
+/// In a `prometheus:` query, replaced by the environment being judged.
+pub const ENVIRONMENT_PLACEHOLDER: &str = "{environment}";
+
 impl SloConfig {
     /// The SLO as the judge sees it.
     pub fn judge_spec(&self) -> judge::SloSpec {
@@ -1031,6 +1034,24 @@ impl RawConfig {
                         ] {
                             if let Err(e) = promql_check(text) {
                                 c.push(line, fo(&format!("prometheus.{name}")), e);
+                            } else if environments.len() > 1
+                                && !text.contains(ENVIRONMENT_PLACEHOLDER)
+                            {
+                                // Build numbers repeat across environments (the
+                                // build staging ran is the one production gets):
+                                // without a selector, one environment's traffic
+                                // is judged as another's.
+                                c.push(
+                                    line,
+                                    fo(&format!("prometheus.{name}")),
+                                    format!(
+                                        "the service runs in {} environments ({}) and this query does not tell them apart: \
+                                         select the environment with `{ENVIRONMENT_PLACEHOLDER}`, e.g. `environment=\"{ENVIRONMENT_PLACEHOLDER}\"` \
+                                         (guard puts the environment's name there)",
+                                        environments.len(),
+                                        environments.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", ")
+                                    ),
+                                );
                             }
                         }
                         Some(PromQueries {
@@ -1358,6 +1379,35 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    /// Build numbers repeat across environments: a service in two needs
+    /// queries that select the one judged, or staging's traffic counts in
+    /// production's verdict.
+    #[test]
+    fn prometheus_queries_of_a_service_in_two_environments_name_the_environment() {
+        let yaml = |total: &str| {
+            format!(
+                "services:\n  - name: s\n    build: {{command: [x]}}\n    environments: [{{name: production}}, {{name: staging}}]\n    slos:\n      - name: a\n        objective: 99.9\n        prometheus:\n          total: '{total}'\n          bad: 'x{{code=~\"5..\",environment=\"{{environment}}\"}}'\n"
+            )
+        };
+        let (found, text) = problems_of(&yaml("x{job=\"s\"}"));
+        assert_eq!(
+            found,
+            at(&[(Some(9), "services[0].slos[0].prometheus.total")]),
+            "{text}"
+        );
+        assert!(
+            text.contains("runs in 2 environments (production, staging)")
+                && text.contains("`environment=\"{environment}\"`"),
+            "{text}"
+        );
+        parse(
+            &yaml("x{environment=\"{environment}\"}"),
+            "g.yaml",
+            Path::new("."),
+        )
+        .expect("both queries select the environment");
     }
 
     #[test]

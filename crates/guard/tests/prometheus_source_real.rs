@@ -1,8 +1,11 @@
 //! The `prometheus` signal source against a real Prometheus (Debian package)
-//! that scrapes real ultra-boost replicas every second, each labelled with its
-//! build: per-release counts, a replica restart (counter reset) that never
-//! makes counts go down, and an outage reported as unavailable, never as zero
-//! traffic.
+//! that scrapes real ultra-boost replicas every second, labelled with their
+//! environment only, as in a cluster: per-release counts through the queries
+//! of examples/guard.yaml (the build joined in from `ultra_boost_build_info`,
+//! `{environment}` selecting the one judged, so another environment running
+//! the same build does not count), a replica restart (counter reset) that
+//! never makes counts go down, and an outage reported as unavailable, never
+//! as zero traffic.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -12,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use guard::config::PromQueries;
 use guard::platform::{Endpoint, Role, Target};
 use guard::signals::prometheus::PrometheusSource;
 use guard::signals::{SignalError, SignalSource, Snapshot};
@@ -37,7 +39,7 @@ fn ultra_boost() -> PathBuf {
 }
 
 /// Starts ultra-boost on `listen` and returns it with its bound address.
-fn replica(dir: &Path, name: &str, listen: &str, error_rate: &str) -> (Proc, String) {
+fn replica(dir: &Path, name: &str, listen: &str, build: &str, error_rate: &str) -> (Proc, String) {
     let addr_file = dir.join(format!("{name}.addr"));
     let _ = std::fs::remove_file(&addr_file);
     let child = Proc(
@@ -54,6 +56,7 @@ fn replica(dir: &Path, name: &str, listen: &str, error_rate: &str) -> (Proc, Str
                 "--fault-seed",
                 "11",
             ])
+            .env("BUILD_NUMBER", build)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -118,11 +121,14 @@ async fn prometheus_source_counts_per_build_survives_resets_and_reports_outages(
         );
     }
     let dir = tempfile::tempdir().expect("tmp");
-    let (_good, good_addr) = replica(dir.path(), "good", "127.0.0.1:0", "0");
-    let (bad, bad_addr) = replica(dir.path(), "bad", "127.0.0.1:0", "0.05");
+    let (_good, good_addr) = replica(dir.path(), "good", "127.0.0.1:0", "1", "0");
+    let (bad, bad_addr) = replica(dir.path(), "bad", "127.0.0.1:0", "3", "0.05");
+    // Build 3 in staging, failing half its requests: counted in `test`, it
+    // would push build 3's error ratio far above 5 %.
+    let (_staging, staging_addr) = replica(dir.path(), "staging", "127.0.0.1:0", "3", "0.5");
     let port = free_port();
     let config = format!(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n  - job_name: ultra-boost\n    static_configs:\n      - targets: ['{good_addr}']\n        labels: {{build: '1'}}\n      - targets: ['{bad_addr}']\n        labels: {{build: '3'}}\n"
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n  - job_name: ultra-boost\n    static_configs:\n      - targets: ['{good_addr}', '{bad_addr}']\n        labels: {{environment: test}}\n      - targets: ['{staging_addr}']\n        labels: {{environment: staging}}\n"
     );
     std::fs::write(dir.path().join("prometheus.yml"), config).expect("config");
     let mut prom = Proc(
@@ -153,6 +159,7 @@ async fn prometheus_source_counts_per_build_survives_resets_and_reports_outages(
     for url in [
         Arc::new(std::sync::Mutex::new(format!("http://{good_addr}/"))),
         bad_url.clone(),
+        Arc::new(std::sync::Mutex::new(format!("http://{staging_addr}/"))),
     ] {
         let (http, stop) = (http.clone(), stop.clone());
         tokio::spawn(async move {
@@ -165,16 +172,20 @@ async fn prometheus_source_counts_per_build_survives_resets_and_reports_outages(
         });
     }
 
+    // The queries examples/guard.yaml gives, as guard reads them.
+    let example = guard::config::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/guard.yaml"),
+    )
+    .expect("examples/guard.yaml");
+    let availability = example.services[0]
+        .slos
+        .iter()
+        .find(|s| s.name == "availability")
+        .and_then(|s| s.prometheus.clone())
+        .expect("the example's availability queries");
+    assert!(availability.total.contains("{environment}"));
     let mut queries = BTreeMap::new();
-    queries.insert(
-        "availability".to_string(),
-        PromQueries {
-            total: "ultra_boost_http_requests_total{job=\"ultra-boost\",route=\"/\"}".into(),
-            query_is_bad: true,
-            query: "ultra_boost_http_requests_total{job=\"ultra-boost\",route=\"/\",code=~\"5..\"}"
-                .into(),
-        },
-    );
+    queries.insert("availability".to_string(), availability);
     let source = PrometheusSource::new(
         &format!("http://127.0.0.1:{port}"),
         "build",
@@ -219,7 +230,7 @@ async fn prometheus_source_counts_per_build_survives_resets_and_reports_outages(
     // Restart the erroring replica on the same port: its counters reset to 0.
     let before = counts(&last, "3").expect("build 3");
     drop(bad);
-    let (_bad2, addr2) = replica(dir.path(), "bad2", &bad_addr, "0.05");
+    let (_bad2, addr2) = replica(dir.path(), "bad2", &bad_addr, "3", "0.05");
     assert_eq!(addr2, bad_addr);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -4,7 +4,9 @@
 //!
 //! The SLO gives two instant-vector expressions over **cumulative counters**
 //! (e.g. `ultra_boost_http_requests_total{route="/"}` and the same with
-//! `code=~"5.."`). Each returned series is differenced against its previous
+//! `code=~"5.."`), `{environment}` in them replaced by the environment
+//! judged. Every series must carry the build label; series without it are
+//! ignored, with a warning, since no release can be blamed for them. Each returned series is differenced against its previous
 //! value by its full label set, so a counter reset (a restarted replica) is a
 //! new start, never a negative count; the per-series deltas are summed per
 //! build into cumulative counts since the source began watching.
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::{Counts, ReleaseSignals, SignalError, SignalSource, Snapshot};
-use crate::config::PromQueries;
+use crate::config::{ENVIRONMENT_PLACEHOLDER, PromQueries};
 use crate::platform::{BoxFuture, Endpoint, Target};
 
 /// The source. One per service (its SLOs' queries).
@@ -43,6 +45,8 @@ struct TargetState {
     sums: HashMap<(String, String), f64>,
     first_query_done: bool,
     last_success: Option<Instant>,
+    /// Queries already warned about for series without the build label.
+    warned_unlabelled: std::collections::HashSet<String>,
 }
 
 /// Errors building the source.
@@ -153,9 +157,11 @@ impl SignalSource for PrometheusSource {
             // Ask everything first; change state only when every query answered,
             // so a half-failed read never skews one side of a ratio.
             let mut answers: Vec<(String, String, Vec<Series>)> = vec![];
+            let for_target =
+                |expr: &str| expr.replace(ENVIRONMENT_PLACEHOLDER, &target.environment);
             for (slo, q) in &self.queries {
-                let total = self.query(&q.total).await?;
-                let part = self.query(&q.query).await?;
+                let total = self.query(&for_target(&q.total)).await?;
+                let part = self.query(&for_target(&q.query)).await?;
                 answers.push((slo.clone(), "total".into(), total));
                 answers.push((
                     slo.clone(),
@@ -172,6 +178,22 @@ impl SignalSource for PrometheusSource {
             let count_new_from_zero = st.first_query_done;
             for (slo, part, series) in answers {
                 let qkey = format!("{slo}/{part}");
+                let unlabelled = series
+                    .iter()
+                    .filter(|s| !s.metric.contains_key(&self.build_label))
+                    .count();
+                if unlabelled > 0 && st.warned_unlabelled.insert(qkey.clone()) {
+                    // Traffic guard cannot attribute: said once, not read as none.
+                    tracing::warn!(
+                        slo = %slo,
+                        query = part.as_str(),
+                        series = unlabelled,
+                        build_label = %self.build_label,
+                        "the query returns series without the build label; guard cannot tell which release served them and ignores them \
+                         (join it in, e.g. `… * on(instance) group_left({}) ultra_boost_build_info`)",
+                        self.build_label
+                    );
+                }
                 for s in series {
                     let Some(build) = s.metric.get(&self.build_label).cloned() else {
                         continue;
