@@ -750,3 +750,26 @@ async fn a_deploy_during_the_watch_says_how_to_end_it() {
     let (code, body) = deploy_3().await;
     assert_eq!(code, 201, "{body}");
 }
+
+/// A build the judge cannot decide (no traffic by the policy's deadline) is
+/// held for a person: `deploy --wait` says so and exits 3 at once, as README
+/// says, instead of waiting on that person.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_wait_exits_3_when_the_judge_holds_for_a_person() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let yaml = config("1s").replace("max_verify_seconds: 60", "max_verify_seconds: 3");
+    std::fs::write(dir.path().join("guard.yaml"), yaml).expect("config");
+    let g = Guard::start(dir.path(), &[]);
+    let api = g.api.clone();
+    wait_state(&api, 1, "promoted", Duration::from_secs(30), |s| {
+        s == "promoted"
+    })
+    .await;
+    // No load: no events by the deadline.
+    let (code, out, err) = deploy_and_wait(&api, "2").await;
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        out.contains("verdict: hold (undecided after") && out.contains("a person decides"),
+        "{out}"
+    );
+}

@@ -37,6 +37,10 @@ mod transport;
 pub mod webhook;
 
 pub use config::{NotifyConfig, ProcessEnv, Strings, Targets};
+
+/// How the reason of a hold for a signal source outage begins: such a hold
+/// resumes on its own, and the message says so.
+pub const SOURCE_DOWN_REASON: &str = "signal source down";
 pub use dispatcher::{
     DeliveryLog, DeliveryRecord, Dispatcher, MemoryLog, NoLog, NotifyError, Outcome,
 };

@@ -3,7 +3,7 @@
 //! SLO, evidence, time to verdict) plus the status link. Slack, Teams, Grafana
 //! and GitHub only differ in how they lay this out.
 
-use crate::{Event, EventKind};
+use crate::{Event, EventKind, SOURCE_DOWN_REASON};
 
 /// A target-neutral rendering of an [`Event`].
 #[derive(Clone, Debug, PartialEq)]
@@ -93,6 +93,10 @@ pub fn summarize(ev: &Event) -> Summary {
             Some(old) => format!("{svc} {new} reverted in {env}: back on {old}"),
             None => format!("{svc} {new} reverted in {env}"),
         },
+        // A source outage clears itself; a judge's hold waits for a person.
+        EventKind::Held if ev.reason.starts_with(SOURCE_DOWN_REASON) => format!(
+            "{svc} {new} held in {env} while its signal source is down: resumes when it answers"
+        ),
         EventKind::Held => format!("{svc} {new} held in {env}: a person must decide"),
         EventKind::RolledBack => format!("{svc} {new} rolled back by hand in {env}"),
         EventKind::IncidentOpened => match ev.evidence.slo.as_deref() {
@@ -280,6 +284,25 @@ pub(crate) mod tests {
             transient: false,
             rollout_id: Some(7),
         }
+    }
+
+    /// A hold for a source outage resumes on its own; a judge's hold waits
+    /// for a person. The title says which.
+    #[test]
+    fn a_hold_says_whether_a_person_must_act() {
+        let mut ev = reverted();
+        ev.kind = EventKind::Held;
+        ev.reason =
+            format!("{SOURCE_DOWN_REASON}: querying http://127.0.0.1:9090: connection refused");
+        assert_eq!(
+            summarize(&ev).title,
+            "⏸️ ultra-boost 43 held in production while its signal source is down: resumes when it answers"
+        );
+        ev.reason = "undecided after 3600s (deadline 3600s): too little traffic".into();
+        assert_eq!(
+            summarize(&ev).title,
+            "⏸️ ultra-boost 43 held in production: a person must decide"
+        );
     }
 
     #[test]

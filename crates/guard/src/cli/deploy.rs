@@ -8,12 +8,12 @@ use serde_json::{Value, json};
 
 use super::client::{ApiArgs, Client, Conflict, NotFound};
 use crate::api::RolloutDetail;
-use crate::engine::phase::Phase;
+use crate::engine::phase::{HoldCause, Phase};
 use crate::store::RolloutKind;
 
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Exit codes with --wait: 0 promoted, 2 reverted, 3 held or aborted by a person, 1 error.\n\
+    after_help = "Exit codes with --wait: 0 promoted, 2 reverted, 3 held for a person to decide (a source outage is waited out) or aborted by one, 1 error.\n\
 A held rollout waits for a person to promote or abort it; guard keeps judging it meanwhile and\n\
 reverts it on its own if the evidence against the release becomes conclusive.\n\
 Example (CI): guard deploy ultra-boost --env production --build 86 --wait"
@@ -294,6 +294,20 @@ async fn follow(client: &Client, id: i64, args: &Args) -> anyhow::Result<i32> {
                 r.reason.as_deref().unwrap_or("")
             );
             return Ok(0);
+        }
+        // The judge could not decide: a person must. CI learns it now (exit
+        // 3) instead of waiting on a person; guard keeps judging the held
+        // release and reverts it if the evidence turns against it.
+        if let Phase::Held {
+            cause: HoldCause::Judge,
+            reason,
+            ..
+        } = &r.phase
+        {
+            outln!(
+                "verdict: hold ({reason}); a person decides: `guard promote` or `guard abort` (guard still reverts it if it starts to burn)"
+            );
+            return Ok(3);
         }
         if r.phase.is_terminal() {
             let e = r.evidence.clone().unwrap_or_default();

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::api::{self, ApiState, Builds};
 use crate::config::{self, Config, SignalsConfig};
 use crate::engine::judge_adapter::PolicyJudge;
+use crate::engine::phase::Phase;
 use crate::engine::{Engine, EngineSettings, EventSink, TargetSettings};
 use crate::metrics::GuardMetrics;
 use crate::platform::local::{LocalPlatform, LocalTargetConfig};
@@ -273,7 +274,13 @@ impl api::alertmanager::ReleaseLookup for StoreReleases {
             .filter(|r| {
                 r.target.environment == environment && service.is_none_or(|s| s == r.target.service)
             })
-            .find(|r| r.verdict.as_deref() == Some("promote") && !r.active)
+            // A release in its post-promote watch serves all the traffic: it
+            // is the suspect, not the one it replaced.
+            .find(|r| {
+                r.verdict.as_deref() == Some("promote")
+                    && (!r.active
+                        || matches!(r.phase, Phase::Promoting { .. } | Phase::Watching { .. }))
+            })
             .map(|r| api::alertmanager::PromotedRelease {
                 service: r.target.service,
                 build: r.candidate.number,
@@ -653,4 +660,78 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         let _ = std::fs::remove_file(path);
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::alertmanager::ReleaseLookup;
+    use crate::store::{NewRollout, RolloutKind, Transition};
+
+    /// An alert during the watch after a promote names the watched release.
+    #[test]
+    fn the_suspect_of_an_alert_during_the_watch_is_the_watched_release() {
+        let store = Arc::new(Store::in_memory().expect("store"));
+        let build = |n: &str| Build {
+            number: n.into(),
+            commit: None,
+            image: None,
+            command: vec![],
+            env: Default::default(),
+        };
+        let target = Target {
+            service: "web".into(),
+            environment: "production".into(),
+        };
+        let mut at = 0;
+        let mut promote = |stable: &str, candidate: &str, watched: bool| {
+            let id = store
+                .create_rollout(
+                    &NewRollout {
+                        target: target.clone(),
+                        strategy: Strategy::Rolling,
+                        kind: RolloutKind::Deploy,
+                        stable: Some(build(stable)),
+                        candidate: build(candidate),
+                        phase: Phase::Pending,
+                        requested_by: "test".into(),
+                    },
+                    at,
+                )
+                .expect("create");
+            let mut from = Phase::Pending;
+            let mut path = vec![
+                Phase::Promoting {
+                    reason: "passed".into(),
+                },
+                Phase::Watching {
+                    until_ms: at + 60_000,
+                },
+            ];
+            if !watched {
+                path.push(Phase::Promoted);
+            }
+            for to in path {
+                at += 1;
+                store
+                    .record_transition(&Transition {
+                        id,
+                        from: &from,
+                        to: &to,
+                        cause: "test",
+                        detail: None,
+                        evidence: None,
+                        at_ms: at,
+                    })
+                    .expect("transition");
+                from = to;
+            }
+        };
+        promote("5", "6", false);
+        promote("6", "7", true);
+        let suspect = StoreReleases(store.clone())
+            .last_promoted(Some("web"), "production")
+            .expect("a suspect");
+        assert_eq!(suspect.build, "7");
+    }
 }

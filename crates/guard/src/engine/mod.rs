@@ -1083,7 +1083,10 @@ impl RolloutTask {
                 }
                 return self.source_trouble(&phase, now, stale_ms, detail);
             }
-            Err(e) => return self.source_trouble(&phase, now, stale_ms, e.to_string()),
+            // The hold's reason already says "signal source down".
+            Err(SignalError::Unavailable { detail }) => {
+                return self.source_trouble(&phase, now, stale_ms, detail);
+            }
         };
         self.last_good_read_ms = now;
         if let Some(since) = self.watch_blind_since_ms.take() {

@@ -339,7 +339,7 @@ pub fn transition(
             step: *step,
             share: *share,
             cause: HoldCause::SourceDown,
-            reason: format!("signal source down: {detail}"),
+            reason: format!("{}: {detail}", notify::SOURCE_DOWN_REASON),
         },
         (
             P::Held {

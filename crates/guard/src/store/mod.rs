@@ -520,8 +520,9 @@ impl Store {
                 params![t.id, reason],
             )?;
         } else if matches!(t.from, Phase::Held { .. }) {
+            // Resumed: the hold's reason no longer describes the rollout.
             tx.execute(
-                "UPDATE rollouts SET verdict = NULL WHERE id = ?1 AND verdict = 'hold'",
+                "UPDATE rollouts SET verdict = NULL, reason = NULL WHERE id = ?1 AND verdict = 'hold'",
                 params![t.id],
             )?;
         }
