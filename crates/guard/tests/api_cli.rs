@@ -160,15 +160,19 @@ async fn api_auth_validation_metrics_and_the_cli_flow() {
     // A webhook receiver on loopback: guard's signed JSON webhook is our own
     // protocol, so this is the real receiving side, not a double.
     let received = Arc::new(AtomicU64::new(0));
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
     let hook = {
-        let received = received.clone();
+        let (received, bodies) = (received.clone(), bodies.clone());
         axum::Router::new().route(
             "/hook",
             axum::routing::post(move |body: String| {
-                let received = received.clone();
+                let (received, bodies) = (received.clone(), bodies.clone());
                 async move {
                     if body.contains("\"kind\"") {
                         received.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if let (Ok(v), Ok(mut kept)) = (serde_json::from_str(&body), bodies.lock()) {
+                        kept.push(v);
                     }
                     "ok"
                 }
@@ -432,6 +436,24 @@ async fn api_auth_validation_metrics_and_the_cli_flow() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Every event says why in words, never a phase name; a promote carries
+    // the judge's reason.
+    let events: Vec<Value> = bodies.lock().map(|b| b.clone()).unwrap_or_default();
+    for e in &events {
+        let reason = e["event"]["reason"].as_str().unwrap_or_default();
+        assert!(
+            !reason.is_empty()
+                && !["shifting", "watching", "promoted", "reverted"].contains(&reason),
+            "{e}"
+        );
+    }
+    assert!(
+        events.iter().any(|e| e["event"]["kind"] == "promoted"
+            && e["event"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("pass"))),
+        "no promote with the judge's reason: {events:?}"
+    );
     status_pages(&api).await;
     a_reader_that_stops_reading_ends_a_listing_quietly(&api);
     a_second_guard_on_the_same_store_refuses_to_start(&dir.path().join("guard.yaml"));

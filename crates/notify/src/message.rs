@@ -177,7 +177,8 @@ pub fn summarize(ev: &Event) -> Summary {
     }
 }
 
-fn default_reason(kind: EventKind) -> &'static str {
+/// What an event of `kind` means, for one whose sender gave no reason.
+pub fn default_reason(kind: EventKind) -> &'static str {
     match kind {
         EventKind::Started => {
             "The candidate takes traffic; guard compares it with the SLOs and the baseline."

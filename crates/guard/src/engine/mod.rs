@@ -1379,10 +1379,12 @@ impl RolloutTask {
             previous_build: self.record.stable.as_ref().map(|b| b.number.clone()),
             build: Some(self.record.candidate.number.clone()),
             commit: self.record.candidate.commit.clone(),
-            reason: if reason.is_empty() {
-                to.name().to_string()
-            } else {
-                reason.to_string()
+            // A promote reaches the watch from `promoting`, whose reason is
+            // the judge's; otherwise the kind's own words, never a phase name.
+            reason: match from {
+                _ if !reason.is_empty() => reason.to_string(),
+                Phase::Promoting { reason } | Phase::Reverting { reason, .. } => reason.clone(),
+                _ => notify::message::default_reason(kind).to_string(),
             },
             evidence,
             seconds_to_verdict: self.record.seconds_to_verdict_at(now),
