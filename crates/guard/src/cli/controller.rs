@@ -677,41 +677,9 @@ mod tests {
         assert!(e.contains("e.g. `500ms`"), "{e}");
     }
     use crate::platform::kubernetes::rollout::Phase;
-    use crate::store::RolloutKind;
 
     fn record(created_ms: i64) -> RolloutRecord {
-        let build = |n: &str| Build {
-            number: n.into(),
-            commit: None,
-            image: Some(format!("ub:{n}")),
-            command: vec![],
-            env: Default::default(),
-        };
-        RolloutRecord {
-            id: 1,
-            target: Target {
-                service: "web".into(),
-                environment: "production".into(),
-            },
-            strategy: Strategy::Rolling,
-            kind: RolloutKind::Deploy,
-            stable: Some(build("1")),
-            candidate: build("2"),
-            phase: EnginePhase::Verifying {
-                step: 0,
-                share: 0.5,
-            },
-            active: true,
-            verdict: None,
-            reason: None,
-            created_ms,
-            updated_ms: created_ms,
-            traffic_at_ms: None,
-            verdict_at_ms: None,
-            finished_ms: None,
-            evidence: None,
-            requested_by: "ci".into(),
-        }
+        RolloutRecord::verifying_for_tests(0.5, created_ms)
     }
 
     fn state(by: &str, updated_ms: i64) -> RolloutState {

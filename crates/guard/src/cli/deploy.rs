@@ -357,42 +357,10 @@ mod tests {
     use super::*;
     use crate::api::RolloutView;
     use crate::engine::LiveStatus;
-    use crate::platform::{Build, Strategy, Target};
     use crate::store::RolloutRecord;
 
     fn verifying_with(statistic: f64) -> RolloutDetail {
-        let build = |n: &str| Build {
-            number: n.into(),
-            commit: None,
-            image: None,
-            command: vec![],
-            env: Default::default(),
-        };
-        let record = RolloutRecord {
-            id: 1,
-            target: Target {
-                service: "web".into(),
-                environment: "production".into(),
-            },
-            strategy: Strategy::Rolling,
-            kind: RolloutKind::Deploy,
-            stable: Some(build("1")),
-            candidate: build("2"),
-            phase: Phase::Verifying {
-                step: 0,
-                share: 1.0,
-            },
-            active: true,
-            verdict: None,
-            reason: None,
-            created_ms: 0,
-            updated_ms: 0,
-            traffic_at_ms: None,
-            verdict_at_ms: None,
-            finished_ms: None,
-            evidence: None,
-            requested_by: "cli".into(),
-        };
+        let record = RolloutRecord::verifying_for_tests(1.0, 0);
         let live = LiveStatus {
             evidence: Some(notify::Evidence {
                 slo: Some("availability".into()),

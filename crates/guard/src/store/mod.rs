@@ -104,6 +104,43 @@ pub struct RolloutRecord {
     pub requested_by: String,
 }
 
+#[cfg(test)]
+impl RolloutRecord {
+    /// A deploy of `web` to `production` from build 1 to 2, verifying at
+    /// `share`, as unit tests elsewhere in the crate need one.
+    pub(crate) fn verifying_for_tests(share: f64, created_ms: i64) -> RolloutRecord {
+        let build = |n: &str| Build {
+            number: n.into(),
+            commit: None,
+            image: Some(format!("ub:{n}")),
+            command: vec![],
+            env: Default::default(),
+        };
+        RolloutRecord {
+            id: 1,
+            target: Target {
+                service: "web".into(),
+                environment: "production".into(),
+            },
+            strategy: Strategy::Rolling,
+            kind: RolloutKind::Deploy,
+            stable: Some(build("1")),
+            candidate: build("2"),
+            phase: Phase::Verifying { step: 0, share },
+            active: true,
+            verdict: None,
+            reason: None,
+            created_ms,
+            updated_ms: created_ms,
+            traffic_at_ms: None,
+            verdict_at_ms: None,
+            finished_ms: None,
+            evidence: None,
+            requested_by: "ci".into(),
+        }
+    }
+}
+
 impl RolloutRecord {
     /// The build the rollout puts in place and the one it replaces, as
     /// people read them (a rollback's record keeps the build it goes back to
