@@ -51,7 +51,9 @@ async fn unreachable_source_holds_and_never_promotes() {
     assert!(!step_states(&still).iter().any(|s| s == "promoting"));
     assert!(
         g.logs()
-            .contains("holding the rollout (never promoting blind)"),
+            .contains("holding the rollout (never promoting blind)")
+            && g.logs()
+                .contains("cannot check the SLO queries against Prometheus now"),
         "{}",
         g.logs()
     );

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use guard::platform::{Endpoint, Role, Target};
-use guard::signals::prometheus::PrometheusSource;
+use guard::signals::prometheus::{PrometheusSource, QueryCheck};
 use guard::signals::{SignalError, SignalSource, Snapshot};
 
 struct Proc(Child);
@@ -214,6 +214,65 @@ async fn prometheus_source_counts_per_build_survives_resets_and_reports_outages(
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    // At start guard asks each query once: the example's run; a PromQL
+    // mistake is refused by its SLO, not taken for an outage later.
+    let checks = source
+        .check_queries(&["test".into(), "staging".into()])
+        .await;
+    assert!(
+        checks.len() == 4 && checks.iter().all(|(_, _, c)| *c == QueryCheck::Accepted),
+        "{checks:?}"
+    );
+    assert!(
+        checks
+            .iter()
+            .any(|(_, q, _)| q.contains("environment=\"staging\""))
+    );
+    let mut typo = BTreeMap::new();
+    typo.insert(
+        "availability".to_string(),
+        guard::config::PromQueries {
+            total: "ultra_boost_http_requests_total{job==\"ultra-boost\"}".into(),
+            query_is_bad: true,
+            query: "ultra_boost_http_requests_total{code=~\"5..\"}".into(),
+        },
+    );
+    let typo = PrometheusSource::new(
+        &format!("http://127.0.0.1:{port}"),
+        "build",
+        Duration::from_secs(2),
+        typo,
+    )
+    .expect("source");
+    match &typo.check_queries(&["test".into()]).await[..] {
+        [
+            (slo, _, QueryCheck::Refused(why)),
+            (_, _, QueryCheck::Accepted),
+        ] => {
+            assert_eq!(slo, "availability");
+            assert!(why.contains("parse error"), "{why}");
+        }
+        other => panic!("expected the first query refused: {other:?}"),
+    }
+    // `guard serve` with that mistake does not start: it names the field.
+    let yaml = format!(
+        "store: guard.db\napi:\n  listen: 127.0.0.1:0\nsignals:\n  source: prometheus\n  prometheus:\n    url: http://127.0.0.1:{port}\nservices:\n  - name: ultra-boost\n    build: {{command: [\"{}\"]}}\n    environments: [{{name: test, router_listen: \"127.0.0.1:0\"}}]\n    slos:\n      - name: availability\n        objective: 99.9\n        prometheus:\n          total: 'ultra_boost_http_requests_total{{job==\"ultra-boost\"}}'\n          bad: 'ultra_boost_http_requests_total{{code=~\"5..\"}}'\n",
+        ultra_boost().display()
+    );
+    std::fs::write(dir.path().join("guard.yaml"), yaml).expect("guard.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_guard"))
+        .args(["serve", "--config"])
+        .arg(dir.path().join("guard.yaml"))
+        .output()
+        .expect("guard serve");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("Prometheus refuses 1 SLO query")
+            && err.contains("services[0].slos[0].prometheus (availability)")
+            && err.contains("parse error"),
+        "{err}"
+    );
     let c1 = counts(&last, "1").expect("build 1");
     let c3 = counts(&last, "3").expect("build 3");
     assert_eq!(

@@ -440,6 +440,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     )?;
 
     // Signals and the judge per service, from guard.yaml (as `guard serve` builds them).
+    super::serve::check_prometheus_queries(&config).await?;
     let mut sources: HashMap<String, Arc<dyn SignalSource>> = HashMap::new();
     let mut verifiers = HashMap::new();
     for s in &config.services {

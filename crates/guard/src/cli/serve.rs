@@ -307,27 +307,67 @@ pub(crate) fn signal_source(
             sc.timeout = (*interval * 4 / 5).max(Duration::from_millis(100));
             Arc::new(ScrapeSource::new(sc))
         }
-        SignalsConfig::Prometheus {
-            url,
-            build_label,
-            timeout,
-        } => {
-            let queries = s
-                .slos
-                .iter()
-                .filter_map(|o| o.prometheus.clone().map(|q| (o.name.clone(), q)))
-                .collect();
-            Arc::new(
-                crate::signals::prometheus::PrometheusSource::new(
-                    url,
-                    build_label,
-                    *timeout,
-                    queries,
-                )
-                .context("configuring the prometheus signal source")?,
-            )
-        }
+        SignalsConfig::Prometheus { .. } => Arc::new(signal_source_prometheus(config, s)?),
     })
+}
+
+/// With the prometheus source, asks Prometheus every SLO query once: a query
+/// it refuses is a mistake in guard.yaml, named by its field, and guard does
+/// not start (it would hold every release as a source outage). An
+/// unreachable Prometheus is only warned about: it may come up later.
+pub(crate) async fn check_prometheus_queries(config: &Config) -> anyhow::Result<()> {
+    let SignalsConfig::Prometheus { url, .. } = &config.signals else {
+        return Ok(());
+    };
+    let mut refused = vec![];
+    for (i, s) in config.services.iter().enumerate() {
+        let source = signal_source_prometheus(config, s)?;
+        let environments: Vec<String> = s.environments.iter().map(|e| e.name.clone()).collect();
+        for (slo, query, check) in source.check_queries(&environments).await {
+            let j = s.slos.iter().position(|o| o.name == slo).unwrap_or(0);
+            match check {
+                crate::signals::prometheus::QueryCheck::Accepted => {}
+                crate::signals::prometheus::QueryCheck::Refused(why) => refused.push(format!(
+                    "services[{i}].slos[{j}].prometheus ({slo}): {url} refuses {query:?}: {why}"
+                )),
+                crate::signals::prometheus::QueryCheck::Unreachable(why) => {
+                    warn!(%why, "cannot check the SLO queries against Prometheus now; a query it refuses will hold releases as a source outage");
+                    return Ok(());
+                }
+            }
+        }
+    }
+    if !refused.is_empty() {
+        anyhow::bail!(
+            "{}: Prometheus refuses {} SLO quer{}:\n  {}",
+            config.file,
+            refused.len(),
+            if refused.len() == 1 { "y" } else { "ies" },
+            refused.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+fn signal_source_prometheus(
+    config: &Config,
+    s: &config::ServiceConfig,
+) -> anyhow::Result<crate::signals::prometheus::PrometheusSource> {
+    let SignalsConfig::Prometheus {
+        url,
+        build_label,
+        timeout,
+    } = &config.signals
+    else {
+        anyhow::bail!("the signal source is not prometheus");
+    };
+    let queries = s
+        .slos
+        .iter()
+        .filter_map(|o| o.prometheus.clone().map(|q| (o.name.clone(), q)))
+        .collect();
+    crate::signals::prometheus::PrometheusSource::new(url, build_label, *timeout, queries)
+        .context("configuring the prometheus signal source")
 }
 
 /// Per target: the judge's SLOs and the engine's rollout shape.
@@ -407,6 +447,7 @@ pub(crate) fn api_token(config: &Config) -> anyhow::Result<Option<String>> {
 impl Runtime {
     /// Starts everything; returns once the API listens and the engine runs.
     pub async fn start(config: Config, opts: RuntimeOptions) -> anyhow::Result<Self> {
+        check_prometheus_queries(&config).await?;
         let config = Arc::new(config);
         let ultra_boost = locate_ultra_boost(opts.ultra_boost_bin.as_deref())?;
         let listen = opts.listen.unwrap_or(config.api.listen);

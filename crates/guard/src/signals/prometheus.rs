@@ -139,6 +139,82 @@ impl PrometheusSource {
     }
 }
 
+/// What Prometheus said of a query guard was given.
+#[derive(Debug, PartialEq)]
+pub enum QueryCheck {
+    /// It runs.
+    Accepted,
+    /// Prometheus refuses it (a PromQL error): a configuration mistake, not
+    /// an outage.
+    Refused(String),
+    /// Prometheus did not answer; nothing is known of the query.
+    Unreachable(String),
+}
+
+#[derive(Deserialize)]
+struct ErrorAnswer {
+    status: String,
+    #[serde(default, rename = "errorType")]
+    error_type: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+impl PrometheusSource {
+    /// Asks Prometheus each query once per environment, so a PromQL mistake
+    /// is reported at start, by its SLO, instead of holding every release as
+    /// a source outage. Returns `(slo, query as sent, what Prometheus said)`.
+    pub async fn check_queries(
+        &self,
+        environments: &[String],
+    ) -> Vec<(String, String, QueryCheck)> {
+        let mut found = vec![];
+        for (slo, q) in &self.queries {
+            for expr in [&q.total, &q.query] {
+                for env in environments {
+                    let sent = expr.replace(ENVIRONMENT_PLACEHOLDER, env);
+                    let check = self.check_one(&sent).await;
+                    found.push((slo.clone(), sent, check));
+                    if !expr.contains(ENVIRONMENT_PLACEHOLDER) {
+                        break;
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    async fn check_one(&self, expr: &str) -> QueryCheck {
+        let resp = match self
+            .client
+            .get(format!("{}/api/v1/query", self.url))
+            .query(&[("query", expr)])
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return QueryCheck::Unreachable(format!("{}: {}", self.url, e.without_url())),
+        };
+        let status = resp.status();
+        match resp.json::<ErrorAnswer>().await {
+            Ok(a) if a.status == "success" => QueryCheck::Accepted,
+            Ok(a) if a.error_type.as_deref() == Some("bad_data") => {
+                QueryCheck::Refused(a.error.unwrap_or_else(|| status.to_string()))
+            }
+            Ok(a) => QueryCheck::Unreachable(format!(
+                "{} answered {status}: {}",
+                self.url,
+                a.error.unwrap_or_default()
+            )),
+            Err(e) => QueryCheck::Unreachable(format!(
+                "{} answered {status} with an unreadable body: {}",
+                self.url,
+                e.without_url()
+            )),
+        }
+    }
+}
+
 fn series_key(labels: &BTreeMap<String, String>) -> String {
     labels
         .iter()
