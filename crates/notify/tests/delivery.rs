@@ -312,10 +312,7 @@ async fn grafana_region_covers_the_verification() {
 #[tokio::test]
 async fn grafana_incident_region_opens_on_firing_and_closes_on_resolved() {
     let grafana = GrafanaDouble::start("tok").await;
-    let h = Harness::new(&[
-        ("GUARD_GRAFANA_URL", grafana.url("")),
-        ("GUARD_GRAFANA_TOKEN", "tok".into()),
-    ]);
+    let h = Harness::new(&grafana_env(&grafana));
     let mut firing = event(EventKind::IncidentOpened, 0);
     firing.rollout_id = None;
     firing.ended_at_ms = None;
@@ -349,10 +346,7 @@ async fn grafana_incident_region_opens_on_firing_and_closes_on_resolved() {
 #[tokio::test]
 async fn grafana_annotation_deleted_meanwhile_is_posted_whole() {
     let grafana = GrafanaDouble::start("tok").await;
-    let h = Harness::new(&[
-        ("GUARD_GRAFANA_URL", grafana.url("")),
-        ("GUARD_GRAFANA_TOKEN", "tok".into()),
-    ]);
+    let h = Harness::new(&grafana_env(&grafana));
     h.dispatcher.send(event(EventKind::Started, 3));
     h.flush().await;
     grafana.forget_annotations();
@@ -401,10 +395,7 @@ async fn grafana_annotation_deleted_meanwhile_is_posted_whole() {
 #[tokio::test]
 async fn a_region_grafana_failed_to_close_is_closed_by_the_next_event() {
     let grafana = GrafanaDouble::start("tok").await;
-    let h = Harness::new(&[
-        ("GUARD_GRAFANA_URL", grafana.url("")),
-        ("GUARD_GRAFANA_TOKEN", "tok".into()),
-    ]);
+    let h = Harness::new(&grafana_env(&grafana));
     h.dispatcher.send(event(EventKind::Started, 5));
     h.flush().await;
     grafana.script((0..4).map(|_| Canned::status(500, "Failed to update annotation")));
@@ -435,8 +426,7 @@ async fn a_restarted_guard_closes_the_region_and_reports_to_the_deployment_it_op
     let grafana = GrafanaDouble::start("tok").await;
     let gh = GitHubDouble::start("ghp_testtoken").await;
     let mut env = github_env(&gh);
-    env.push(("GUARD_GRAFANA_URL", grafana.url("")));
-    env.push(("GUARD_GRAFANA_TOKEN", "tok".into()));
+    env.extend(grafana_env(&grafana));
     let log = Arc::new(MemoryLog::default());
     let retry = RetryConfig {
         max_attempts: 2,
@@ -491,6 +481,14 @@ async fn a_restarted_guard_closes_the_region_and_reports_to_the_deployment_it_op
     // A closed region is forgotten: the deployment stays for later statuses.
     assert_eq!(log.recall("grafana", 7), None);
     assert_eq!(log.recall("github", 7), Some(1));
+}
+
+/// A Grafana double started with the token `tok`.
+fn grafana_env(grafana: &Double) -> Vec<(&'static str, String)> {
+    vec![
+        ("GUARD_GRAFANA_URL", grafana.url("")),
+        ("GUARD_GRAFANA_TOKEN", "tok".into()),
+    ]
 }
 
 fn github_env(gh: &Double) -> Vec<(&'static str, String)> {
@@ -617,10 +615,7 @@ async fn server_errors_are_retried_until_delivered() {
 async fn rate_limits_are_retried_after_the_time_the_server_asks_for() {
     let grafana = GrafanaDouble::start("tok").await;
     grafana.script([Canned::retry_after(429, "1")]);
-    let h = Harness::new(&[
-        ("GUARD_GRAFANA_URL", grafana.url("")),
-        ("GUARD_GRAFANA_TOKEN", "tok".into()),
-    ]);
+    let h = Harness::new(&grafana_env(&grafana));
     h.dispatcher.send(event(EventKind::Promoted, 1));
     h.flush().await;
     let reqs = grafana.requests();
